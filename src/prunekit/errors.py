@@ -1,0 +1,44 @@
+"""Exceptions raised by prunekit.
+
+Every error prunekit raises on bad input is a :class:`PrunekitError`. The concrete classes also derive
+from the built-in exception a caller would naturally catch (``ValueError``), so ``except ValueError``
+keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class PrunekitError(Exception):
+    """Base class of every error prunekit raises on purpose."""
+
+
+class ConfigError(PrunekitError, ValueError):
+    """A bad argument or option: unknown name, out-of-range value, missing data."""
+
+
+class MaskError(PrunekitError, ValueError):
+    """Masks that are malformed or do not match a model."""
+
+
+class MaskFileError(MaskError):
+    """A mask file that cannot be read (corrupt, truncated or not a prunekit mask file)."""
+
+
+class ScoreError(PrunekitError, ValueError):
+    """A pruning method produced unusable scores (NaN or infinity)."""
+
+
+class DataError(PrunekitError, ValueError):
+    """A dataset that is missing, malformed or does not fit the request."""
+
+
+def choices(names: Iterable[str]) -> str:
+    """Format a list of valid names for an error message."""
+    return ", ".join(sorted(names))
+
+
+def unknown(kind: str, value: object, valid: Iterable[str]) -> ConfigError:
+    """Build the standard 'unknown name' error, listing the valid names."""
+    return ConfigError(f"unknown {kind} {value!r}; valid {kind}s: {choices(valid)}")

@@ -1,0 +1,465 @@
+"""The :class:`Masks` object: a validated, read-only ``{param_name: bool tensor}`` mapping.
+
+A mask says which weights of a model are kept (``True``) and which are pruned (``False``). It is
+checked against a model before use (names and shapes), applied so that pruned weights stay exactly
+zero through training, reported per layer (nominal and effective density), saved to and loaded from a
+plain tensor file, and exported to the layout of ``torch.nn.utils.prune``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .errors import MaskError, MaskFileError
+
+FILE_FORMAT = "prunekit-masks"
+FILE_VERSION = 1
+
+# Gradient hooks registered by Masks.apply, per parameter, so a second apply or remove() replaces them.
+_GRAD_HOOKS: "weakref.WeakKeyDictionary[Tensor, Any]" = weakref.WeakKeyDictionary()
+
+
+def _as_bool_mask(name: str, value: object) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise MaskError(f"mask {name!r} must be a tensor, got {type(value).__name__}")
+    t = value.detach()
+    if t.dtype != torch.bool:
+        if t.is_complex() or not bool(((t == 0) | (t == 1)).all()):
+            raise MaskError(f"mask {name!r} must contain only 0 and 1 (or be a bool tensor)")
+        t = t != 0
+    return t.to("cpu", copy=True)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One line of a mask report."""
+
+    name: str
+    shape: tuple[int, ...]
+    size: int
+    kept: int
+    density: float
+    effective_kept: int | None = None
+    effective_density: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "size": self.size,
+            "kept": self.kept,
+            "density": self.density,
+            "effective_kept": self.effective_kept,
+            "effective_density": self.effective_density,
+        }
+
+
+@dataclass(frozen=True)
+class MaskReport:
+    """Per-layer densities of a mask, with totals; ``str(report)`` is an aligned text table."""
+
+    rows: list[LayerRow]
+    collapsed: list[str] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(r.size for r in self.rows)
+
+    @property
+    def kept(self) -> int:
+        return sum(r.kept for r in self.rows)
+
+    @property
+    def density(self) -> float:
+        return self.kept / self.size
+
+    @property
+    def effective_density(self) -> float | None:
+        if any(r.effective_kept is None for r in self.rows):
+            return None
+        return sum(r.effective_kept for r in self.rows) / self.size  # type: ignore[misc]
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in self.rows]
+
+    def to_markdown(self) -> str:
+        """The report as a Markdown table."""
+        lines = [
+            "| layer | shape | size | kept | density | effective density |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in self._display_rows():
+            lines.append("| " + " | ".join(r) + " |")
+        return "\n".join(lines)
+
+    def _display_rows(self) -> list[list[str]]:
+        def eff(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.4%}"
+
+        out = []
+        for r in self.rows:
+            flag = "  <- collapsed" if r.name in self.collapsed else ""
+            out.append(
+                [r.name, "x".join(map(str, r.shape)), str(r.size), str(r.kept), f"{r.density:.4%}", eff(r.effective_density) + flag]
+            )
+        out.append(["total", "", str(self.size), str(self.kept), f"{self.density:.4%}", eff(self.effective_density)])
+        return out
+
+    def __str__(self) -> str:
+        header = ["layer", "shape", "size", "kept", "density", "effective"]
+        rows = [header] + self._display_rows()
+        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        text = "\n".join(
+            "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows
+        )
+        return text + (f"\n{self.note}" if self.note else "")
+
+
+class Masks(Mapping[str, Tensor]):
+    """A read-only mapping ``{param_name: bool tensor}`` (``True`` = kept), with metadata.
+
+    Build one with :func:`prunekit.prune`, :meth:`Masks.ones` or from a dict of tensors. The tensors
+    live on the CPU; :meth:`apply` moves them to the model's device. Treat the tensors as read-only.
+
+    Args:
+        masks: ``{param_name: tensor}``; bool tensors, or tensors of 0s and 1s.
+        meta: JSON-serialisable metadata (method, options, seed, versions, input shape, ...).
+
+    Raises:
+        MaskError: a value is not a tensor or holds values other than 0/1, or the mapping is empty.
+    """
+
+    def __init__(self, masks: Mapping[str, Tensor], meta: Mapping[str, Any] | None = None):
+        if not isinstance(masks, Mapping) or not masks:
+            raise MaskError("masks must be a non-empty mapping {parameter name: bool tensor}")
+        self._masks: dict[str, Tensor] = {str(k): _as_bool_mask(str(k), v) for k, v in masks.items()}
+        meta = dict(meta or {})
+        try:
+            self._meta_json = json.dumps(meta, sort_keys=True, default=_json_default)
+        except (TypeError, ValueError) as exc:
+            raise MaskError(f"mask metadata must be JSON-serialisable: {exc}") from None
+        self._device_cache: dict[tuple[Any, ...], list[Tensor]] = {}
+
+    # -- mapping -------------------------------------------------------------------------------
+    def __getitem__(self, name: str) -> Tensor:
+        return self._masks[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._masks)
+
+    def __len__(self) -> int:
+        return len(self._masks)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return list(self.keys()) == list(other.keys()) and all(
+            isinstance(other[k], Tensor) and torch.equal(v, other[k].to("cpu", torch.bool)) for k, v in self.items()
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        method = self.meta.get("method")
+        return f"Masks({len(self)} tensors, sparsity={self.sparsity:.4%}{', method=' + repr(method) if method else ''})"
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        """A copy of the metadata (method, options, seed, versions, input shape, ...)."""
+        return json.loads(self._meta_json)
+
+    @property
+    def size(self) -> int:
+        """Number of prunable weights the masks cover."""
+        return sum(m.numel() for m in self._masks.values())
+
+    @property
+    def kept(self) -> int:
+        """Number of kept weights."""
+        return sum(int(m.sum()) for m in self._masks.values())
+
+    @property
+    def density(self) -> float:
+        """Fraction of prunable weights kept."""
+        return self.kept / self.size
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of prunable weights removed."""
+        return 1.0 - self.density
+
+    def layer_densities(self) -> dict[str, float]:
+        """``{param_name: kept fraction}``."""
+        return {n: float(m.float().mean()) for n, m in self._masks.items()}
+
+    def with_meta(self, **updates: Any) -> Masks:
+        """A copy with metadata entries added or replaced."""
+        return Masks(self._masks, {**self.meta, **updates})
+
+    @classmethod
+    def ones(
+        cls,
+        model: nn.Module,
+        include: str | Sequence[str] | None = None,
+        exclude: str | Sequence[str] | None = None,
+    ) -> Masks:
+        """Dense masks (everything kept) over the prunable parameters of ``model``."""
+        from .prunable import prunable_parameters
+
+        params = prunable_parameters(model, include, exclude)
+        return cls({n: torch.ones(p.shape, dtype=torch.bool) for n, p in params.items()})
+
+    @classmethod
+    def from_model(cls, model: nn.Module, names: Sequence[str] | None = None) -> Masks:
+        """Masks that keep the nonzero entries of ``model``'s parameters (all prunable ones by default)."""
+        from .prunable import prunable_parameters
+
+        params = dict(model.named_parameters())
+        names = list(names) if names is not None else list(prunable_parameters(model))
+        return cls({n: params[n].detach() != 0 for n in names})
+
+    # -- model interaction --------------------------------------------------------------------
+    def check(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Check that every mask names a parameter of ``model`` with the same shape.
+
+        Returns:
+            ``{name: parameter}`` of the masked parameters, in mask order.
+
+        Raises:
+            MaskError: listing every missing name and every shape mismatch.
+        """
+        params = dict(model.named_parameters())
+        problems = []
+        for name, mask in self._masks.items():
+            if name not in params:
+                problems.append(f"{name!r} is not a parameter of the model")
+            elif tuple(params[name].shape) != tuple(mask.shape):
+                problems.append(f"{name!r} has shape {tuple(params[name].shape)} in the model but {tuple(mask.shape)} in the mask")
+        if problems:
+            shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+            raise MaskError(f"masks do not match {type(model).__name__}: {shown}")
+        return {n: params[n] for n in self._masks}
+
+    def _on(self, device: torch.device, dtype: torch.dtype) -> list[Tensor]:
+        key = (str(device), dtype)
+        if key not in self._device_cache:
+            self._device_cache[key] = [m.to(device=device, dtype=dtype) for m in self._masks.values()]
+        return self._device_cache[key]
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Zero the pruned weights of ``model`` and keep them zero through training.
+
+        Pruned entries are set to exactly 0 and a gradient hook zeroes their gradient, so SGD (with
+        momentum, Nesterov, weight decay), Adam and AdamW leave them at 0. Optimizer state built
+        *before* ``apply`` (e.g. momentum from dense training) can still move them; call
+        :meth:`enforce` after each step in that case. Applying again replaces the hooks.
+
+        Returns:
+            ``model`` (modified in place).
+
+        Raises:
+            MaskError: the masks do not match the model; the model is left unchanged.
+        """
+        params = self.check(model)
+        with torch.no_grad():
+            for (name, p), m in zip(params.items(), self._masks.values()):
+                dev_mask = m.to(p.device)
+                p.masked_fill_(~dev_mask, 0.0)
+                old = _GRAD_HOOKS.pop(p, None)
+                if old is not None:
+                    old.remove()
+                if p.requires_grad:
+                    keep = dev_mask.to(p.dtype)
+                    _GRAD_HOOKS[p] = p.register_hook(lambda g, keep=keep: g * keep)
+        return model
+
+    def remove(self, model: nn.Module) -> nn.Module:
+        """Remove the gradient hooks :meth:`apply` registered (pruned weights stay 0 until trained)."""
+        for p in self.check(model).values():
+            handle = _GRAD_HOOKS.pop(p, None)
+            if handle is not None:
+                handle.remove()
+        return model
+
+    def enforce(self, model: nn.Module) -> None:
+        """Set the pruned weights of ``model`` to exactly 0 again (one fused multiply per dtype/device)."""
+        params = list(self.check(model).values())
+        groups: dict[tuple[Any, ...], tuple[list[Tensor], list[Tensor]]] = {}
+        for i, p in enumerate(params):
+            key = (p.device, p.dtype)
+            masks = self._on(p.device, p.dtype)
+            groups.setdefault(key, ([], []))
+            groups[key][0].append(p)
+            groups[key][1].append(masks[i])
+        with torch.no_grad():
+            for ps, ms in groups.values():
+                torch._foreach_mul_(ps, ms)
+
+    def is_applied(self, model: nn.Module) -> bool:
+        """Whether every pruned weight of ``model`` is exactly zero."""
+        params = self.check(model)
+        return all(bool((p.detach()[~m.to(p.device)] == 0).all()) for p, m in zip(params.values(), self._masks.values()))
+
+    def report(self, model: nn.Module | None = None, input_shape: Sequence[int] | None = None) -> MaskReport:
+        """Per-layer size, kept count, density and effective density.
+
+        Effective density counts kept weights that still lie on an input-to-output path (see
+        :mod:`prunekit.connectivity`); it needs the model and the shape of one input sample
+        (taken from the masks' metadata when they came from :func:`prunekit.prune` with data).
+        A layer with no kept weight is flagged and a ``UserWarning`` is issued.
+
+        Args:
+            model: the model the masks belong to; without it, effective density is not computed.
+            input_shape: shape of one input sample (no batch dimension).
+        """
+        if model is not None:
+            self.check(model)
+        input_shape = input_shape if input_shape is not None else self.meta.get("input_shape")
+        effective: dict[str, Tensor] | None = None
+        note = None
+        if model is None:
+            note = "effective density needs the model: masks.report(model)"
+        elif input_shape is None:
+            note = "effective density needs the input shape: masks.report(model, input_shape=(C, H, W))"
+        else:
+            from .connectivity import effective_masks
+
+            try:
+                effective = effective_masks(model, self._masks, tuple(input_shape))
+            except Exception as exc:  # a model whose forward cannot take an all-ones float input
+                note = f"effective density could not be computed for this model ({type(exc).__name__}: {exc})"
+        rows = []
+        for name, m in self._masks.items():
+            kept = int(m.sum())
+            ek = None if effective is None else int(effective[name].sum())
+            rows.append(
+                LayerRow(name, tuple(m.shape), m.numel(), kept, kept / m.numel(), ek, None if ek is None else ek / m.numel())
+            )
+        collapsed = [r.name for r in rows if r.kept == 0 or r.effective_kept == 0]
+        if collapsed:
+            warnings.warn(
+                f"layer collapse: {', '.join(collapsed)} keep no weight on an input-to-output path; "
+                "the network cannot carry signal through them",
+                UserWarning,
+                stacklevel=2,
+            )
+        return MaskReport(rows, collapsed, note)
+
+    def to_torch_prune(self, model: nn.Module) -> nn.Module:
+        """Re-express the masks in ``torch.nn.utils.prune``'s layout (``weight_orig`` + ``weight_mask``).
+
+        Hooks from :meth:`apply` on the same parameters are removed first. Returns ``model``.
+        """
+        from torch.nn.utils import prune as torch_prune
+
+        params = self.check(model)
+        self.remove(model)
+        for (name, p), m in zip(params.items(), self._masks.values()):
+            module_name, _, attr = name.rpartition(".")
+            module = model.get_submodule(module_name) if module_name else model
+            torch_prune.custom_from_mask(module, attr, m.to(p.device))
+        return model
+
+    # -- files --------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the masks to ``path`` atomically (bit-packed tensors, metadata, checksum).
+
+        The file is a ``torch.save`` of plain tensors, lists and strings (no pickled classes), readable
+        with ``torch.load(path, weights_only=True)``.
+        """
+        path = Path(path)
+        names = list(self._masks)
+        shapes = [list(m.shape) for m in self._masks.values()]
+        bits = [torch.from_numpy(np.packbits(m.flatten().numpy())) for m in self._masks.values()]
+        payload = {
+            "format": FILE_FORMAT,
+            "version": FILE_VERSION,
+            "names": names,
+            "shapes": shapes,
+            "bits": bits,
+            "meta": self._meta_json,
+            "sha256": _digest(names, shapes, bits, self._meta_json),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> Masks:
+        """Read masks written by :meth:`save`; with ``model``, also check they match it.
+
+        Raises:
+            MaskFileError: the file is missing, corrupt, truncated or not a prunekit mask file.
+            MaskError: ``model`` is given and the masks do not match it.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise MaskFileError(f"mask file {str(path)!r} does not exist")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise MaskFileError(f"{str(path)!r} is not a readable prunekit mask file ({type(exc).__name__}: {exc})") from None
+        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
+            raise MaskFileError(f"{str(path)!r} is not a prunekit mask file")
+        if payload.get("version") != FILE_VERSION:
+            raise MaskFileError(f"{str(path)!r} has mask-file version {payload.get('version')!r}; this prunekit reads {FILE_VERSION}")
+        try:
+            names, shapes, bits, meta = payload["names"], payload["shapes"], payload["bits"], payload["meta"]
+            if _digest(names, shapes, bits, meta) != payload["sha256"]:
+                raise ValueError("checksum mismatch")
+            masks = {}
+            for name, shape, packed in zip(names, shapes, bits, strict=True):
+                n = math.prod(shape)
+                if packed.dtype != torch.uint8 or packed.numel() != (n + 7) // 8:
+                    raise ValueError(f"bad bit array for {name!r}")
+                flat = np.unpackbits(packed.numpy(), count=n).astype(bool)
+                masks[name] = torch.from_numpy(flat).view(*shape)
+            result = cls(masks, json.loads(meta))
+        except MaskError:
+            raise
+        except Exception as exc:
+            raise MaskFileError(f"{str(path)!r} is corrupt ({type(exc).__name__}: {exc})") from None
+        if model is not None:
+            result.check(model)
+        return result
+
+
+def _digest(names: list[str], shapes: list[list[int]], bits: list[Tensor], meta: str) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([names, shapes, meta]).encode())
+    for b in bits:
+        h.update(b.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, (torch.Size, tuple, set)):
+        return list(value)
+    if isinstance(value, (torch.dtype, torch.device, Path)):
+        return str(value)
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")

@@ -1,0 +1,135 @@
+"""What a score function receives: the model (read-only), its prunable names, data, loss, RNG.
+
+Score functions never touch the caller's model: they work on copies made by :meth:`ScoringContext.copy`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..batches import Batch, BatchStream
+from ..errors import ConfigError
+
+LossFn = Callable[[Any, Tensor], Tensor]
+
+
+def default_loss(outputs: Any, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of logits ``(B, C, ...)`` against class indices ``(B, ...)``."""
+    if isinstance(outputs, (tuple, list)):
+        outputs = outputs[0]
+    return F.cross_entropy(outputs, targets.long())
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.get_default_dtype()
+
+
+class ScoringContext:
+    """Everything a score function may use.
+
+    Attributes:
+        model: the caller's model; read it, never modify it (use :meth:`copy`).
+        names: prunable parameter names, in ``named_parameters()`` order.
+        stream: the scoring batches (``None`` for data-free calls).
+        loss_fn: ``loss_fn(outputs, targets) -> mean loss``.
+        generator: a CPU generator seeded from the call's seed (for random scores and re-inits,
+            drawn on the CPU so that a seed gives the same masks on every device).
+        input_shape: shape of one input sample, when known.
+        cache: per-call scratch space for iterative methods (e.g. a prepared copy).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        names: list[str],
+        stream: BatchStream | None,
+        loss_fn: LossFn,
+        seed: int,
+        input_shape: tuple[int, ...] | None,
+        method: str,
+    ):
+        self.model = model
+        self.names = names
+        self.stream = stream
+        self.loss_fn = loss_fn
+        self.generator = torch.Generator().manual_seed(seed)
+        self.input_shape = input_shape
+        self.method = method
+        self.device = model_device(model)
+        self.cache: dict[str, Any] = {}
+
+    @property
+    def data(self) -> BatchStream:
+        if self.stream is None:
+            raise ConfigError(f"method {self.method!r} needs data=: an iterable of (inputs, targets) batches")
+        return self.stream
+
+    def copy(self, mode: str, dtype: torch.dtype | None = None) -> nn.Module:
+        """A private deep copy of the model in ``mode`` ("train" or "eval"), gradients cleared.
+
+        Parameters keep the caller's ``requires_grad`` flags; every prunable weight requires grad.
+        """
+        net = copy.deepcopy(self.model)
+        if dtype is not None:
+            net = net.to(dtype)
+        net.train(mode == "train")
+        for name, p in net.named_parameters():
+            p.grad = None
+            if name in self.names:
+                p.requires_grad_(True)
+        return net
+
+    def prunable(self, net: nn.Module) -> dict[str, nn.Parameter]:
+        """The prunable parameters of a copy, by name."""
+        params = dict(net.named_parameters())
+        return {n: params[n] for n in self.names}
+
+    def original(self) -> dict[str, Tensor]:
+        """Detached views of the caller's prunable weights (read-only)."""
+        params = dict(self.model.named_parameters())
+        return {n: params[n].detach() for n in self.names}
+
+    def loss(self, net: nn.Module, batch: Batch) -> Tensor:
+        x, y = batch
+        return self.loss_fn(net(x), y)
+
+    def mean_gradients(self, net: nn.Module, params: list[Tensor], batches: list[Batch]) -> list[Tensor]:
+        """Gradients of the loss w.r.t. ``params``, averaged over ``batches``."""
+        total = [torch.zeros_like(p) for p in params]
+        for batch in batches:
+            grads = torch.autograd.grad(self.loss(net, batch), params, allow_unused=True)
+            for t, g in zip(total, grads):
+                if g is not None:
+                    t.add_(g, alpha=1.0 / len(batches))
+        return total
+
+    def xavier_normal_(self, weight: Tensor) -> None:
+        """Re-initialise ``weight`` in place with Xavier-normal values drawn from :attr:`generator`."""
+        fresh = torch.empty(weight.shape, dtype=torch.float32)
+        nn.init.xavier_normal_(fresh, generator=self.generator)
+        with torch.no_grad():
+            weight.copy_(fresh)
+
+
+def apply_masks_(params: Mapping[str, Tensor], masks: Mapping[str, Tensor] | None) -> None:
+    """Multiply parameters by masks in place (no-op when ``masks`` is None)."""
+    if masks is None:
+        return
+    with torch.no_grad():
+        for name, p in params.items():
+            p.mul_(masks[name].to(device=p.device, dtype=p.dtype))

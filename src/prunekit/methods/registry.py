@@ -1,0 +1,77 @@
+"""Registry of pruning methods: each method is a score function plus its option dataclass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import unknown
+
+# (context, options, current masks or None) -> {param_name: score}; higher score = more important.
+ScoreFn = Callable[[Any, Any, "Mapping[str, Tensor] | None"], "dict[str, Tensor]"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered pruning method.
+
+    Attributes:
+        name: registry name (``prunekit.prune(model, name, ...)``).
+        summary: one line for listings.
+        options: dataclass of the method's options with their defaults.
+        score: the score function.
+        needs_data: whether scoring reads training batches.
+        monotone: for iterative methods, whether a pruned weight stays pruned at later steps
+            (Iter-SNIP, SynFlow) or can come back (FORCE).
+        allocation: default allocation (``"global"``, ``"layerwise"`` or ``"erk"``).
+        reference: the paper.
+    """
+
+    name: str
+    summary: str
+    options: type
+    score: ScoreFn
+    needs_data: bool
+    monotone: bool = False
+    allocation: str = "global"
+    reference: str = ""
+
+    @property
+    def iterative(self) -> bool:
+        """Whether the method runs a schedule of score -> top-k steps (its options have ``num_steps``)."""
+        return "num_steps" in self.options.__dataclass_fields__
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add a method to the registry (names are unique)."""
+    if method.name in _METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    _METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``.
+
+    Raises:
+        ConfigError: unknown name (the message lists the valid ones).
+    """
+    if not isinstance(name, str) or name not in _METHODS:
+        raise unknown("method", name, _METHODS)
+    return _METHODS[name]
+
+
+def list_methods() -> list[str]:
+    """Names of all registered methods, in registration order."""
+    return list(_METHODS)
+
+
+def all_methods() -> list[Method]:
+    """All registered methods, in registration order."""
+    return list(_METHODS.values())

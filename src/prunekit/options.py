@@ -1,0 +1,158 @@
+"""Typed option dataclasses: defaults, validation and parsing shared by the API, configs and the CLI.
+
+Each method (and later each recipe) declares its options as a dataclass whose fields are built with
+:func:`option`. :func:`build` turns a mapping of user values into an instance, rejecting unknown names
+(listing the valid ones) and values of the wrong type or out of range, so a misspelled option is an
+error, never silently ignored. :func:`parse_value` converts command-line text with the same rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+) -> Any:
+    """A dataclass field with a help line and optional constraints."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _allowed_types(hint: Any) -> tuple[list[Any], bool]:
+    """(the non-None types of a hint, whether None is allowed)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = list(typing.get_args(hint))
+        nullable = type(None) in args
+        return [a for a in args if a is not type(None)], nullable
+    return [hint], False
+
+
+def _type_name(t: Any) -> str:
+    return getattr(t, "__name__", str(t))
+
+
+def check_value(cls: type, name: str, value: Any, owner: str) -> Any:
+    """Validate (and lightly coerce: int -> float, list -> tuple) one option value."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    types_, nullable = _allowed_types(_hints(cls)[name])
+    if value is None:
+        if nullable:
+            return None
+        raise ConfigError(f"option {name!r} of {owner} cannot be None")
+    ok = False
+    for t in types_:
+        base = typing.get_origin(t) or t
+        if base is bool:
+            ok = isinstance(value, bool)
+        elif base is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif base is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if ok:
+                value = float(value)
+        elif base is str:
+            ok = isinstance(value, str)
+        elif base is tuple:
+            ok = isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            if ok:
+                value = tuple(value)
+        if ok:
+            break
+    if not ok:
+        wanted = " or ".join(_type_name(t) for t in types_) + (" or None" if nullable else "")
+        raise ConfigError(f"option {name!r} of {owner} must be {wanted}, got {value!r}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"option {name!r} of {owner} must be one of {', '.join(meta['choices'])}; got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
+            rel = ">" if meta.get("min_exclusive") else ">="
+            raise ConfigError(f"option {name!r} of {owner} must be {rel} {lo}, got {value!r}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"option {name!r} of {owner} must be <= {hi}, got {value!r}")
+    return value
+
+
+def build(cls: type[T], values: Mapping[str, Any], owner: str) -> T:
+    """Instantiate the option dataclass ``cls`` from ``values``, validating every entry.
+
+    Raises:
+        ConfigError: an unknown option (the message lists the valid ones) or an invalid value.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            valid = ", ".join(names) if names else "none"
+            raise ConfigError(f"unknown option {key!r} for {owner}; valid options: {valid}")
+    checked = {k: check_value(cls, k, v, owner) for k, v in values.items()}
+    return cls(**checked)
+
+
+def describe(cls: type) -> list[tuple[str, str, Any, str]]:
+    """``(name, type, default, help)`` for every option of ``cls``."""
+    hints = _hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        types_, nullable = _allowed_types(hints[f.name])
+        tname = "|".join(_type_name(typing.get_origin(t) or t) for t in types_) + ("|None" if nullable else "")
+        out.append((f.name, tname, f.default, f.metadata.get("help", "")))
+    return out
+
+
+def parse_value(cls: type, name: str, text: str, owner: str) -> Any:
+    """Convert command-line text to the type of option ``name`` of ``cls`` and validate it."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    if name not in names:
+        raise ConfigError(f"unknown option {name!r} for {owner}; valid options: {', '.join(names) or 'none'}")
+    types_, nullable = _allowed_types(_hints(cls)[name])
+    if nullable and text.lower() in ("none", "null", ""):
+        return check_value(cls, name, None, owner)
+    for t in types_:
+        base = typing.get_origin(t) or t
+        try:
+            if base is bool:
+                low = text.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return check_value(cls, name, True, owner)
+                if low in ("0", "false", "no", "off"):
+                    return check_value(cls, name, False, owner)
+                continue
+            if base is int:
+                return check_value(cls, name, int(text), owner)
+            if base is float:
+                return check_value(cls, name, float(text), owner)
+            if base is tuple:
+                return check_value(cls, name, tuple(int(v) for v in text.replace("x", ",").split(",") if v), owner)
+            if base is str:
+                return check_value(cls, name, text, owner)
+        except ValueError:
+            continue
+    wanted = " or ".join(_type_name(typing.get_origin(t) or t) for t in types_)
+    raise ConfigError(f"option {name!r} of {owner} must be {wanted}, got {text!r}")
+
+
+def as_dict(instance: Any) -> dict[str, Any]:
+    """The options as a plain dict (tuples become lists, for JSON)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(instance).items()}

@@ -1,0 +1,224 @@
+"""``prune`` and ``score``: the pipeline score -> allocate -> top-k (-> schedule) -> Masks."""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import __version__
+from .allocation import ALLOCATIONS, check_density, density_schedule, select
+from .batches import BatchStream
+from .errors import ConfigError, ScoreError, unknown
+from .masks import Masks
+from .methods import Method, get_method
+from .methods.context import LossFn, ScoringContext, default_loss, model_device, model_dtype
+from .options import as_dict, build
+from .prunable import prunable_parameters
+
+
+def resolve_density(sparsity: float | None, density: float | None) -> float:
+    """The kept fraction from exactly one of ``sparsity`` (in [0, 1)) or ``density`` (in (0, 1])."""
+    if (sparsity is None) == (density is None):
+        raise ConfigError("give exactly one of sparsity= (fraction removed, in [0, 1)) or density= (fraction kept, in (0, 1])")
+    if sparsity is not None:
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not math.isfinite(sparsity):
+            raise ConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+        if not 0.0 <= sparsity < 1.0:
+            raise ConfigError(f"sparsity must be in [0, 1) (the fraction of weights removed), got {sparsity!r}")
+        return 1.0 - float(sparsity)
+    return check_density(density)  # type: ignore[arg-type]
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    return seed
+
+
+def _check_scores(method: str, scores: Mapping[str, Tensor], params: Mapping[str, nn.Parameter]) -> None:
+    for name, p in params.items():
+        s = scores.get(name)
+        if s is None or tuple(s.shape) != tuple(p.shape):
+            got = None if s is None else tuple(s.shape)
+            raise ScoreError(f"method {method!r} returned a score of shape {got} for {name!r} (expected {tuple(p.shape)})")
+        bad = int((~torch.isfinite(s)).sum())
+        if bad:
+            raise ScoreError(
+                f"method {method!r} produced {bad} NaN/inf scores for {name!r}; "
+                "check the model and the data for NaN/inf values (and the loss for overflow)"
+            )
+
+
+def _setup(
+    model: nn.Module,
+    method: str,
+    data: Iterable | None,
+    seed: int,
+    include: str | Sequence[str] | None,
+    exclude: str | Sequence[str] | None,
+    loss_fn: LossFn | None,
+    options: Mapping[str, Any],
+) -> tuple[Method, Any, ScoringContext, dict[str, nn.Parameter]]:
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    spec = get_method(method)
+    opts = build(spec.options, options, f"method {method!r}")
+    seed = _check_seed(seed)
+    params = prunable_parameters(model, include, exclude)
+    if spec.needs_data and data is None:
+        raise ConfigError(f"method {method!r} needs data=: an iterable of (inputs, targets) batches (a DataLoader works)")
+    if loss_fn is not None and not callable(loss_fn):
+        raise ConfigError(f"loss_fn must be callable(outputs, targets) -> loss, got {type(loss_fn).__name__}")
+    device = model_device(model)
+    stream = None if data is None else BatchStream(data, device, model_dtype(model))
+    input_shape = None
+    if stream is not None:
+        input_shape = tuple(stream.peek()[0].shape[1:])
+    elif getattr(opts, "input_shape", None):
+        input_shape = tuple(opts.input_shape)
+    ctx = ScoringContext(model, list(params), stream, loss_fn or default_loss, seed, input_shape, method)
+    return spec, opts, ctx, params
+
+
+def _rng_devices(model: nn.Module) -> list[int]:
+    device = model_device(model)
+    return [device.index or 0] if device.type == "cuda" else []
+
+
+def prune(
+    model: nn.Module,
+    method: str,
+    sparsity: float | None = None,
+    *,
+    density: float | None = None,
+    data: Iterable | None = None,
+    seed: int = 0,
+    allocation: str | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    loss_fn: LossFn | None = None,
+    progress: bool | None = None,
+    callback: Callable[[int, float, dict[str, Tensor]], None] | None = None,
+    **options: Any,
+) -> Masks:
+    """Compute pruning masks for ``model`` with ``method``; the model is not modified.
+
+    Args:
+        model: any ``nn.Module``; scoring runs on its device, on private copies.
+        method: a name from :func:`prunekit.list_methods`.
+        sparsity: fraction of prunable weights to remove, in ``[0, 1)``.
+        density: fraction to keep, in ``(0, 1]`` (instead of ``sparsity``).
+        data: iterable of ``(inputs, targets)`` batches (a ``DataLoader`` works); required by
+            data-driven methods; SynFlow reads only the shape of one batch.
+        seed: fixes random scores, re-initialisations and any randomness in the forward pass
+            (dropout); the caller's global RNG state is left as it was.
+        allocation: ``"global"`` (one ranking, the default of every method but ``random``),
+            ``"layerwise"`` (same density in every layer) or ``"erk"``.
+        include: glob patterns over parameter names replacing the default prunable set
+            (weights of Conv*d and Linear layers).
+        exclude: glob patterns removed from the prunable set.
+        loss_fn: ``loss_fn(outputs, targets) -> mean loss``; default cross-entropy.
+        progress: show a progress bar for iterative methods (default: when stderr is a terminal).
+        callback: called as ``callback(step, density, masks)`` after every step of the schedule
+            (once for one-shot methods), e.g. to record how masks evolve.
+        **options: method options (see ``prunekit methods`` or ``get_method(name).options``).
+
+    Returns:
+        :class:`Masks` holding exactly ``round(density * N)`` kept weights, with metadata (method,
+        resolved options, seed, allocation, input shape, versions, scoring time).
+
+    Raises:
+        ConfigError: unknown method or option, bad sparsity/seed/allocation, missing data, no
+            prunable parameter.
+        ScoreError: the method produced NaN or infinite scores.
+    """
+    keep = resolve_density(sparsity, density)
+    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, options)
+    allocation = allocation or spec.allocation
+    if allocation not in ALLOCATIONS:
+        raise unknown("allocation", allocation, ALLOCATIONS)
+    steps = density_schedule(keep, opts.num_steps, opts.schedule) if spec.iterative else [keep]
+    start = time.perf_counter()
+    masks: dict[str, Tensor] | None = None
+    with torch.random.fork_rng(devices=_rng_devices(model)):
+        torch.manual_seed(seed)
+        show = spec.iterative and (_stderr_is_tty() if progress is None else progress)
+        bar = tqdm(steps, desc=method, unit="step", leave=False, disable=not show)
+        for step, step_density in enumerate(bar, start=1):
+            scores = spec.score(ctx, opts, masks)
+            _check_scores(method, scores, params)
+            masks = select(scores, step_density, allocation, masks if spec.monotone else None)
+            if callback is not None:
+                callback(step, step_density, {n: m.detach().cpu().clone() for n, m in masks.items()})
+        bar.close()
+    if model_device(model).type == "cuda":
+        torch.cuda.synchronize()
+    assert masks is not None
+    meta = {
+        "method": method,
+        "sparsity": 1.0 - keep,
+        "density": keep,
+        "seed": seed,
+        "allocation": allocation,
+        "options": as_dict(opts),
+        "include": include if include is None or isinstance(include, str) else list(include),
+        "exclude": exclude if exclude is None or isinstance(exclude, str) else list(exclude),
+        "loss": "cross_entropy" if loss_fn is None else getattr(loss_fn, "__name__", type(loss_fn).__name__),
+        "input_shape": None if ctx.input_shape is None else list(ctx.input_shape),
+        "model": type(model).__name__,
+        "scoring_seconds": time.perf_counter() - start,
+        "device": str(model_device(model)),
+        "prunekit_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return Masks(masks, meta)
+
+
+def score(
+    model: nn.Module,
+    method: str,
+    *,
+    data: Iterable | None = None,
+    seed: int = 0,
+    masks: Mapping[str, Tensor] | None = None,
+    include: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    loss_fn: LossFn | None = None,
+    **options: Any,
+) -> dict[str, Tensor]:
+    """Saliency scores of ``method`` for every prunable weight (higher = more important).
+
+    For one-shot methods these are the scores :func:`prune` ranks. For iterative methods this is one
+    scoring step at ``masks`` (all weights kept by default); :func:`prune` runs the whole schedule.
+    The model is not modified.
+
+    Returns:
+        ``{param_name: float tensor}`` on the model's device.
+    """
+    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, options)
+    if masks is not None:
+        masks = Masks(masks)
+        for name in params:
+            if name not in masks:
+                raise ConfigError(f"masks= has no entry for prunable parameter {name!r}")
+    with torch.random.fork_rng(devices=_rng_devices(model)):
+        torch.manual_seed(seed)
+        scores = spec.score(ctx, opts, masks)
+    _check_scores(method, scores, params)
+    return {n: s.detach() for n, s in scores.items()}
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    return hasattr(sys.stderr, "isatty") and sys.stderr.isatty()

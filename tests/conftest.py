@@ -1,0 +1,95 @@
+"""Shared fixtures: tiny models of several kinds and synthetic batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+torch.set_num_threads(2)
+
+
+class SmallCNN(nn.Module):
+    """Conv-BN-ReLU x2, dropout, linear head: exercises BN statistics, dropout and the default rule."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(8 * 4 * 4, classes)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.bn1(self.conv1(x))), 2)
+        x = torch.max_pool2d(torch.relu(self.bn2(self.conv2(x))), 2)
+        return self.fc(self.drop(x.flatten(1)))
+
+
+class DepthwiseNet(nn.Module):
+    """A MobileNet-style block: depthwise + pointwise + grouped convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.pw = nn.Conv2d(8, 16, 1)
+        self.grouped = nn.Conv2d(16, 16, 3, padding=1, groups=4)
+        self.bn = nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.pw(torch.relu(self.dw(x))))
+        x = torch.relu(self.bn(self.grouped(x)))
+        return self.head(x.mean((2, 3)))
+
+
+class Conv1dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(2, 8, 5, padding=2)
+        self.c2 = nn.Conv1d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c1(x))))
+        return self.fc(x.amax(-1))
+
+
+class TinyTransformer(nn.Module):
+    """Two nn.TransformerEncoderLayers over a sequence of feature vectors, mean-pooled."""
+
+    def __init__(self, d_model: int = 16, classes: int = 3):
+        super().__init__()
+        self.inp = nn.Linear(5, d_model)
+        layer = nn.TransformerEncoderLayer(d_model, nhead=2, dim_feedforward=32, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, classes)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.inp(x)).mean(1))
+
+
+def make_batches(shape, classes, n=4, batch=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(batch, *shape, generator=g), torch.randint(0, classes, (batch,), generator=g)) for _ in range(n)]
+
+
+# (model factory, input shape, classes)
+ZOO = {
+    "cnn": (SmallCNN, (1, 16, 16), 10),
+    "depthwise": (DepthwiseNet, (3, 8, 8), 10),
+    "conv1d": (Conv1dNet, (2, 20), 4),
+    "transformer": (TinyTransformer, (6, 5), 3),
+}
+
+# Options that keep iterative methods fast in tests.
+FAST = {"iter_snip": {"num_steps": 4}, "force": {"num_steps": 4}, "synflow": {"num_steps": 4}, "prospr": {"inner_steps": 2}}
+
+
+@pytest.fixture
+def cnn_and_data():
+    torch.manual_seed(0)
+    return SmallCNN(), make_batches((1, 16, 16), 10)
