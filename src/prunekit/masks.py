@@ -14,7 +14,6 @@ import math
 import os
 import tempfile
 import warnings
-import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import MaskError, MaskFileError
 
@@ -30,7 +30,7 @@ FILE_FORMAT = "prunekit-masks"
 FILE_VERSION = 1
 
 # Gradient hooks registered by Masks.apply, per parameter, so a second apply or remove() replaces them.
-_GRAD_HOOKS: "weakref.WeakKeyDictionary[Tensor, Any]" = weakref.WeakKeyDictionary()
+_GRAD_HOOKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
 
 def _as_bool_mask(name: str, value: object) -> Tensor:
