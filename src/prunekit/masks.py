@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,19 +297,29 @@ class Masks(Mapping[str, Tensor]):
                 handle.remove()
         return model
 
-    def enforce(self, model: nn.Module) -> None:
-        """Set the pruned weights of ``model`` to exactly 0 again (one fused multiply per dtype/device)."""
+    def bind(self, model: nn.Module) -> Callable[[], None]:
+        """A zero-argument function that re-zeroes the pruned weights of ``model`` (for training loops).
+
+        The parameters and device masks are looked up once; each call is one fused multiply per
+        (device, dtype) group, so it is cheap enough to run after every optimizer step.
+        """
         params = list(self.check(model).values())
         groups: dict[tuple[Any, ...], tuple[list[Tensor], list[Tensor]]] = {}
         for i, p in enumerate(params):
-            key = (p.device, p.dtype)
-            masks = self._on(p.device, p.dtype)
-            groups.setdefault(key, ([], []))
-            groups[key][0].append(p)
-            groups[key][1].append(masks[i])
-        with torch.no_grad():
-            for ps, ms in groups.values():
-                torch._foreach_mul_(ps, ms)
+            ps, ms = groups.setdefault((p.device, p.dtype), ([], []))
+            ps.append(p)
+            ms.append(self._on(p.device, p.dtype)[i])
+
+        def enforce() -> None:
+            with torch.no_grad():
+                for ps, ms in groups.values():
+                    torch._foreach_mul_(ps, ms)
+
+        return enforce
+
+    def enforce(self, model: nn.Module) -> None:
+        """Set the pruned weights of ``model`` to exactly 0 again."""
+        self.bind(model)()
 
     def is_applied(self, model: nn.Module) -> bool:
         """Whether every pruned weight of ``model`` is exactly zero."""

@@ -1,0 +1,137 @@
+"""Callbacks of the training loop: evaluation, checkpointing, progress, logging.
+
+The loop itself only trains; everything else hooks in here, in the order given (evaluation first, so
+that later callbacks see the epoch's metrics). An early-pruning method hooks in the same way and may
+call ``trainer.set_masks(...)`` at the end of an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_save
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
+
+
+class Callback:
+    """Base class: override any hook."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None: ...
+    def on_batch_end(self, trainer: Trainer, step: int) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer: Trainer) -> None: ...
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Any, amp: bool = False) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` over ``loader`` (one host sync at the end)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    loss = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+        for x, y in loader:
+            out = model(x)
+            loss += F.cross_entropy(out.float(), y, reduction="sum").double()
+            correct += (out.argmax(1) == y).sum()
+            count += len(y)
+    model.train(was_training)
+    return {"acc": correct.item() / count, "loss": loss.item() / count}
+
+
+class Evaluate(Callback):
+    """Evaluate on named loaders (``test``, ``val``) at the end of every epoch."""
+
+    def __init__(self, loaders: dict[str, Any], amp: bool = False):
+        self.loaders = loaders
+        self.amp = amp
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        for name, loader in self.loaders.items():
+            for key, value in evaluate(trainer.model, loader, self.amp).items():
+                metrics[f"{name}_{key}"] = value
+
+
+class Checkpoint(Callback):
+    """Save the complete training state atomically at the end of every epoch."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        atomic_save(trainer.state_dict(), self.path)
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over epochs (and one over batches) showing loss and accuracy."""
+
+    def __init__(self, desc: str = "train", enabled: bool | None = None, position: int = 0):
+        self.desc = desc
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.position = position
+        self.bar: Any = None
+        self.inner: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.bar = tqdm(
+            total=trainer.config.epochs, initial=trainer.epoch, desc=self.desc, unit="ep",
+            disable=not self.enabled, position=self.position, leave=False, dynamic_ncols=True,
+        )
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        self.inner = tqdm(total=len(trainer.train_loader), desc=f"epoch {epoch + 1}", unit="batch",
+                          disable=not self.enabled, position=self.position + 1, leave=False, dynamic_ncols=True)
+
+    def on_batch_end(self, trainer: Trainer, step: int) -> None:
+        if self.inner is not None and step % 20 == 0:
+            self.inner.update(20)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        if self.inner is not None:
+            self.inner.close()
+        shown = {k: f"{v:.4f}" for k, v in metrics.items() if k in ("train_loss", "test_acc", "val_acc")}
+        self.bar.set_postfix(shown)
+        self.bar.update(1)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class JsonlLog(Callback):
+    """Append one JSON line of metrics per epoch to a file."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+
+
+class LambdaCallback(Callback):
+    """Wrap a function ``fn(trainer, epoch, metrics)`` as an epoch-end callback."""
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        self.fn(trainer, epoch, metrics)

@@ -1,0 +1,295 @@
+"""The training loop: SGD/Adam on masked networks, with callbacks, exact resume and throughput."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import Dataset, DeviceLoader, split_validation
+from ..data.loader import mix_seed
+from ..errors import ConfigError, PrunekitError
+from ..masks import Masks
+from ..options import as_dict
+from .callbacks import Callback, Checkpoint, Evaluate, ProgressBar
+from .checkpoint import FORMAT, CheckpointError, load_checkpoint
+from .config import TrainConfig
+
+
+class TrainingDiverged(PrunekitError, RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced. Accuracies are fractions in [0, 1]."""
+
+    history: list[dict[str, Any]]
+    final_test_acc: float | None
+    best_test_acc: float | None
+    best_test_epoch: int | None
+    test_at_best_val: float | None = None
+    best_val_epoch: int | None = None
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    epochs: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(history: list[dict[str, Any]], train_seconds: float, images: int) -> TrainResult:
+    """Final, best-epoch and best-validation-epoch accuracies from per-epoch metrics."""
+    tests = [(h["test_acc"], h["epoch"]) for h in history if "test_acc" in h]
+    vals = [(h["val_acc"], h["epoch"], h.get("test_acc")) for h in history if "val_acc" in h]
+    best = max(tests, key=lambda t: (t[0], -t[1])) if tests else (None, None)
+    best_val = max(vals, key=lambda t: (t[0], -t[1])) if vals else (None, None, None)
+    return TrainResult(
+        history=history,
+        final_test_acc=tests[-1][0] if tests else None,
+        best_test_acc=best[0],
+        best_test_epoch=best[1],
+        test_at_best_val=best_val[2],
+        best_val_epoch=best_val[1],
+        train_seconds=train_seconds,
+        images_per_second=images / train_seconds if train_seconds > 0 else 0.0,
+        epochs=len(history),
+    )
+
+
+def make_optimizer(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class Trainer:
+    """Train ``model`` on ``train_loader`` with ``config``; keep ``masks`` applied after every step.
+
+    The learning rate is a pure function of (epoch, step), the data order a pure function of
+    (seed, epoch), and the checkpoint holds model, optimizer, RNG and history: a run resumed from the
+    checkpoint of epoch ``e`` continues exactly as if it had never stopped.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: DeviceLoader,
+        config: TrainConfig,
+        *,
+        masks: Masks | None = None,
+        callbacks: Sequence[Callback] = (),
+        seed: int = 0,
+    ):
+        self.model = model
+        self.train_loader = train_loader
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.seed = seed
+        self.device = next(model.parameters()).device
+        self.optimizer = make_optimizer(model.parameters(), config)
+        self.epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
+        self.images = 0
+        self.masks: Masks | None = None
+        self._enforce = None
+        self.set_masks(masks)
+
+    def set_masks(self, masks: Masks | None) -> None:
+        """Use new masks from now on (zeroes the newly pruned weights at once)."""
+        self.masks = masks
+        self._enforce = None if masks is None else masks.bind(self.model)
+        if self._enforce is not None:
+            self._enforce()
+
+    # -- state ---------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "rng": _rng_state(self.device),
+            "train_seconds": self.train_seconds,
+            "images": self.images,
+            "config": as_dict(self.config),
+            "seed": self.seed,
+            "masks": None if self.masks is None else {k: v for k, v in self.masks.items()},
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("config") != as_dict(self.config) or state.get("seed") != self.seed:
+            raise CheckpointError("the checkpoint was written by a run with a different config or seed")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.train_seconds = float(state["train_seconds"])
+        self.images = int(state["images"])
+        _set_rng_state(state["rng"], self.device)
+        if state.get("masks") is not None:
+            self.set_masks(Masks(state["masks"], self.masks.meta if self.masks is not None else None))
+        for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
+            cb.load_state_dict(cb_state)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def fit(self) -> TrainResult:
+        cfg = self.config
+        use_amp = cfg.amp and self.device.type == "cuda"
+        steps = len(self.train_loader)
+        self.model.train()
+        self._call("on_fit_start")
+        for epoch in range(self.epoch, cfg.epochs):
+            self._call("on_epoch_start", epoch)
+            self.train_loader.set_epoch(epoch)
+            start = time.perf_counter()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+            correct = torch.zeros((), dtype=torch.long, device=self.device)
+            seen = 0
+            lr = None
+            for i, (x, y) in enumerate(self.train_loader):
+                new_lr = cfg.lr_at(epoch, i, steps)
+                if new_lr != lr:
+                    lr = new_lr
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = self.model(x)
+                    loss = F.cross_entropy(out, y)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                if self._enforce is not None:
+                    self._enforce()
+                loss_sum += loss.detach().double() * len(y)
+                correct += (out.detach().argmax(1) == y).sum()
+                seen += len(y)
+                self._call("on_batch_end", i)
+            train_loss = loss_sum.item() / seen
+            elapsed = time.perf_counter() - start
+            self.train_seconds += elapsed
+            self.images += seen
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate")
+            metrics: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss": train_loss,
+                "train_acc": correct.item() / seen,
+                "epoch_seconds": elapsed,
+                "images_per_second": seen / elapsed if elapsed > 0 else 0.0,
+            }
+            self.epoch = epoch + 1
+            self.history.append(metrics)
+            self._call("on_epoch_end", epoch, metrics)
+        self._call("on_fit_end")
+        return summarize(self.history, self.train_seconds, self.images)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_loaders(
+    dataset: Dataset, config: TrainConfig, device: torch.device, seed: int
+) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
+    """The training loader and the evaluation loaders (``val`` if held out, ``test``)."""
+    info = dataset.info
+    train, val = dataset.train, None
+    if config.val_size > 0:
+        size: int | float = int(config.val_size) if config.val_size >= 1 else float(config.val_size)
+        train, val = split_validation(dataset.train, size, seed)
+    channels_last = config.channels_last and device.type == "cuda"
+    augment = info.augment if config.augment is None else config.augment
+    common = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last)
+    train_loader = DeviceLoader(
+        train, config.batch_size, shuffle=True, augment=augment, crop_padding=info.crop_padding,
+        seed=mix_seed(seed, 0x7EA1), drop_last=len(train) % config.batch_size == 1, **common,
+    )
+    evals = {}
+    if val is not None:
+        evals["val"] = DeviceLoader(val, config.eval_batch_size, shuffle=False, **common)
+    evals["test"] = DeviceLoader(dataset.test, config.eval_batch_size, shuffle=False, **common)
+    return train_loader, evals
+
+
+def fit(
+    model: nn.Module,
+    dataset: Dataset,
+    config: TrainConfig,
+    *,
+    masks: Masks | None = None,
+    device: torch.device | str | None = None,
+    seed: int = 0,
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    callbacks: Sequence[Callback] = (),
+    progress: bool | None = None,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``model`` (masked by ``masks``) on ``dataset`` and evaluate it every epoch.
+
+    Args:
+        model: the network; moved to ``device``.
+        dataset: from :func:`prunekit.data.load_dataset`.
+        config: a :class:`TrainConfig` (or ``get_recipe(name).config``).
+        masks: pruning masks; pruned weights are exactly 0 after every step.
+        device: default CUDA when available, else CPU.
+        seed: fixes the validation split, data order, augmentation and dropout.
+        checkpoint: file written atomically after every epoch; with ``resume`` an existing one is
+            continued (it must come from the same config and seed).
+        callbacks: extra callbacks, run after evaluation and before checkpointing.
+        progress: show progress bars (default: when stderr is a terminal).
+
+    Returns:
+        :class:`TrainResult` with the per-epoch history, final and best-epoch accuracies and
+        training throughput.
+    """
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device)
+    if config.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    train_loader, evals = build_loaders(dataset, config, device, seed)
+    cbs: list[Callback] = [Evaluate(evals, amp=config.amp), *callbacks]
+    if checkpoint is not None:
+        cbs.append(Checkpoint(checkpoint))
+    cbs.append(ProgressBar(desc, enabled=progress))
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(mix_seed(seed, 0xD20))
+        trainer = Trainer(model, train_loader, config, masks=masks, callbacks=cbs, seed=seed)
+        if checkpoint is not None and resume and Path(checkpoint).is_file():
+            trainer.load_state_dict(load_checkpoint(checkpoint, map_location=device))
+        return trainer.fit()
