@@ -70,6 +70,7 @@ class _CifarUnpickler(pickle.Unpickler):
     """Only what the official CIFAR pickles contain: builtins and numpy arrays."""
 
     _ALLOWED = {
+        ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
