@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up everything prunekit needs, from nothing: a virtual environment (.venv) with the CPU build of
+# torch, prunekit with its test dependencies, and the Fashion-MNIST Debian package (the default data).
+# Safe to run again: every step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # pinned: a looser spec pulls a multi-GB CUDA build
+
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv" >&2
+  "$PYTHON" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "setup: installing $TORCH_SPEC" >&2
+  .venv/bin/python -m pip install -q "$TORCH_SPEC"
+fi
+if ! .venv/bin/python -c "import prunekit, pytest, tqdm, matplotlib" 2>/dev/null; then
+  echo "setup: installing prunekit" >&2
+  .venv/bin/python -m pip install -q -e ".[test]"
+fi
+
+FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+if [ ! -f "$FMNIST" ] && [ -z "${PRUNEKIT_NO_APT:-}" ]; then
+  echo "setup: installing the Debian package dataset-fashion-mnist" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  elif command -v sudo >/dev/null; then
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "setup: cannot install dataset-fashion-mnist without root; install it or pass --data-dir" >&2
+  fi
+fi
