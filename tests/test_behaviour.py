@@ -186,3 +186,20 @@ def test_global_ranking_lets_layers_differ_and_erk_option_applies(cnn_and_data):
     assert all(abs(int(m.sum()) - 0.1 * m.numel()) <= 1 for m in layerwise.values())
     assert erk.layer_densities() != snip.layer_densities()
     assert snip.kept == erk.kept == layerwise.kept
+
+
+def test_synflow_is_finite_on_vgg19_without_bn():
+    from prunekit import models
+
+    model = models.create("vgg19", 10, (3, 32, 32), seed=0)
+    scores = prunekit.score(model, "synflow", input_shape=(3, 32, 32))
+    assert all(s.dtype == torch.float64 and bool(torch.isfinite(s).all()) for s in scores.values())
+    assert max(float(s.max()) for s in scores.values()) > 1e20  # float64 headroom is what keeps this finite
+    masks = prunekit.prune(model, "synflow", 0.99, input_shape=(3, 32, 32), num_steps=3)
+    assert masks.kept == kept_count(masks.size, 0.01)
+
+
+def test_linear_schedule_option(cnn_and_data):
+    model, data = cnn_and_data
+    _, steps = _record("force", model, data, 0.8, num_steps=4, schedule="linear")
+    assert [d for d, _ in steps] == pytest.approx([0.8, 0.6, 0.4, 0.2])  # density 1 - t(1-d)/T, d = 0.2
