@@ -182,3 +182,35 @@ def test_prospr_first_order_is_snip_after_the_inner_steps():
     for name, p in ref.named_parameters():
         if name.endswith("weight"):
             torch.testing.assert_close(s[name], (theta0[name] * p.grad).abs())
+
+
+def test_grasp_hg_on_conv_relu_maxpool_net_matches_forward_over_reverse():
+    from torch.func import grad, jvp
+
+    from prunekit import models
+
+    torch.manual_seed(0)
+    net = models.create("lenet5", 10, (1, 28, 28), seed=0).double()
+    x, y = torch.randn(16, 1, 28, 28, dtype=torch.float64), torch.randint(0, 10, (16,))
+    names = [n for n, _ in net.named_parameters() if n.endswith("weight")]
+    params = dict(net.named_parameters())
+    others = {n: p.detach() for n, p in params.items() if n not in names}
+
+    def loss_fn(o, t):
+        return nn.functional.cross_entropy(o, t)
+
+    g, hg = hessian_gradient_product(net, [params[n] for n in names], [(x, y)], loss_fn, temperature=200.0)
+
+    def loss(ws):
+        return loss_fn(functional_call(net, {**others, **dict(zip(names, ws))}, (x,)) / 200.0, y)
+
+    w0 = tuple(params[n].detach().clone() for n in names)
+    _, reference = jvp(grad(loss), (w0,), (tuple(g),))
+    for h, r in zip(hg, reference):
+        torch.testing.assert_close(h, r, rtol=1e-10, atol=1e-18)
+    # finite differences with a step small enough not to cross ReLU / max-pool switching points
+    eps = 1e-6 / float(torch.sqrt(sum((gi**2).sum() for gi in g)))
+    plus = grad(loss)(tuple(w + eps * gi for w, gi in zip(w0, g)))
+    minus = grad(loss)(tuple(w - eps * gi for w, gi in zip(w0, g)))
+    for h, p, m in zip(hg, plus, minus):
+        torch.testing.assert_close(h, (p - m) / (2 * eps), rtol=1e-5, atol=1e-12)

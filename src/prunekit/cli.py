@@ -152,6 +152,152 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _csv(text: str | None, cast: Any = str) -> tuple | None:
+    if text is None:
+        return None
+    try:
+        return tuple(cast(t.strip()) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {cast.__name__}") from None
+
+
+def _train_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    from .options import parse_value
+    from .training import TrainConfig
+
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--train takes name=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        out[k] = parse_value(TrainConfig, k, v, "train")
+    return out
+
+
+def _print_table(out_dir: Path, metric: str) -> None:
+    from .report import write_report
+
+    tables, files = write_report(out_dir, metric)
+    for t in tables:
+        print()
+        print(t.to_markdown())
+    print()
+    for f in files:
+        print(f"wrote {f}", file=sys.stderr)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiments import RunSpec, run_one
+    from .experiments.config import method_options_class
+    from .experiments.run import DatasetCache, describe_outcome
+    from .options import parse_value
+
+    opts = {}
+    for pair in args.opt:
+        if "=" not in pair:
+            raise ConfigError(f"--opt takes name=value, got {pair!r}")
+        k, v = pair.split("=", 1)
+        opts[k] = parse_value(method_options_class(args.method), k, v, f"method {args.method!r}")
+    sparsity = 0.0 if args.method == "dense" else (args.sparsity if args.density is None else 1.0 - args.density)
+    spec = RunSpec(
+        args.model, args.dataset, args.method, sparsity, args.seed, recipe=args.recipe, epochs=args.epochs,
+        ablation=args.ablation, allocation=args.allocation, method_options=opts, train=_train_overrides(args.train),
+    )
+    outcome = run_one(spec, args.out, datasets=DatasetCache(args.data_dir), device=_device(args.device), force=args.force,
+                      retry_failed=args.retry_failed, progress=None if not args.no_progress else False)
+    print(describe_outcome(outcome))
+    row = outcome.row or {}
+    if row.get("status") == "done":
+        print(f"density {row['density']:.4%} (effective {row['effective_density']:.4%}), scoring {row['scoring_seconds']:.2f} s, "
+              f"training {row['train_seconds']:.0f} s ({row['images_per_second']:,.0f} img/s) on {row['device']}")
+        print(f"run folder: {row['run_dir']}")
+    elif row.get("status") == "failed":
+        print(row.get("error", ""), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _sweep_spec(args: argparse.Namespace) -> Any:
+    from .experiments import load_sweep_file, sweep_from_mapping
+
+    values: dict[str, Any] = {}
+    if args.config:
+        from dataclasses import asdict
+
+        base = load_sweep_file(args.config)
+        values = {k: v for k, v in asdict(base).items()}
+        values["options"] = values.pop("method_options")
+    flags = {
+        "models": _csv(args.models), "dataset": args.dataset, "methods": _csv(args.methods), "sparsities": _csv(args.sparsities, float),
+        "seeds": _csv(args.seeds, int), "recipe": args.recipe, "epochs": args.epochs, "ablations": _csv(args.ablations),
+        "allocation": args.allocation, "data_dir": args.data_dir,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.methods == "all":
+        from .methods import list_methods
+
+        values["methods"] = tuple(list_methods())
+    if args.no_dense:
+        values["dense"] = False
+    if args.train:
+        values["train"] = {**values.get("train", {}), **_train_overrides(args.train)}
+    if args.opt:
+        methods = list(values.get("methods", ()))
+        parsed = parse_method_options(args.opt, methods)
+        options = dict(values.get("options", {}))
+        for m, o in parsed.items():
+            if o:
+                options[m] = {**options.get(m, {}), **o}
+        values["options"] = options
+    return sweep_from_mapping(values, where="the sweep (config file and flags)")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .experiments import run_sweep
+
+    spec = _sweep_spec(args)
+    summary = run_sweep(spec, args.out, device=_device(args.device), retry_failed=args.retry_failed,
+                        progress=None if not args.no_progress else False)
+    print(summary, file=sys.stderr)
+    if args.report:
+        _print_table(Path(args.out), args.metric)
+    return 1 if summary.counts["failed"] else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    filters = {k: v for k, v in (("model", args.model), ("dataset", args.dataset), ("recipe", args.recipe)) if v}
+    tables, files = write_report(Path(args.out), args.metric, plots=not args.no_plots, **filters)
+    if not tables:
+        print("no finished runs in the database yet", file=sys.stderr)
+    for t in tables:
+        print(t.to_markdown())
+        print()
+    for f in files:
+        print(f"wrote {f}", file=sys.stderr)
+    return 0
+
+
+DEMO_CONFIG = Path(__file__).parent / "experiments" / "configs" / "demo.toml"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .experiments import load_sweep_file, run_sweep
+
+    spec = load_sweep_file(DEMO_CONFIG)
+    if args.data_dir:
+        from dataclasses import replace
+
+        spec = replace(spec, data_dir=args.data_dir)
+    print(f"main job: {len(spec.runs())} runs ({DEMO_CONFIG.name}) into {args.out}; finished runs are read from the database",
+          file=sys.stderr)
+    summary = run_sweep(spec, args.out, device=_device(args.device), progress=None if not args.no_progress else False)
+    print(summary, file=sys.stderr)
+    _print_table(Path(args.out), "auto")
+    return 1 if summary.counts["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunekit", description="Pruning neural networks at initialization and early in training.")
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
@@ -172,6 +318,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--save-masks", default=None, metavar="DIR", help="save each method's masks as DIR/<method>.pt")
     p.set_defaults(func=cmd_prune)
+
+    def common(q: argparse.ArgumentParser, out_default: str = "runs") -> None:
+        q.add_argument("--out", default=out_default, help="folder of the results database and run files")
+        q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
+        q.add_argument("--data-dir", default=None, help="where the dataset lives")
+        q.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("run", help="score, mask, train, evaluate and store one run")
+    r.add_argument("--model", required=True)
+    r.add_argument("--dataset", required=True)
+    r.add_argument("--method", required=True, help="dense, a pruning method, or imp")
+    r.add_argument("--sparsity", type=float, default=0.9)
+    r.add_argument("--density", type=float, default=None)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--recipe", default="lenet-fmnist")
+    r.add_argument("--epochs", type=int, default=None, help="shorten/lengthen the recipe (milestones scale)")
+    r.add_argument("--ablation", default=None, choices=["shuffle", "reinit", "invert"])
+    r.add_argument("--allocation", default=None)
+    r.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE", help="method option, repeatable")
+    r.add_argument("--train", action="append", default=[], metavar="NAME=VALUE", help="training option, repeatable")
+    r.add_argument("--force", action="store_true", help="discard an earlier result and run again")
+    r.add_argument("--retry-failed", action="store_true", help="run again if it failed before")
+    common(r)
+    r.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("sweep", help="run methods x sparsities x seeds (x models), skipping finished runs")
+    w.add_argument("--config", default=None, help="TOML sweep file; flags override its values")
+    w.add_argument("--models", default=None, help="comma-separated")
+    w.add_argument("--dataset", default=None)
+    w.add_argument("--methods", default=None, help="comma-separated, or all")
+    w.add_argument("--sparsities", default=None, help="comma-separated, e.g. 0.9,0.98,0.995")
+    w.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2")
+    w.add_argument("--recipe", default=None)
+    w.add_argument("--epochs", type=int, default=None)
+    w.add_argument("--ablations", default=None, help="comma-separated: shuffle,reinit,invert")
+    w.add_argument("--allocation", default=None)
+    w.add_argument("--no-dense", action="store_true", help="no dense baseline runs")
+    w.add_argument("--opt", action="append", default=[], metavar="[METHOD.]NAME=VALUE")
+    w.add_argument("--train", action="append", default=[], metavar="NAME=VALUE")
+    w.add_argument("--retry-failed", action="store_true")
+    w.add_argument("--report", action="store_true", help="print the table and write plots at the end")
+    w.add_argument("--metric", default="auto")
+    common(w)
+    w.set_defaults(func=cmd_sweep)
+
+    rep = sub.add_parser("report", help="tables (Markdown, CSV) and plots (PNG) from the results database")
+    rep.add_argument("--out", default="runs")
+    rep.add_argument("--metric", default="auto", help="auto, final, best or val")
+    rep.add_argument("--model", default=None)
+    rep.add_argument("--dataset", default=None)
+    rep.add_argument("--recipe", default=None)
+    rep.add_argument("--no-plots", action="store_true")
+    rep.set_defaults(func=cmd_report)
+
+    d = sub.add_parser("demo", help="the main job: every method on LeNet-5 / Fashion-MNIST, table and plots")
+    common(d, out_default="runs/demo")
+    d.set_defaults(func=cmd_demo)
 
     for what in ("methods", "models", "datasets", "recipes"):
         q = sub.add_parser(what, help=f"list the {what} prunekit knows")

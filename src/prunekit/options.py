@@ -48,6 +48,19 @@ def _allowed_types(hint: Any) -> tuple[list[Any], bool]:
     return [hint], False
 
 
+def _tuple_element(t: Any) -> type:
+    args = [a for a in typing.get_args(t) if a is not Ellipsis]
+    return args[0] if args else int
+
+
+def _is_number(v: Any, elem: type) -> bool:
+    if isinstance(v, bool):
+        return False
+    if elem is int:
+        return isinstance(v, int)
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def _type_name(t: Any) -> str:
     return getattr(t, "__name__", str(t))
 
@@ -74,9 +87,10 @@ def check_value(cls: type, name: str, value: Any, owner: str) -> Any:
         elif base is str:
             ok = isinstance(value, str)
         elif base is tuple:
-            ok = isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            elem = _tuple_element(t)
+            ok = isinstance(value, (tuple, list)) and all(_is_number(v, elem) for v in value)
             if ok:
-                value = tuple(value)
+                value = tuple(elem(v) for v in value)
         if ok:
             break
     if not ok:
@@ -144,7 +158,8 @@ def parse_value(cls: type, name: str, text: str, owner: str) -> Any:
             if base is float:
                 return check_value(cls, name, float(text), owner)
             if base is tuple:
-                return check_value(cls, name, tuple(int(v) for v in text.replace("x", ",").split(",") if v), owner)
+                elem = _tuple_element(t)
+                return check_value(cls, name, tuple(elem(v) for v in text.replace("x", ",").split(",") if v), owner)
             if base is str:
                 return check_value(cls, name, text, owner)
         except ValueError:

@@ -107,6 +107,7 @@ def prune(
     loss_fn: LossFn | None = None,
     progress: bool | None = None,
     callback: Callable[[int, float, dict[str, Tensor]], None] | None = None,
+    invert: bool = False,
     **options: Any,
 ) -> Masks:
     """Compute pruning masks for ``model`` with ``method``; the model is not modified.
@@ -129,6 +130,8 @@ def prune(
         progress: show a progress bar for iterative methods (default: when stderr is a terminal).
         callback: called as ``callback(step, density, masks)`` after every step of the schedule
             (once for one-shot methods), e.g. to record how masks evolve.
+        invert: keep the *lowest*-scoring weights instead (the score-inversion sanity check of
+            Frankle et al., 2021), at every step of an iterative schedule.
         **options: method options (see ``prunekit methods`` or ``get_method(name).options``).
 
     Returns:
@@ -155,6 +158,8 @@ def prune(
         for step, step_density in enumerate(bar, start=1):
             scores = spec.score(ctx, opts, masks)
             _check_scores(method, scores, params)
+            if invert:
+                scores = {n: -s for n, s in scores.items()}
             masks = select(scores, step_density, allocation, masks if spec.monotone else None)
             if callback is not None:
                 callback(step, step_density, {n: m.detach().cpu().clone() for n, m in masks.items()})
@@ -168,6 +173,7 @@ def prune(
         "density": keep,
         "seed": seed,
         "allocation": allocation,
+        "inverted": invert,
         "options": as_dict(opts),
         "include": include if include is None or isinstance(include, str) else list(include),
         "exclude": exclude if exclude is None or isinstance(exclude, str) else list(exclude),

@@ -257,6 +257,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     progress: bool | None = None,
     desc: str = "train",
+    start_epoch: int = 0,
 ) -> TrainResult:
     """Train ``model`` (masked by ``masks``) on ``dataset`` and evaluate it every epoch.
 
@@ -271,6 +272,8 @@ def fit(
             continued (it must come from the same config and seed).
         callbacks: extra callbacks, run after evaluation and before checkpointing.
         progress: show progress bars (default: when stderr is a terminal).
+        start_epoch: begin at this epoch, with the learning rate and data order of that epoch
+            (training rewound to epoch ``k`` for lottery-ticket rewinding), with a fresh optimizer.
 
     Returns:
         :class:`TrainResult` with the per-epoch history, final and best-epoch accuracies and
@@ -290,6 +293,9 @@ def fit(
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(mix_seed(seed, 0xD20))
         trainer = Trainer(model, train_loader, config, masks=masks, callbacks=cbs, seed=seed)
+        if not 0 <= start_epoch < config.epochs:
+            raise ConfigError(f"start_epoch must be in [0, {config.epochs}), got {start_epoch}")
+        trainer.epoch = start_epoch
         if checkpoint is not None and resume and Path(checkpoint).is_file():
             trainer.load_state_dict(load_checkpoint(checkpoint, map_location=device))
         return trainer.fit()

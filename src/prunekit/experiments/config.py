@@ -1,0 +1,276 @@
+"""Run and sweep configurations: what the user asks, resolved in full, with a key derived from it.
+
+A run is identified by the hash of its *resolved* configuration (every default filled in: the
+method's options, the recipe's training config after overrides, the model's init). The same request
+always maps to the same key, so a rerun finds its finished result, and changing any setting that
+matters gives a new run. Where the data lives and which device trains are not part of the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..allocation import ALLOCATIONS
+from ..data import get_info
+from ..errors import ConfigError, unknown
+from ..methods import get_method
+from ..models import get_model_spec
+from ..options import as_dict, build, option
+from ..training import TrainConfig, get_recipe
+
+ABLATIONS = {
+    "shuffle": "shuffle each layer's mask at random (keeps every layer's density)",
+    "reinit": "train the masked network from a fresh random initialisation",
+    "invert": "keep the lowest-scoring weights instead of the highest",
+}
+DENSE = "dense"
+IMP = "imp"
+DEFAULT_RECIPE = "lenet-fmnist"
+
+
+@dataclass(frozen=True)
+class ImpOptions:
+    """Iterative magnitude pruning with rewinding (lottery tickets)."""
+
+    fraction: float = option(0.2, "fraction of the remaining weights pruned per round (open_lth: 0.2)", min=0.0, max=0.99, min_exclusive=True)
+    rewind_epoch: int = option(0, "rewind survivors to their value after this many epochs (0: to initialization)", min=0)
+    allocation: str = option("global", "global magnitude ranking (open_lth) or layerwise", choices=("global", "layerwise"))
+
+
+def method_options_class(method: str) -> type:
+    if method == DENSE:
+        return _NoOptions
+    if method == IMP:
+        return ImpOptions
+    return get_method(method).options
+
+
+@dataclass(frozen=True)
+class _NoOptions:
+    pass
+
+
+def known_methods() -> list[str]:
+    from ..methods import list_methods
+
+    return [DENSE, *list_methods(), IMP]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run as requested. :func:`resolve` fills in every default."""
+
+    model: str
+    dataset: str
+    method: str
+    sparsity: float = 0.0
+    seed: int = 0
+    recipe: str = DEFAULT_RECIPE
+    epochs: int | None = None
+    ablation: str | None = None
+    allocation: str | None = None
+    method_options: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    scoring_batch_size: int | None = None
+
+
+def _check_sparsity(method: str, sparsity: Any) -> float:
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not math.isfinite(sparsity):
+        raise ConfigError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    if method == DENSE:
+        if sparsity != 0:
+            raise ConfigError(f"the dense baseline has sparsity 0, got {sparsity!r}")
+        return 0.0
+    if not 0.0 < sparsity < 1.0:
+        raise ConfigError(f"sparsity must be in (0, 1) for method {method!r}, got {sparsity!r}")
+    return float(sparsity)
+
+
+def resolve(spec: RunSpec) -> dict[str, Any]:
+    """The complete configuration of a run (JSON-serialisable), validated.
+
+    Raises:
+        ConfigError: any unknown name or invalid value, naming it.
+    """
+    if spec.method not in known_methods():
+        raise unknown("method", spec.method, known_methods())
+    get_model_spec(spec.model)
+    info = get_info(spec.dataset)
+    recipe = get_recipe(spec.recipe)
+    sparsity = _check_sparsity(spec.method, spec.sparsity)
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or spec.seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {spec.seed!r}")
+    if spec.ablation is not None:
+        if spec.ablation not in ABLATIONS:
+            raise unknown("ablation", spec.ablation, ABLATIONS)
+        if spec.method in (DENSE, IMP):
+            raise ConfigError(f"ablations apply to pruning-at-initialization methods, not {spec.method!r}")
+    opts_cls = method_options_class(spec.method)
+    method_opts = as_dict(build(opts_cls, dict(spec.method_options), f"method {spec.method!r}"))
+    train_values = {**as_dict(recipe.config_for(spec.model)), **dict(spec.train)}
+    if spec.epochs is not None:
+        train_values["epochs"] = spec.epochs
+    train_cfg = build(TrainConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in train_values.items()}, "train")
+    if spec.method == IMP and method_opts["rewind_epoch"] >= train_cfg.epochs:
+        raise ConfigError(f"rewind_epoch ({method_opts['rewind_epoch']}) must be below the number of epochs ({train_cfg.epochs})")
+    allocation = None
+    if spec.method not in (DENSE, IMP):
+        allocation = spec.allocation or get_method(spec.method).allocation
+        if allocation not in ALLOCATIONS:
+            raise unknown("allocation", allocation, ALLOCATIONS)
+    elif spec.allocation is not None:
+        raise ConfigError(f"allocation does not apply to {spec.method!r} (IMP takes allocation as an option)")
+    scoring_bs = spec.scoring_batch_size or train_cfg.batch_size
+    if isinstance(scoring_bs, bool) or not isinstance(scoring_bs, int) or scoring_bs < 1:
+        raise ConfigError(f"scoring batch size must be a positive integer, got {scoring_bs!r}")
+    model_kwargs = {**recipe.model_kwargs.get(spec.model, {}), **dict(spec.model_kwargs)}
+    return {
+        "model": spec.model,
+        "dataset": info.name,
+        "method": spec.method,
+        "sparsity": sparsity,
+        "seed": spec.seed,
+        "recipe": recipe.name,
+        "ablation": spec.ablation,
+        "allocation": allocation,
+        "method_options": method_opts,
+        "train": as_dict(train_cfg),
+        "model_kwargs": model_kwargs,
+        "init": recipe.init,
+        "bn_gamma": recipe.bn_gamma,
+        "scoring_batch_size": scoring_bs,
+        "headline": recipe.headline,
+    }
+
+
+def run_key(resolved: Mapping[str, Any]) -> str:
+    """A stable 16-hex-digit key of a resolved configuration."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# -- sweeps --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid of runs: models x methods x sparsities x seeds (x ablations), plus dense baselines."""
+
+    models: tuple[str, ...]
+    dataset: str
+    methods: tuple[str, ...]
+    sparsities: tuple[float, ...]
+    seeds: tuple[int, ...] = (0,)
+    recipe: str = DEFAULT_RECIPE
+    epochs: int | None = None
+    dense: bool = True
+    ablations: tuple[str, ...] = ()
+    allocation: str | None = None
+    method_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    scoring_batch_size: int | None = None
+    data_dir: str | None = None
+
+    def runs(self) -> list[RunSpec]:
+        """Every run of the grid (dense baselines first), validated."""
+        for m in self.method_options:
+            if m not in self.methods:
+                raise ConfigError(f"options are given for method {m!r}, which is not in the sweep's methods")
+        out = []
+        common = dict(recipe=self.recipe, epochs=self.epochs, train=self.train, scoring_batch_size=self.scoring_batch_size)
+        for model in self.models:
+            if self.dense:
+                for seed in self.seeds:
+                    out.append(RunSpec(model, self.dataset, DENSE, 0.0, seed, model_kwargs=self.model_kwargs, **common))
+            for method, sparsity, seed, ablation in itertools.product(self.methods, self.sparsities, self.seeds, (None, *self.ablations)):
+                if method == DENSE:
+                    continue
+                if ablation is not None and method == IMP:
+                    continue
+                out.append(
+                    RunSpec(
+                        model, self.dataset, method, sparsity, seed, ablation=ablation,
+                        allocation=None if method == IMP else self.allocation,
+                        method_options=self.method_options.get(method, {}), model_kwargs=self.model_kwargs, **common,
+                    )
+                )
+        return out
+
+
+_SWEEP_KEYS = {f.name for f in fields(SweepSpec)} - {"method_options"}  # options come from [options.*]
+_LIST_KEYS = {"models", "methods", "sparsities", "seeds", "ablations"}
+
+
+def sweep_from_mapping(values: Mapping[str, Any], where: str = "sweep config") -> SweepSpec:
+    """Build and fully validate a :class:`SweepSpec` from a mapping (a parsed TOML file or CLI flags).
+
+    Layout: the fields of :class:`SweepSpec` at the top level (``model`` is accepted for ``models``,
+    a single value for any list), a ``[train]`` table of training overrides, an ``[options.<method>]``
+    table of options per method::
+
+        models = ["lenet5"]
+        dataset = "fashion-mnist"
+        methods = ["snip", "force"]
+        sparsities = [0.9, 0.98]
+        seeds = [0, 1, 2]
+        recipe = "lenet-fmnist"
+        [train]
+        lr = 0.05
+        [options.force]
+        num_steps = 100
+
+    Raises:
+        ConfigError: an unknown key (named, with where it was found) or an invalid value, before any
+            run starts.
+    """
+    values = dict(values)
+    if "model" in values:
+        values["models"] = values.pop("model")
+    options = values.pop("options", {})
+    for key in values:
+        if key not in _SWEEP_KEYS:
+            raise ConfigError(f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(_SWEEP_KEYS | {'model', 'options'}))}")
+    for key in ("models", "dataset", "methods", "sparsities"):
+        if key not in values:
+            raise ConfigError(f"{where} needs {key!r}")
+    for key in _LIST_KEYS & values.keys():
+        v = values[key]
+        values[key] = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+    for name, table in [("options", options), ("train", values.get("train", {})), ("model_kwargs", values.get("model_kwargs", {}))]:
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{name!r} in {where} must be a table")
+    for method, table in options.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"[options.{method}] in {where} must be a table of options")
+    values["method_options"] = {k: dict(v) for k, v in options.items()}
+    spec = SweepSpec(**values)
+    for run in spec.runs():
+        resolve(run)  # validates every run before any work starts
+    return spec
+
+
+def load_sweep_file(path: str | Path) -> SweepSpec:
+    """Read a TOML sweep file and validate it in full."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib  # type: ignore[no-redef]
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep config {str(path)!r} does not exist")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return sweep_from_mapping(values, where=str(path))
+
+
+def with_overrides(spec: SweepSpec, **overrides: Any) -> SweepSpec:
+    """A copy of ``spec`` with the non-None ``overrides`` replaced."""
+    return replace(spec, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,283 @@
+"""The results database: SQLite in WAL mode, one row per run, safe for several processes.
+
+A run row holds its full resolved configuration, status (``pending``, ``running``, ``done``,
+``failed``), metrics, timings, device, versions and the path of its mask file; per-epoch metrics go
+to the ``epochs`` table. A process *claims* a run in an ``IMMEDIATE`` transaction, so two processes
+never run the same run at once. A running claim expires when its owner process is gone (same host)
+or its heartbeat is older than ``stale_after`` seconds (any host); the run is then restarted from
+its checkpoint by whoever claims it next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    key TEXT PRIMARY KEY,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    model TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    method TEXT NOT NULL,
+    sparsity REAL NOT NULL,
+    seed INTEGER NOT NULL,
+    recipe TEXT NOT NULL,
+    ablation TEXT,
+    config TEXT NOT NULL,
+    owner TEXT,
+    heartbeat REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    final_acc REAL,
+    best_acc REAL,
+    best_epoch INTEGER,
+    test_at_best_val REAL,
+    density REAL,
+    effective_density REAL,
+    scoring_seconds REAL,
+    train_seconds REAL,
+    images_per_second REAL,
+    device TEXT,
+    versions TEXT,
+    mask_path TEXT,
+    run_dir TEXT,
+    layers TEXT,
+    extra TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_group ON runs (model, dataset, recipe, method, sparsity);
+CREATE TABLE IF NOT EXISTS epochs (
+    key TEXT NOT NULL REFERENCES runs (key),
+    phase INTEGER NOT NULL DEFAULT 0,  -- IMP: the pruning round
+    epoch INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (key, phase, epoch)
+);
+"""
+
+RESULT_FIELDS = (
+    "final_acc", "best_acc", "best_epoch", "test_at_best_val", "density", "effective_density", "scoring_seconds",
+    "train_seconds", "images_per_second", "device", "versions", "mask_path", "run_dir", "layers", "extra",
+)
+_JSON_FIELDS = {"config", "versions", "layers", "extra"}
+
+
+def make_owner() -> str:
+    """An owner id for this process: ``host:pid:nonce``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_alive(owner: str | None) -> bool | None:
+    """True/False for an owner on this host, None when it lives on another host."""
+    if not owner:
+        return False
+    host, _, rest = owner.partition(":")
+    if host != socket.gethostname():
+        return None
+    try:
+        pid = int(rest.split(":")[0])
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ResultsDB:
+    """A handle on the results database at ``path`` (created if missing)."""
+
+    def __init__(self, path: str | os.PathLike[str], stale_after: float = 300.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.stale_after = stale_after
+        self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultsDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- rows -----------------------------------------------------------------------------------
+    def ensure(self, key: str, config: Mapping[str, Any]) -> None:
+        """Insert the run as ``pending`` unless it is already known."""
+        with self._transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO runs (key, status, model, dataset, method, sparsity, seed, recipe, ablation, config, created) "
+                "VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (key, config["model"], config["dataset"], config["method"], config["sparsity"], config["seed"],
+                 config["recipe"], config["ablation"], json.dumps(config, sort_keys=True), time.time()),
+            )
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else _decode(row)
+
+    def runs(self, status: str | None = None, **where: Any) -> list[dict[str, Any]]:
+        """Rows matching ``status`` and column equalities, in creation order."""
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        for col, value in where.items():
+            if col not in ("model", "dataset", "method", "recipe", "seed", "ablation", "sparsity"):
+                raise ValueError(f"cannot filter runs on {col!r}")
+            if value is None:
+                clauses.append(f"{col} IS NULL")
+            else:
+                clauses.append(f"{col} = ?")
+                params.append(value)
+        sql = "SELECT * FROM runs" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY created, key"
+        with self._lock:
+            rows = self._conn.execute(sql, params).fetchall()
+        return [_decode(r) for r in rows]
+
+    def epochs(self, key: str, phase: int | None = None) -> list[dict[str, Any]]:
+        """Per-epoch metrics of a run (of one phase, e.g. an IMP round, or all), in order."""
+        sql = "SELECT phase, metrics FROM epochs WHERE key = ?" + (" AND phase = ?" if phase is not None else "")
+        with self._lock:
+            rows = self._conn.execute(sql + " ORDER BY phase, epoch", (key,) if phase is None else (key, phase)).fetchall()
+        return [{"phase": r["phase"], **json.loads(r["metrics"])} for r in rows]
+
+    # -- claims ---------------------------------------------------------------------------------
+    def is_stale(self, row: Mapping[str, Any], now: float | None = None) -> bool:
+        """Whether a ``running`` row's owner is gone (dead on this host, or silent too long)."""
+        alive = _owner_alive(row.get("owner"))
+        if alive is False:
+            return True
+        now = time.time() if now is None else now
+        return (now - (row.get("heartbeat") or 0.0)) > self.stale_after
+
+    def claim(self, key: str, owner: str, retry_failed: bool = False) -> bool:
+        """Atomically take the run for ``owner``; False if it is done, failed (unless retried) or
+        running under a live owner."""
+        with self._transaction() as c:
+            row = c.execute("SELECT status, owner, heartbeat FROM runs WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                raise KeyError(f"unknown run {key}")
+            status = row["status"]
+            if status == "done" or (status == "failed" and not retry_failed):
+                return False
+            if status == "running" and not self.is_stale(dict(row)):
+                return False
+            now = time.time()
+            c.execute(
+                "UPDATE runs SET status = 'running', owner = ?, heartbeat = ?, started = COALESCE(started, ?), "
+                "attempts = attempts + 1, error = NULL WHERE key = ?",
+                (owner, now, now, key),
+            )
+            return True
+
+    def heartbeat(self, key: str, owner: str) -> None:
+        with self._transaction() as c:
+            c.execute("UPDATE runs SET heartbeat = ? WHERE key = ? AND owner = ? AND status = 'running'", (time.time(), key, owner))
+
+    def add_epoch(self, key: str, metrics: Mapping[str, Any], phase: int = 0) -> None:
+        with self._transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO epochs (key, phase, epoch, metrics) VALUES (?, ?, ?, ?)",
+                (key, phase, int(metrics["epoch"]), json.dumps(dict(metrics))),
+            )
+            c.execute("UPDATE runs SET heartbeat = ? WHERE key = ?", (time.time(), key))
+
+    def finish(self, key: str, owner: str, results: Mapping[str, Any]) -> None:
+        """Record a finished run's results (only the claiming owner may)."""
+        unknown_fields = set(results) - set(RESULT_FIELDS)
+        if unknown_fields:
+            raise ValueError(f"unknown result fields {sorted(unknown_fields)}")
+        cols = list(results)
+        values = [json.dumps(results[c]) if c in _JSON_FIELDS else results[c] for c in cols]
+        sets = ", ".join(f"{c} = ?" for c in cols)
+        with self._transaction() as c:
+            cur = c.execute(
+                f"UPDATE runs SET status = 'done', finished = ?, error = NULL{', ' + sets if sets else ''} "
+                "WHERE key = ? AND owner = ?",
+                (time.time(), *values, key, owner),
+            )
+            if cur.rowcount != 1:
+                raise RuntimeError(f"run {key} is no longer owned by {owner}")
+
+    def fail(self, key: str, owner: str, error: str) -> None:
+        with self._transaction() as c:
+            c.execute("UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE key = ? AND owner = ?", (time.time(), error, key, owner))
+
+    def release(self, key: str, owner: str) -> None:
+        """Give a claimed run back as ``pending`` (interrupted on purpose, e.g. Ctrl-C)."""
+        with self._transaction() as c:
+            c.execute("UPDATE runs SET status = 'pending', owner = NULL WHERE key = ? AND owner = ? AND status = 'running'", (key, owner))
+
+    def reset(self, key: str) -> None:
+        """Forget a run's results so that it runs again (``--force``)."""
+        with self._transaction() as c:
+            c.execute("DELETE FROM epochs WHERE key = ?", (key,))
+            c.execute(
+                "UPDATE runs SET status = 'pending', owner = NULL, heartbeat = NULL, started = NULL, finished = NULL, error = NULL, "
+                + ", ".join(f"{f} = NULL" for f in RESULT_FIELDS) + " WHERE key = ?",
+                (key,),
+            )
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    out = dict(row)
+    for f in _JSON_FIELDS:
+        if out.get(f) is not None:
+            out[f] = json.loads(out[f])
+    return out
+
+
+class Heartbeat:
+    """Refresh a run's heartbeat from a background thread while it runs."""
+
+    def __init__(self, db: ResultsDB, key: str, owner: str, every: float = 30.0):
+        self.db, self.key, self.owner, self.every = db, key, owner, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.db.heartbeat(self.key, self.owner)
+            except sqlite3.Error:
+                pass  # a busy database skips one beat
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

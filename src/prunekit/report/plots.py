@@ -1,0 +1,77 @@
+"""Plots of result tables: accuracy vs sparsity, and per-layer density per method (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .tables import _METRIC_NAMES, Table  # noqa: E402
+
+
+def plot_accuracy(table: Table, path: str | Path) -> Path:
+    """Accuracy vs density (log scale), error bars = std over seeds, dense as a band."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    markers = "osD^v<>phX*"
+    for i, (label, row) in enumerate(table.rows.items()):
+        xs = sorted(row)
+        ax.errorbar(
+            [1 - s for s in xs], [100 * row[s].mean for s in xs], yerr=[100 * row[s].std for s in xs],
+            marker=markers[i % len(markers)], capsize=3, linewidth=1.4, markersize=4, label=label,
+        )
+    if table.dense is not None:
+        m, s = 100 * table.dense.mean, 100 * table.dense.std
+        ax.axhline(m, color="black", linestyle="--", linewidth=1, label="dense")
+        if s > 0:
+            ax.axhspan(m - s, m + s, color="black", alpha=0.08)
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ticks = [1 - s for s in table.sparsities]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{100 * s:g}%" for s in table.sparsities])
+    ax.minorticks_off()
+    ax.set_xlabel("sparsity (density on a log scale)")
+    ax.set_ylabel(f"{_METRIC_NAMES[table.metric]} (%)")
+    ax.set_title(f"{table.model} on {table.dataset} ({table.recipe}, {table.epochs} epochs)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_layer_densities(table: Table, path: str | Path) -> Path | None:
+    """Per-layer density of each method, one panel per sparsity (log scale)."""
+    sparsities = [s for s in table.sparsities if any(s in v for v in table.layers.values())]
+    if not sparsities:
+        return None
+    path = Path(path)
+    fig, axes = plt.subplots(1, len(sparsities), figsize=(4.2 * len(sparsities) + 1, 4.2), dpi=120, squeeze=False)
+    for ax, s in zip(axes[0], sparsities):
+        names: list[str] = []
+        for label, by_s in table.layers.items():
+            if s not in by_s:
+                continue
+            rows = by_s[s]
+            names = [r["name"] for r in rows]
+            dens = [max(r["density"], 1e-5) for r in rows]
+            ax.plot(range(len(rows)), dens, marker="o", markersize=3, linewidth=1.2, label=label)
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=60, ha="right", fontsize=6)
+        ax.set_title(f"sparsity {100 * s:g}%", fontsize=9)
+        ax.set_ylabel("layer density (kept fraction)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.suptitle(f"Per-layer density: {table.model} on {table.dataset}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

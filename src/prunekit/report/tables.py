@@ -1,0 +1,197 @@
+"""Result tables from the results database: methods x sparsities, mean +- std over seeds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..experiments.config import DENSE, known_methods, method_options_class
+from ..experiments.db import ResultsDB
+from ..options import as_dict
+
+METRICS = {
+    "auto": "the accuracy the recipe's paper reports (best epoch for grasp-cifar, final otherwise)",
+    "final": "test accuracy after the last epoch",
+    "best": "best test accuracy over epochs (as the GraSP paper reports)",
+    "val": "test accuracy at the epoch of best validation accuracy",
+}
+_COLUMN = {"final": "final_acc", "best": "best_acc", "val": "test_at_best_val"}
+_METRIC_NAMES = {"final": "final test accuracy", "best": "best-epoch test accuracy", "val": "test accuracy at the best validation epoch"}
+
+
+@dataclass
+class Cell:
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def text(self) -> str:
+        if self.n == 1:
+            return f"{100 * self.mean:.2f}"
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+
+
+@dataclass
+class Table:
+    """One comparison: a model on a dataset under one training configuration."""
+
+    model: str
+    dataset: str
+    recipe: str
+    epochs: int
+    metric: str
+    sparsities: list[float]
+    rows: dict[str, dict[float, Cell]]
+    dense: Cell | None
+    layers: dict[str, dict[float, list[dict[str, Any]]]] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        return f"{self.model}_{self.dataset}_{self.recipe}_{self.epochs}ep_{self.metric}"
+
+    @property
+    def title(self) -> str:
+        seeds = sorted({c.n for row in self.rows.values() for c in row.values()} | ({self.dense.n} if self.dense else set()))
+        n = "/".join(map(str, seeds))
+        return (
+            f"{self.model} on {self.dataset}, recipe {self.recipe} ({self.epochs} epochs): {_METRIC_NAMES[self.metric]} (%), "
+            f"mean ± std over {n} seed{'s' if seeds != [1] else ''}"
+        )
+
+    def best(self) -> dict[float, str]:
+        """The row with the highest mean in each column (dense excluded)."""
+        out = {}
+        for s in self.sparsities:
+            cands = [(row[s].mean, label) for label, row in self.rows.items() if s in row]
+            if cands:
+                out[s] = max(cands)[1]
+        return out
+
+    def to_markdown(self) -> str:
+        best = self.best()
+        header = "| method | " + " | ".join(f"{100 * s:g} %" for s in self.sparsities) + " |"
+        lines = [f"**{self.title}**", "", header, "|---|" + "---:|" * len(self.sparsities)]
+        if self.dense is not None:
+            lines.append("| dense (0 %) | " + " | ".join(self.dense.text() for _ in self.sparsities) + " |")
+        for label, row in self.rows.items():
+            cells = []
+            for s in self.sparsities:
+                if s not in row:
+                    cells.append("–")
+                else:
+                    t = row[s].text()
+                    cells.append(f"**{t}**" if best.get(s) == label else t)
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("Bold: best method per column. Dense: the unpruned network, repeated in every column.")
+        return "\n".join(lines)
+
+
+def _row_label(row: dict[str, Any]) -> str:
+    cfg = row["config"]
+    label = cfg["method"]
+    defaults = as_dict(method_options_class(cfg["method"])())
+    diff = {k: v for k, v in cfg["method_options"].items() if defaults.get(k) != v}
+    extras = [f"{k}={v}" for k, v in sorted(diff.items())]
+    if cfg.get("allocation") and cfg["method"] not in (DENSE,):
+        from ..methods import get_method
+
+        if cfg["method"] != "imp" and cfg["allocation"] != get_method(cfg["method"]).allocation:
+            extras.append(cfg["allocation"])
+    if extras:
+        label += " [" + ", ".join(extras) + "]"
+    if cfg.get("ablation"):
+        label += f" ({cfg['ablation']})"
+    return label
+
+
+def _group_key(row: dict[str, Any]) -> tuple[str, str, str, str]:
+    cfg = row["config"]
+    return (cfg["model"], cfg["dataset"], cfg["recipe"], json.dumps(cfg["train"], sort_keys=True))
+
+
+def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Table]:
+    """One :class:`Table` per (model, dataset, recipe, training config) among finished runs.
+
+    Args:
+        metric: see :data:`METRICS`.
+        **filters: column equalities (``model="lenet5"``, ``dataset=...``, ``recipe=...``).
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in db.runs(status="done", **filters):
+        groups[_group_key(row)].append(row)
+    order = {m: i for i, m in enumerate(known_methods())}
+    tables = []
+    for (model, dataset, recipe, train_json), rows in sorted(groups.items()):
+        chosen = metric if metric != "auto" else rows[0]["config"].get("headline", "final")
+        col = _COLUMN[chosen]
+        cells: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        layers: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(dict)
+        dense: list[float] = []
+        sort_keys: dict[str, tuple] = {}
+        for r in rows:
+            value = r.get(col)
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            if r["method"] == DENSE:
+                dense.append(value)
+                continue
+            label = _row_label(r)
+            sort_keys[label] = (order.get(r["method"], 99), r["config"].get("ablation") or "", label)
+            cells[label][r["sparsity"]].append(value)
+            if r.get("layers") and r["sparsity"] not in layers[label]:
+                layers[label][r["sparsity"]] = r["layers"]
+        sparsities = sorted({s for row in cells.values() for s in row})
+        table_rows = {label: {s: Cell(v) for s, v in cells[label].items()} for label in sorted(cells, key=lambda l: sort_keys[l])}
+        tables.append(
+            Table(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, sparsities, table_rows,
+                  Cell(dense) if dense else None, dict(layers))
+        )
+    return tables
+
+
+CSV_FIELDS = [
+    "key", "status", "model", "dataset", "recipe", "method", "ablation", "sparsity", "seed", "final_acc", "best_acc",
+    "best_epoch", "test_at_best_val", "density", "effective_density", "scoring_seconds", "train_seconds",
+    "images_per_second", "epochs", "device", "prunekit", "torch", "mask_path", "error",
+]
+
+
+def write_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Every run (any status), one line each, with its main config fields and metrics."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w.writeheader()
+        for r in rows:
+            versions = r.get("versions") or {}
+            out = {k: r.get(k) for k in CSV_FIELDS}
+            out["epochs"] = r["config"]["train"]["epochs"]
+            out["prunekit"] = versions.get("prunekit")
+            out["torch"] = versions.get("torch")
+            out["error"] = (r.get("error") or "").splitlines()[0] if r.get("error") else None
+            w.writerow(out)
+    tmp.replace(path)
+    return path
