@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the main job on Fashion-MNIST. Extra arguments go to the command.
+# Set up (scripts/setup.sh) and run the main job: every method on LeNet-5 / Fashion-MNIST at 90, 98 and
+# 99.5 % sparsity (28 runs, about 8 minutes on 2 CPU cores), then print the table and write the plots.
+# Finished runs are kept in runs/demo/results.db, so running it again is instant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/prunekit prune "$@"
+exec .venv/bin/prunekit demo "$@"

@@ -1,0 +1,371 @@
+"""Runs, sweeps, the results database, IMP and the ablations."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.errors import ConfigError
+from prunekit.experiments import (
+    ResultsDB, RunSpec, imp_densities, load_sweep_file, resolve, run_key, run_one, run_sweep, shuffle_masks, sweep_from_mapping,
+)
+from prunekit.experiments.run import DatasetCache
+from conftest import TINY_TRAIN, write_tiny_mnist
+
+
+def spec(method="snip", sparsity=0.9, seed=0, **kw):
+    kw.setdefault("train", TINY_TRAIN)
+    kw.setdefault("epochs", 2)
+    return RunSpec("lenet_300_100", "mnist", method, sparsity, seed, **kw)
+
+
+# -- configuration ------------------------------------------------------------------------------
+def test_resolved_config_has_every_default_and_a_stable_key():
+    a = resolve(spec())
+    assert a["method_options"] == {"num_batches": 1, "bn_mode": "train", "reinit": False}
+    assert a["train"]["epochs"] == 2 and a["train"]["lr"] == 0.05 and a["train"]["val_size"] == 40.0
+    assert a["allocation"] == "global" and a["scoring_batch_size"] == 50
+    assert run_key(a) == run_key(resolve(spec()))
+    assert run_key(a) != run_key(resolve(spec(seed=1)))
+    explicit = resolve(spec(method_options={"num_batches": 1}))  # spelling out a default: same run
+    assert run_key(explicit) == run_key(a)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(method="snipp"), "unknown method"),
+        (dict(method="dense", sparsity=0.5), "dense"),
+        (dict(sparsity=1.0), "sparsity"),
+        (dict(ablation="flip"), "ablation"),
+        (dict(method="imp", ablation="shuffle"), "ablations apply"),
+        (dict(method_options={"num_step": 3}), "num_step"),
+        (dict(train={"learning_rate": 0.1}), "learning_rate"),
+        (dict(recipe="grasp"), "recipe"),
+        (dict(method="imp", method_options={"rewind_epoch": 5}), "rewind_epoch"),
+    ],
+)
+def test_bad_run_configs(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve(spec(**bad))
+
+
+def test_sweep_file_is_validated_in_full_before_any_work(tmp_path):
+    good = tmp_path / "s.toml"
+    good.write_text(
+        'models = ["lenet5"]\ndataset = "fashion-mnist"\nmethods = ["snip", "force"]\nsparsities = [0.9, 0.98]\n'
+        "seeds = [0, 1]\nepochs = 2\n[train]\nlr = 0.02\n[options.force]\nnum_steps = 10\n"
+    )
+    s = load_sweep_file(good)
+    runs = s.runs()
+    assert len(runs) == 2 + 2 * 2 * 2  # dense x 2 seeds + methods x sparsities x seeds
+    assert resolve(runs[-1])["method_options"]["num_steps"] == 10 and resolve(runs[-1])["train"]["lr"] == 0.02
+    for text, match in [
+        ('modles = ["lenet5"]', "modles"),
+        ("[options.force]\nnum_step = 10", "num_step"),
+        ("[train]\nlrr = 0.1", "lrr"),
+        ("[options.grasp]\nsamples_per_class = 5", "grasp"),
+        ('seeds = ["a"]', "seed"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        body = good.read_text().replace("[train]\nlr = 0.02\n[options.force]\nnum_steps = 10\n", "")
+        if text.startswith("modles"):
+            body = body.replace('models = ["lenet5"]', text)
+        elif text.startswith("seeds"):
+            body = body.replace("seeds = [0, 1]", text)
+        else:
+            body += text + "\n"
+        bad.write_text(body)
+        with pytest.raises(ConfigError, match=match):
+            load_sweep_file(bad)
+
+
+# -- database -----------------------------------------------------------------------------------
+def test_claims_are_exclusive_and_stale_claims_expire(tmp_path):
+    cfg = resolve(spec())
+    key = run_key(cfg)
+    with ResultsDB(tmp_path / "r.db") as db:
+        db.ensure(key, cfg)
+        db.ensure(key, cfg)  # idempotent
+        assert db.claim(key, "a:1")  # another host: only the heartbeat can expire it
+        assert not db.claim(key, "b:2")
+        db.stale_after = 0.0
+        time.sleep(0.01)
+        assert db.claim(key, "b:2")  # silent too long
+        db.stale_after = 300.0
+        import socket
+
+        dead = f"{socket.gethostname()}:999999999:x"
+        with db._transaction() as c:
+            c.execute("UPDATE runs SET owner = ?, heartbeat = ? WHERE key = ?", (dead, time.time(), key))
+        assert db.claim(key, "c:3")  # owner process gone on this host
+        db.finish(key, "c:3", {"final_acc": 0.5})
+        assert not db.claim(key, "d:4")
+        with pytest.raises(RuntimeError):
+            db.finish(key, "b:2", {"final_acc": 0.1})
+        assert db.get(key)["attempts"] == 3 and db.get(key)["status"] == "done"
+
+
+# -- runs ---------------------------------------------------------------------------------------
+def test_run_scores_masks_trains_stores_and_is_skipped_when_rerun(tmp_path, tiny_mnist):
+    datasets = DatasetCache(str(tiny_mnist))
+    out = run_one(spec(), tmp_path / "out", datasets=datasets, device=torch.device("cpu"))
+    assert out.status == "done", out.row.get("error")
+    row = out.row
+    assert row["final_acc"] > 0.5 and row["density"] == pytest.approx(0.1, abs=1e-5)
+    assert row["config"]["method"] == "snip" and row["versions"]["torch"] == torch.__version__
+    assert row["scoring_seconds"] > 0 and row["train_seconds"] > 0 and row["device"].startswith("cpu")
+    run_dir = Path(row["run_dir"])
+    for f in ("masks.pt", "layers.md", "layers.json", "config.json", "checkpoint.pt"):
+        assert (run_dir / f).is_file(), f
+    masks = prunekit.Masks.load(row["mask_path"])
+    assert masks.meta["method"] == "snip" and abs(masks.sparsity - 0.9) < 1e-5
+    assert [l["name"] for l in row["layers"]] == list(masks)
+    with ResultsDB(tmp_path / "out" / "results.db") as db:
+        assert [e["epoch"] for e in db.epochs(out.key)] == [1, 2]
+    start = time.perf_counter()
+    again = run_one(spec(), tmp_path / "out", datasets=datasets)
+    assert again.status == "skipped" and time.perf_counter() - start < 2
+    forced = run_one(spec(), tmp_path / "out", datasets=datasets, force=True)
+    assert forced.status == "done" and forced.row["attempts"] == 2
+
+
+def test_failures_are_recorded_with_the_error_and_retried_on_request(tmp_path, tiny_mnist):
+    datasets = DatasetCache(str(tiny_mnist))
+    bad = spec(method="dense", sparsity=0.0, train={**TINY_TRAIN, "lr": 1e6})
+    out = run_one(bad, tmp_path / "o", datasets=datasets)
+    assert out.status == "failed" and "TrainingDiverged" in out.row["error"]
+    assert run_one(bad, tmp_path / "o", datasets=datasets).status == "failed"  # not retried by default
+    assert run_one(bad, tmp_path / "o", datasets=datasets, retry_failed=True).row["attempts"] == 2
+
+
+def test_dense_and_imp_runs(tmp_path, tiny_mnist):
+    datasets = DatasetCache(str(tiny_mnist))
+    dense = run_one(spec(method="dense", sparsity=0.0), tmp_path / "o", datasets=datasets)
+    assert dense.status == "done" and dense.row["density"] == 1.0 and dense.row["mask_path"] is None
+    imp = run_one(spec(method="imp", sparsity=0.75, method_options={"fraction": 0.5}), tmp_path / "o", datasets=datasets)
+    assert imp.status == "done", imp.row.get("error")
+    rounds = imp.row["extra"]["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2] and [r["density"] for r in rounds] == [1.0, 0.5, 0.25]
+    masks = [prunekit.Masks.load(r["mask_file"]) for r in rounds[1:]]
+    assert masks[0].density == pytest.approx(0.5, abs=1e-5) and masks[1].density == pytest.approx(0.25, abs=1e-5)
+    assert all(not (masks[1][n] & ~masks[0][n]).any() for n in masks[0])  # nested
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        assert sorted({e["phase"] for e in db.epochs(imp.key)}) == [0, 1, 2]
+
+
+def test_imp_round_counts_match_open_lth():
+    assert [len(imp_densities(1 - s, 0.2)) for s in (0.9, 0.95, 0.98, 0.99, 0.995)] == [11, 14, 18, 21, 24]
+    d = imp_densities(0.1, 0.2)
+    assert d[0] == pytest.approx(0.8) and d[-1] == 0.1 and d == sorted(d, reverse=True)
+
+
+def test_imp_rewinds_to_init_and_resumes_after_the_last_finished_round(tmp_path, tiny_mnist):
+    from prunekit import data, models, training
+    from prunekit.experiments import run_imp
+
+    ds = data.load_dataset("mnist", tiny_mnist)
+    cfg = training.TrainConfig(epochs=2, batch_size=50, lr=0.05)
+    model = models.create("lenet_300_100", 10, (1, 28, 28), seed=0)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    starts = []
+
+    class RecordStart(training.Callback):
+        def on_fit_start(self, trainer):
+            starts.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+    names = list(prunekit.prunable_parameters(model))
+    kw = dict(sparsity=0.75, fraction=0.5, rewind_epoch=0, allocation="global", prunable=names, device=torch.device("cpu"),
+              seed=0, workdir=tmp_path / "imp", epoch_callbacks=lambda r: [RecordStart()])
+    masks, result, rounds = run_imp(model, ds, cfg, **kw)
+    assert len(starts) == 3
+    for start, mask_round in zip(starts[1:], (1, 2)):
+        m = prunekit.Masks.load(tmp_path / "imp" / f"round_{mask_round:02d}.pt")
+        for name, keep in m.items():  # survivors start from theta_0 (pruned entries from 0)
+            assert torch.equal(start[name], init[name] * keep)
+    # an interruption after round 1: only round 2 is trained again
+    state = json.loads((tmp_path / "imp" / "state.json").read_text())
+    state["rounds"] = [r for r in state["rounds"] if r["round"] < 2]
+    (tmp_path / "imp" / "state.json").write_text(json.dumps(state))
+    (tmp_path / "imp" / "round_02.ckpt").unlink()
+    starts.clear()
+    masks2, result2, _ = run_imp(models.create("lenet_300_100", 10, (1, 28, 28), seed=0), ds, cfg, **kw)
+    assert len(starts) == 1 and masks2 == masks
+    assert result2.final_test_acc == result.final_test_acc
+
+
+def test_imp_rewind_to_epoch(tmp_path, tiny_mnist):
+    datasets = DatasetCache(str(tiny_mnist))
+    out = run_one(spec(method="imp", sparsity=0.5, epochs=3, method_options={"fraction": 0.5, "rewind_epoch": 1}),
+                  tmp_path / "o", datasets=datasets)
+    assert out.status == "done", out.row.get("error")
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        epochs = db.epochs(out.key)
+    assert [e["epoch"] for e in epochs if e["phase"] == 1] == [2, 3]  # the rewound round restarts at epoch 2 of 3
+    rewind = torch.load(Path(out.row["run_dir"]) / "imp" / "rewind.pt", weights_only=True)
+    assert not torch.equal(rewind["classifier.0.weight"], resolve_init()["classifier.0.weight"])
+
+
+def resolve_init():
+    from prunekit import models
+
+    return models.create("lenet_300_100", 10, (1, 28, 28), seed=0).state_dict()
+
+
+# -- ablations ----------------------------------------------------------------------------------
+def test_shuffle_keeps_layer_densities_and_changes_placement():
+    model = prunekit.models.create("lenet5", 10, (1, 28, 28), seed=0) if hasattr(prunekit, "models") else None
+    from prunekit import models
+
+    model = models.create("lenet5", 10, (1, 28, 28), seed=0)
+    masks = prunekit.prune(model, "magnitude", 0.9)
+    shuffled = shuffle_masks(masks, seed=0)
+    for name in masks:
+        assert int(shuffled[name].sum()) == int(masks[name].sum())
+        assert not torch.equal(shuffled[name], masks[name])
+    assert shuffle_masks(masks, seed=0) == shuffled and shuffle_masks(masks, seed=1) != shuffled
+
+
+def test_invert_keeps_the_lowest_scores():
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.arange(1.0, 13.0).view(3, 4))
+    kept = prunekit.prune(net, "magnitude", 0.75)["0.weight"].flatten().tolist()
+    inverted = prunekit.prune(net, "magnitude", 0.75, invert=True)["0.weight"].flatten().tolist()
+    assert kept == [False] * 9 + [True] * 3 and inverted == [True] * 3 + [False] * 9
+
+
+def test_ablation_runs_change_what_they_should_and_nothing_else(tmp_path, tiny_mnist):
+    datasets = DatasetCache(str(tiny_mnist))
+    rows = {}
+    for ablation in (None, "shuffle", "reinit", "invert"):
+        out = run_one(spec(ablation=ablation), tmp_path / "o", datasets=datasets)
+        assert out.status == "done", out.row.get("error")
+        rows[ablation] = out.row
+    base = prunekit.Masks.load(rows[None]["mask_path"])
+    shuffled = prunekit.Masks.load(rows["shuffle"]["mask_path"])
+    reinit = prunekit.Masks.load(rows["reinit"]["mask_path"])
+    inverted = prunekit.Masks.load(rows["invert"]["mask_path"])
+    assert reinit == base  # reinit: same mask ...
+    init = json.loads((Path(rows["reinit"]["run_dir"]) / "config.json").read_text())
+    assert init["ablation"] == "reinit"
+    assert shuffled.layer_densities() == base.layer_densities() and shuffled != base
+    assert inverted.kept == base.kept and inverted != base
+    # ... but a different starting point: the checkpoints hold different trained weights
+    ck_base = torch.load(Path(rows[None]["run_dir"]) / "checkpoint.pt", weights_only=True)["model"]
+    ck_reinit = torch.load(Path(rows["reinit"]["run_dir"]) / "checkpoint.pt", weights_only=True)["model"]
+    assert not torch.equal(ck_base["classifier.0.weight"], ck_reinit["classifier.0.weight"])
+    for name, keep in base.items():
+        assert torch.count_nonzero(ck_reinit[name][~keep]) == 0
+
+
+# -- sweeps -------------------------------------------------------------------------------------
+def _sweep_cmd(data_dir, out, methods="random,magnitude,snip", epochs=3):
+    return [
+        sys.executable, "-m", "prunekit.cli", "sweep", "--models", "lenet5", "--dataset", "mnist", "--data-dir", str(data_dir),
+        "--methods", methods, "--sparsities", "0.5,0.9", "--seeds", "0", "--epochs", str(epochs),
+        "--train", "val_size=200", "--train", "batch_size=100", "--out", str(out), "--no-progress", "--device", "cpu",
+    ]
+
+
+def _db_rows(path):
+    if not Path(path).exists():
+        return {}
+    c = sqlite3.connect(path)
+    c.row_factory = sqlite3.Row
+    try:
+        return {r["key"]: dict(r) for r in c.execute("SELECT key, status, attempts, finished, final_acc, owner FROM runs")}
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        c.close()
+
+
+def _epochs_logged(path, key):
+    if not Path(path).exists():
+        return 0
+    c = sqlite3.connect(path)
+    try:
+        return c.execute("SELECT COUNT(*) FROM epochs WHERE key = ?", (key,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        c.close()
+
+
+def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
+    data_dir = write_tiny_mnist(tmp_path / "mnist", n_train=3000, n_test=300)
+    out = tmp_path / "sweep"
+    db_path = out / "results.db"
+    proc = subprocess.Popen(_sweep_cmd(data_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    killed_key = None
+    while time.time() < deadline and proc.poll() is None:
+        rows = _db_rows(db_path)
+        done = [k for k, r in rows.items() if r["status"] == "done"]
+        running = [k for k, r in rows.items() if r["status"] == "running"]
+        if len(done) >= 2 and running and _epochs_logged(db_path, running[0]) >= 1:
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_key = running[0]
+            break
+        time.sleep(0.05)
+    proc.wait()
+    assert killed_key is not None, "the sweep finished before it could be killed"
+    before = _db_rows(db_path)
+    finished_before = {k: r for k, r in before.items() if r["status"] == "done"}
+    assert before[killed_key]["status"] == "running"
+    subprocess.run(_sweep_cmd(data_dir, out), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+    after = _db_rows(db_path)
+    assert len(after) == 7 and all(r["status"] == "done" for r in after.values())
+    for k, r in finished_before.items():  # nothing finished was lost or run again
+        assert after[k]["attempts"] == 1 and after[k]["finished"] == r["finished"] and after[k]["final_acc"] == r["final_acc"]
+    assert after[killed_key]["attempts"] == 2  # the interrupted run was taken over ...
+    assert _epochs_logged(db_path, killed_key) == 3  # ... and resumed, not duplicated
+    assert all(r["attempts"] == 1 for k, r in after.items() if k not in finished_before and k != killed_key)
+
+
+def test_two_sweeps_on_one_database_never_run_a_run_twice(tmp_path):
+    data_dir = write_tiny_mnist(tmp_path / "mnist", n_train=2000, n_test=200)
+    out = tmp_path / "sweep"
+    cmd = _sweep_cmd(data_dir, out, methods="random,magnitude,snip,grasp", epochs=3)
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-2000:]
+    rows = _db_rows(out / "results.db")
+    assert len(rows) == 9 and all(r["status"] == "done" and r["attempts"] == 1 for r in rows.values())
+    assert len({r["owner"] for r in rows.values()}) == 2  # both processes did part of the work
+
+
+def test_run_sweep_in_process_and_report(tmp_path, tiny_mnist):
+    from prunekit.report import write_report
+
+    s = sweep_from_mapping(
+        {"models": ["lenet_300_100"], "dataset": "mnist", "methods": ["random", "snip"], "sparsities": [0.5, 0.9],
+         "seeds": [0, 1], "epochs": 2, "train": TINY_TRAIN, "data_dir": str(tiny_mnist)}
+    )
+    summary = run_sweep(s, tmp_path / "o", device=torch.device("cpu"), progress=False, log=False)
+    assert summary.counts["done"] == 10
+    assert run_sweep(s, tmp_path / "o", progress=False, log=False).counts["skipped"] == 10
+    tables, files = write_report(tmp_path / "o", "final")
+    (t,) = tables
+    assert t.sparsities == [0.5, 0.9] and list(t.rows) == ["random", "snip"] and t.dense.n == 2
+    md = t.to_markdown()
+    assert "dense (0 %)" in md and "±" in md and md.count("**") >= 4
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        accs = [r["final_acc"] for r in db.runs(status="done", method="snip", sparsity=0.9)]
+    cell = t.rows["snip"][0.9]
+    assert cell.mean == pytest.approx(sum(accs) / 2) and cell.n == 2
+    names = {f.name for f in files}
+    assert "results.csv" in names and "tables.md" in names and any(n.endswith("_accuracy.png") for n in names)
+    assert all(f.stat().st_size > 1000 for f in files if f.suffix == ".png")
+    csv_lines = (tmp_path / "o" / "report" / "results.csv").read_text().splitlines()
+    assert len(csv_lines) == 11 and csv_lines[0].startswith("key,status,model")
