@@ -257,7 +257,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     spec = _sweep_spec(args)
     summary = run_sweep(spec, args.out, device=_device(args.device), retry_failed=args.retry_failed,
-                        progress=None if not args.no_progress else False)
+                        progress=None if not args.no_progress else False, stack=args.stack)
     print(summary, file=sys.stderr)
     if args.report:
         _print_table(Path(args.out), args.metric)
@@ -358,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--opt", action="append", default=[], metavar="[METHOD.]NAME=VALUE")
     w.add_argument("--train", action="append", default=[], metavar="NAME=VALUE")
     w.add_argument("--retry-failed", action="store_true")
+    w.add_argument("--stack", type=int, default=None,
+                   help="runs of one architecture trained stacked as one network (default: fit GPU memory; 1 on the CPU)")
     w.add_argument("--report", action="store_true", help="print the table and write plots at the end")
     w.add_argument("--metric", default="auto")
     common(w)

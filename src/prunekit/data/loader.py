@@ -11,6 +11,7 @@ resumed at epoch ``e`` sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,22 +35,61 @@ def mix_seed(*parts: int) -> int:
     return h & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
-    """Random crop of a zero-padded batch (``[B, C, H, W]``) and random horizontal flip, per image."""
+def crop_flip(x: Tensor, padding: int, dy: Tensor | None, dx: Tensor | None, flips: Tensor | None) -> Tensor:
+    """Crop a zero-padded batch ``[B, C, H, W]`` at offsets ``(dy, dx)`` and flip where ``flips``."""
     b, _, h, w = x.shape
-    if padding > 0:
+    if padding > 0 and dy is not None and dx is not None:
         padded = F.pad(x, (padding, padding, padding, padding))
-        dy = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
         rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])[:, None, :, None]
         cols = (dx[:, None] + torch.arange(w, device=x.device)[None, :])[:, None, None, :]
         batch_idx = torch.arange(b, device=x.device)[:, None, None, None]
         chan_idx = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
         x = padded[batch_idx, chan_idx, rows, cols]
-    if flip:
-        flips = torch.rand(b, device=x.device, generator=generator) < 0.5
+    if flips is not None:
         x = torch.where(flips[:, None, None, None], x.flip(3), x)
     return x
+
+
+def random_crop_flip(x: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+    """Random crop of a zero-padded batch (``[B, C, H, W]``) and random horizontal flip, per image."""
+    b = x.shape[0]
+    dy = dx = None
+    if padding > 0:
+        dy = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (b,), device=x.device, generator=generator)
+    flips = torch.rand(b, device=x.device, generator=generator) < 0.5 if flip else None
+    return crop_flip(x, padding, dy, dx, flips)
+
+
+@dataclass
+class EpochPlan:
+    """Every random choice of one epoch, drawn up front: sample order, crop offsets, flips."""
+
+    order: Tensor
+    dy: Tensor | None = None
+    dx: Tensor | None = None
+    flips: Tensor | None = None
+
+
+def epoch_plan(
+    n: int, device: torch.device, seed: int, epoch: int, shuffle: bool, augment: bool, padding: int, flip: bool
+) -> EpochPlan:
+    """The random choices of ``epoch`` for a loader of ``n`` samples seeded with ``seed``.
+
+    The permutation is drawn first, then (with augmentation) the crop offsets and flips of all ``n``
+    positions, so an un-augmented loader and an augmented one visit samples in the same order, and a
+    stacked loader can reproduce each member's batches exactly.
+    """
+    g = _generator(device, mix_seed(seed, epoch))
+    order = torch.randperm(n, device=device, generator=g) if shuffle else torch.arange(n, device=device)
+    plan = EpochPlan(order)
+    if augment:
+        if padding > 0:
+            plan.dy = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=g)
+            plan.dx = torch.randint(0, 2 * padding + 1, (n,), device=device, generator=g)
+        if flip:
+            plan.flips = torch.rand(n, device=device, generator=g) < 0.5
+    return plan
 
 
 class DeviceLoader:
@@ -126,16 +166,38 @@ class DeviceLoader:
         x = images.to(self.dtype).mul_(self._scale).sub_(self._shift)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def plan(self) -> EpochPlan:
+        """The random choices of the current epoch."""
+        return epoch_plan(
+            len(self.dataset), self.device, self.seed, self.epoch, self.shuffle, self.augment, self.crop_padding, self.flip
+        )
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self.dataset)
-        g = _generator(self.device, mix_seed(self.seed, self.epoch))
-        order = torch.randperm(n, device=self.device, generator=g) if self.shuffle else torch.arange(n, device=self.device)
+        plan = self.plan()
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = plan.order[sl]
             x = self.dataset.images.index_select(0, idx)
             if self.augment:
-                x = random_crop_flip(x, self.crop_padding, self.flip, g)
+                x = crop_flip(
+                    x, self.crop_padding,
+                    None if plan.dy is None else plan.dy[sl], None if plan.dx is None else plan.dx[sl],
+                    None if plan.flips is None else plan.flips[sl],
+                )
             yield self.normalize(x), self.dataset.labels.index_select(0, idx)
+
+
+def validation_indices(n: int, size: int | float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Sorted ``(train, validation)`` index sets of a seeded hold-out of ``size`` out of ``n``.
+
+    Args:
+        size: number of samples (int) or fraction (float in (0, 1)).
+    """
+    count = int(round(size * n)) if isinstance(size, float) else size
+    if isinstance(size, bool) or not 0 < count < n:
+        raise ConfigError(f"validation size must leave both parts non-empty (0 < size < {n}), got {size!r}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 0x5A11D)))
+    return perm[count:].sort().values, perm[:count].sort().values
 
 
 def split_validation(dataset: ArrayDataset, size: int | float, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
@@ -147,12 +209,8 @@ def split_validation(dataset: ArrayDataset, size: int | float, seed: int = 0) ->
     Returns:
         ``(train, validation)``; together they are a permutation of ``dataset``.
     """
-    n = len(dataset)
-    count = int(round(size * n)) if isinstance(size, float) else size
-    if isinstance(size, bool) or not 0 < count < n:
-        raise ConfigError(f"validation size must leave both parts non-empty (0 < size < {n}), got {size!r}")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 0x5A11D)))
-    return dataset.subset(perm[count:].sort().values), dataset.subset(perm[:count].sort().values)
+    train, val = validation_indices(len(dataset), size, seed)
+    return dataset.subset(train), dataset.subset(val)
 
 
 def class_balanced_indices(labels: Tensor, samples_per_class: int, seed: int) -> Tensor:

@@ -260,19 +260,21 @@ def _decode(row: sqlite3.Row) -> dict[str, Any]:
 
 
 class Heartbeat:
-    """Refresh a run's heartbeat from a background thread while it runs."""
+    """Refresh the heartbeat of one or several runs from a background thread while they run."""
 
-    def __init__(self, db: ResultsDB, key: str, owner: str, every: float = 30.0):
-        self.db, self.key, self.owner, self.every = db, key, owner, every
+    def __init__(self, db: ResultsDB, keys: str | list[str], owner: str, every: float = 30.0):
+        self.db, self.owner, self.every = db, owner, every
+        self.keys = [keys] if isinstance(keys, str) else list(keys)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
-            try:
-                self.db.heartbeat(self.key, self.owner)
-            except sqlite3.Error:
-                pass  # a busy database skips one beat
+            for key in self.keys:
+                try:
+                    self.db.heartbeat(key, self.owner)
+                except sqlite3.Error:
+                    pass  # a busy database skips one beat
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

@@ -26,7 +26,7 @@ from ..models import create
 from ..options import build
 from ..prunable import prunable_parameters
 from ..pruning import prune
-from ..training import Callback, TrainConfig, fit
+from ..training import Callback, TrainConfig, TrainResult, fit
 from .ablations import reinit_seed, shuffle_masks
 from .config import DENSE, IMP, RunSpec, resolve, run_key
 from .db import Heartbeat, ResultsDB, make_owner
@@ -80,71 +80,58 @@ class DatasetCache:
         return self._cache[name]
 
 
-def execute(
-    config: dict[str, Any],
-    key: str,
-    run_dir: Path,
-    *,
-    db: ResultsDB,
-    datasets: DatasetCache,
-    device: torch.device,
-    progress: bool | None = None,
-) -> dict[str, Any]:
-    """Carry out a resolved run; return the result fields for the database."""
+def train_config(config: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` of a resolved run configuration."""
+    return build(TrainConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in config["train"].items()}, "train")
+
+
+def make_model(config: dict[str, Any], ds: Dataset, device: torch.device, seed: int) -> torch.nn.Module:
+    return create(
+        config["model"], ds.num_classes, ds.input_shape, init=config["init"], bn_gamma=config["bn_gamma"],
+        seed=seed, **config["model_kwargs"],
+    ).to(device)
+
+
+def prepare(
+    config: dict[str, Any], run_dir: Path, ds: Dataset, device: torch.device, progress: bool | None = None
+) -> tuple[torch.nn.Module, Masks | None]:
+    """The initialised model and its masks (scored now, or read back from an earlier attempt), ablation applied."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
-    ds = datasets.get(config["dataset"])
-    train_cfg = build(TrainConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in config["train"].items()}, "train")
-    seed = config["seed"]
-    method = config["method"]
-
-    def make_model(model_seed: int) -> torch.nn.Module:
-        return create(
-            config["model"], ds.num_classes, ds.input_shape, init=config["init"], bn_gamma=config["bn_gamma"],
-            seed=model_seed, **config["model_kwargs"],
-        ).to(device)
-
-    model = make_model(seed)
-    desc = f"{method} {config['sparsity']:.4g}"
-    extra: dict[str, Any] = {}
-    masks: Masks | None = None
+    seed, method = config["seed"], config["method"]
+    model = make_model(config, ds, device, seed)
+    if method == DENSE:
+        return model, None
     mask_path = run_dir / "masks.pt"
-    if method == IMP:
-        opts = config["method_options"]
-        masks, result, rounds = run_imp(
-            model, ds, train_cfg, sparsity=config["sparsity"], fraction=opts["fraction"], rewind_epoch=opts["rewind_epoch"],
-            allocation=opts["allocation"], prunable=list(prunable_parameters(model)), device=device, seed=seed,
-            workdir=run_dir / "imp", epoch_callbacks=lambda r: [_EpochsToDB(db, key, r)], progress=progress,
-        )
-        masks.save(mask_path)
-        extra["rounds"] = rounds
-        scoring_seconds = 0.0
+    if mask_path.is_file():
+        masks = Masks.load(mask_path, model=model)
     else:
-        if method != DENSE:
-            if mask_path.is_file():
-                masks = Masks.load(mask_path, model=model)
-            else:
-                train_part = ds.train
-                if train_cfg.val_size > 0:
-                    size = int(train_cfg.val_size) if train_cfg.val_size >= 1 else float(train_cfg.val_size)
-                    train_part, _ = split_validation(ds.train, size, seed)  # the split fit() uses: never score on validation data
-                batches = scoring_batches(
-                    train_part, batch_size=config["scoring_batch_size"], mean=ds.info.mean, std=ds.info.std, device=device, seed=seed
-                )
-                masks = prune(
-                    model, method, config["sparsity"], data=batches, seed=seed, allocation=config["allocation"],
-                    invert=config["ablation"] == "invert", progress=progress, **config["method_options"],
-                )
-                if config["ablation"] == "shuffle":
-                    masks = shuffle_masks(masks, seed)
-                masks.save(mask_path)
-            if config["ablation"] == "reinit":
-                model = make_model(reinit_seed(seed))
-        result = fit(
-            model, ds, train_cfg, masks=masks, device=device, seed=seed, checkpoint=run_dir / "checkpoint.pt",
-            callbacks=[_EpochsToDB(db, key)], progress=progress, desc=desc,
+        cfg = train_config(config)
+        train_part = ds.train
+        if cfg.val_size > 0:
+            size = int(cfg.val_size) if cfg.val_size >= 1 else float(cfg.val_size)
+            train_part, _ = split_validation(ds.train, size, seed)  # the split training uses: never score on validation data
+        batches = scoring_batches(
+            train_part, batch_size=config["scoring_batch_size"], mean=ds.info.mean, std=ds.info.std, device=device, seed=seed
         )
-        scoring_seconds = 0.0 if masks is None else float(masks.meta.get("scoring_seconds", 0.0))
+        masks = prune(
+            model, method, config["sparsity"], data=batches, seed=seed, allocation=config["allocation"],
+            invert=config["ablation"] == "invert", progress=progress, **config["method_options"],
+        )
+        if config["ablation"] == "shuffle":
+            masks = shuffle_masks(masks, seed)
+        masks.save(mask_path)
+    if config["ablation"] == "reinit":
+        model = make_model(config, ds, device, reinit_seed(seed))
+    return model, masks
+
+
+def finalize(
+    model: torch.nn.Module, masks: Masks | None, result: TrainResult, run_dir: Path, ds: Dataset, device: torch.device,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The result fields of a finished run (and its per-layer report files)."""
+    extra = dict(extra or {})
     layers = None
     effective = 1.0
     if masks is not None:
@@ -157,7 +144,7 @@ def execute(
         extra["warnings"] = [str(w.message) for w in caught]
         (run_dir / "layers.md").write_text(report.to_markdown() + "\n")
         (run_dir / "layers.json").write_text(json.dumps(layers, indent=1))
-    extra["history_epochs"] = result.epochs
+    extra.update(result.extra)
     return {
         "final_acc": result.final_test_acc,
         "best_acc": result.best_test_acc,
@@ -165,16 +152,49 @@ def execute(
         "test_at_best_val": result.test_at_best_val,
         "density": 1.0 if masks is None else masks.density,
         "effective_density": effective,
-        "scoring_seconds": scoring_seconds,
+        "scoring_seconds": 0.0 if masks is None else float(masks.meta.get("scoring_seconds", 0.0)),
         "train_seconds": result.train_seconds,
         "images_per_second": result.images_per_second,
         "device": device_name(device),
         "versions": versions(),
-        "mask_path": None if masks is None else str(mask_path),
+        "mask_path": None if masks is None else str(run_dir / "masks.pt"),
         "run_dir": str(run_dir),
         "layers": layers,
         "extra": extra,
     }
+
+
+def execute(
+    config: dict[str, Any],
+    key: str,
+    run_dir: Path,
+    *,
+    db: ResultsDB,
+    datasets: DatasetCache,
+    device: torch.device,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Carry out a resolved run one model at a time; return the result fields for the database."""
+    ds = datasets.get(config["dataset"])
+    cfg = train_config(config)
+    if config["method"] == IMP:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
+        model = make_model(config, ds, device, config["seed"])
+        opts = config["method_options"]
+        masks, result, rounds = run_imp(
+            model, ds, cfg, sparsity=config["sparsity"], fraction=opts["fraction"], rewind_epoch=opts["rewind_epoch"],
+            allocation=opts["allocation"], prunable=list(prunable_parameters(model)), device=device, seed=config["seed"],
+            workdir=run_dir / "imp", epoch_callbacks=lambda r: [_EpochsToDB(db, key, r)], progress=progress,
+        )
+        masks.save(run_dir / "masks.pt")
+        return finalize(model, masks, result, run_dir, ds, device, {"rounds": rounds, "history_epochs": result.epochs})
+    model, masks = prepare(config, run_dir, ds, device, progress)
+    result = fit(
+        model, ds, cfg, masks=masks, device=device, seed=config["seed"], checkpoint=run_dir / "checkpoint.pt",
+        callbacks=[_EpochsToDB(db, key)], progress=progress, desc=f"{config['method']} {config['sparsity']:.4g}",
+    )
+    return finalize(model, masks, result, run_dir, ds, device, {"history_epochs": result.epochs})
 
 
 def run_one(

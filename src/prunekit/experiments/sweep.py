@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from .config import SweepSpec, resolve, run_key
 from .db import ResultsDB, make_owner
+from .groups import estimate_group_size, group_key, plan_groups, run_group
 from .run import DatasetCache, RunOutcome, describe_outcome, run_one
 
 
@@ -44,6 +46,7 @@ def run_sweep(
     progress: bool | None = None,
     retry_failed: bool = False,
     log: bool = True,
+    stack: int | None = None,
 ) -> SweepSummary:
     """Run every run of ``spec`` not yet done; return what happened to each.
 
@@ -52,8 +55,17 @@ def run_sweep(
         progress: progress bars (default: when stderr is a terminal); without them one line per run
             is printed to stderr.
         retry_failed: run again the runs that failed before.
+        stack: how many runs of one architecture, dataset and recipe train stacked as one network
+            (1: one at a time). Default: as many as fit in free GPU memory (at most 32) on CUDA, 1 on
+            the CPU, where stacking brings no speed-up.
     """
     out_dir = Path(out_dir)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if stack is not None and (isinstance(stack, bool) or not isinstance(stack, int) or stack < 1):
+        raise ConfigError(f"stack must be a positive integer, got {stack!r}")
+    if stack is not None and stack > 1 and device.type == "cpu":
+        print(f"prunekit: stacking {stack} runs on the CPU as asked; it measured slower than one at a time there "
+              "(benchmarks/RESULTS.md)", file=sys.stderr)
     runs = spec.runs()
     configs = [resolve(r) for r in runs]
     keys = [run_key(c) for c in configs]
@@ -66,16 +78,40 @@ def run_sweep(
         for key, config in zip(keys, configs):
             db.ensure(key, config)
         bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not show, position=0, dynamic_ncols=True)
-        for i, r in enumerate(runs, 1):
-            outcome = run_one(r, out_dir, db=db, datasets=datasets, device=device, owner=owner,
-                              progress=show, retry_failed=retry_failed)
+
+        def record(outcome: RunOutcome) -> None:
             summary.outcomes.append(outcome)
-            line = f"[{i}/{len(runs)}] {describe_outcome(outcome)}"
+            line = f"[{len(summary.outcomes)}/{len(runs)}] {describe_outcome(outcome)}"
             if show:
                 bar.set_postfix_str(line[:60])
                 bar.update(1)
             elif log and outcome.status != "skipped":
                 print(line, file=sys.stderr, flush=True)
+
+        for group in plan_groups(runs):
+            todo = []
+            for r in group:
+                key = run_key(resolve(r))
+                row = db.get(key)
+                if row is not None and row["status"] == "done":
+                    record(RunOutcome(key, "skipped", row))
+                else:
+                    todo.append(r)
+            if not todo:
+                continue
+            size = 1
+            if len(todo) > 1 and group_key(resolve(todo[0])) is not None:
+                size = stack if stack is not None else estimate_group_size(resolve(todo[0]), datasets, device)
+            for i in range(0, len(todo), size):
+                chunk = todo[i : i + size]
+                if len(chunk) == 1:
+                    results = [run_one(chunk[0], out_dir, db=db, datasets=datasets, device=device, owner=owner,
+                                       progress=show, retry_failed=retry_failed)]
+                else:
+                    results = run_group(chunk, out_dir, db=db, datasets=datasets, device=device, owner=owner,
+                                        progress=show, retry_failed=retry_failed)
+                for outcome in results:
+                    record(outcome)
         bar.close()
     summary.seconds = time.time() - start
     return summary

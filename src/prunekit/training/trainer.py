@@ -222,9 +222,9 @@ def default_device() -> torch.device:
 
 
 def build_loaders(
-    dataset: Dataset, config: TrainConfig, device: torch.device, seed: int
+    dataset: Dataset, config: TrainConfig, device: torch.device, seed: int, dtype: torch.dtype = torch.float32
 ) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
-    """The training loader and the evaluation loaders (``val`` if held out, ``test``)."""
+    """The training loader and the evaluation loaders (``val`` if held out, ``test``), producing ``dtype`` inputs."""
     info = dataset.info
     train, val = dataset.train, None
     if config.val_size > 0:
@@ -232,7 +232,7 @@ def build_loaders(
         train, val = split_validation(dataset.train, size, seed)
     channels_last = config.channels_last and device.type == "cuda"
     augment = info.augment if config.augment is None else config.augment
-    common = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last)
+    common = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last, dtype=dtype)
     train_loader = DeviceLoader(
         train, config.batch_size, shuffle=True, augment=augment, crop_padding=info.crop_padding,
         seed=mix_seed(seed, 0x7EA1), drop_last=len(train) % config.batch_size == 1, **common,
@@ -285,7 +285,8 @@ def fit(
     model.to(device)
     if config.channels_last and device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    train_loader, evals = build_loaders(dataset, config, device, seed)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    train_loader, evals = build_loaders(dataset, config, device, seed, dtype)
     cbs: list[Callback] = [Evaluate(evals, amp=config.amp), *callbacks]
     if checkpoint is not None:
         cbs.append(Checkpoint(checkpoint))

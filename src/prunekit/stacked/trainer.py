@@ -1,0 +1,276 @@
+"""Training N members stacked: one optimizer step trains them all, each exactly as it would alone.
+
+Each member keeps its own initialisation, mask, validation split, data order, augmentation and seed;
+the loss is the sum of the members' mean losses, so each member's gradient is its own. Learning
+rate, momentum and weight decay act elementwise, hence per member as alone. After every epoch each
+member's state is written as an ordinary single-run checkpoint, so a stacked group can be resumed
+stacked, regrouped, or one model at a time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..data import Dataset, DeviceLoader
+from ..data.loader import mix_seed, validation_indices
+from ..masks import Masks
+from ..options import as_dict
+from ..training import Callback, TrainConfig, TrainingDiverged, TrainResult, atomic_save, load_checkpoint, summarize
+from ..training.checkpoint import FORMAT, CheckpointError
+from ..training.trainer import make_optimizer
+from .loader import StackedLoader
+from .model import StackedModel
+
+
+@dataclass
+class Member:
+    """One network of a stacked group."""
+
+    model: nn.Module
+    masks: Masks | None
+    seed: int
+    checkpoint: Path | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+
+
+def _split_indices(n: int, config: TrainConfig, seed: int) -> tuple[Tensor, Tensor | None]:
+    if config.val_size <= 0:
+        return torch.arange(n), None
+    size: int | float = int(config.val_size) if config.val_size >= 1 else float(config.val_size)
+    return validation_indices(n, size, seed)
+
+
+def checkpoint_epoch(path: Path | None) -> int:
+    """The number of finished epochs in a single-run checkpoint (0 when there is none)."""
+    if path is None or not Path(path).is_file():
+        return 0
+    return int(load_checkpoint(path)["epoch"])
+
+
+class StackedTrainer:
+    """Train ``members`` together on ``dataset`` with ``config`` (see the module docstring)."""
+
+    def __init__(self, members: Sequence[Member], dataset: Dataset, config: TrainConfig, device: torch.device):
+        self.members = list(members)
+        self.n = len(self.members)
+        self.config = config
+        self.device = device
+        self.dataset = dataset
+        info = dataset.info
+        images = dataset.train.images.to(device)
+        labels = dataset.train.labels.to(device)
+        splits = [_split_indices(len(dataset.train), config, m.seed) for m in self.members]
+        augment = info.augment if config.augment is None else config.augment
+        dtype = next((p.dtype for p in self.members[0].model.parameters() if p.is_floating_point()), torch.float32)
+        probe = DeviceLoader(dataset.train.subset(splits[0][0][:1]), 1, device=device, mean=info.mean, std=info.std, dtype=dtype)
+        scale, shift = probe._scale, probe._shift
+        n_train = len(splits[0][0])
+        self.train_loader = StackedLoader(
+            images, labels, [s[0] for s in splits], [mix_seed(m.seed, 0x7EA1) for m in self.members], config.batch_size,
+            scale=scale, shift=shift, shuffle=True, augment=augment, crop_padding=info.crop_padding,
+            drop_last=n_train % config.batch_size == 1, dtype=dtype,
+        )
+        self.val_loader = None
+        if splits[0][1] is not None:
+            self.val_loader = StackedLoader(
+                images, labels, [s[1] for s in splits], [0] * self.n, config.eval_batch_size, scale=scale, shift=shift,
+                shuffle=False, augment=False, dtype=dtype,
+            )
+        self.test_loader = DeviceLoader(
+            dataset.test, config.eval_batch_size, device=device, mean=info.mean, std=info.std, shuffle=False, dtype=dtype
+        )
+        self.epoch = 0
+        self.histories: list[list[dict[str, Any]]] = [[] for _ in self.members]
+        self.train_seconds = 0.0
+        self.images = 0
+        self.diverged: dict[int, str] = {}
+        self._resume()
+        self.model = StackedModel([m.model.to(device) for m in self.members]).to(device)
+        self.optimizer = make_optimizer(self.model.parameters(), config)
+        if self._optimizer_states is not None:
+            self._load_optimizer_states(self._optimizer_states)
+        self._mask_pairs = self._stack_masks()
+
+    # -- resume ---------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        states = [load_checkpoint(m.checkpoint, map_location=self.device) if m.checkpoint and m.checkpoint.is_file() else None for m in self.members]
+        epochs = {0 if s is None else int(s["epoch"]) for s in states}
+        if len(epochs) != 1:
+            raise CheckpointError(f"stacked members must resume from the same epoch, got {sorted(epochs)}")
+        self._optimizer_states = None
+        if states[0] is None:
+            return
+        for m, s in zip(self.members, states):
+            if s.get("config") != as_dict(self.config) or s.get("seed") != m.seed:
+                raise CheckpointError("a member's checkpoint was written by a run with a different config or seed")
+            m.model.load_state_dict(s["model"])
+            if s.get("masks") is not None:
+                m.masks = Masks(s["masks"], m.masks.meta if m.masks is not None else None)
+        self.epoch = epochs.pop()
+        self.histories = [list(s["history"]) for s in states]
+        self.train_seconds = float(states[0]["train_seconds"])
+        self.images = int(states[0]["images"])
+        torch.set_rng_state(states[0]["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in states[0]["rng"]:
+            torch.cuda.set_rng_state(states[0]["rng"]["cuda"], self.device)
+        self._optimizer_states = [s["optimizer"] for s in states]
+
+    def _load_optimizer_states(self, states: list[dict[str, Any]]) -> None:
+        params = list(self.model.parameters())
+        for j, p in enumerate(params):
+            per = [s["state"].get(j) for s in states]
+            if any(v is None for v in per):
+                continue
+            entry = {}
+            for k, v in per[0].items():
+                if isinstance(v, Tensor) and v.dim() > 0 and tuple(v.shape) == tuple(p.shape[1:]):
+                    entry[k] = torch.stack([q[k].to(p.device) for q in per])
+                else:
+                    entry[k] = v
+            self.optimizer.state[p] = entry
+
+    def _member_optimizer_state(self, i: int) -> dict[str, Any]:
+        params = list(self.model.parameters())
+        state: dict[int, dict[str, Any]] = {}
+        for j, p in enumerate(params):
+            if p not in self.optimizer.state:
+                continue
+            state[j] = {
+                k: (v[i].detach().clone() if isinstance(v, Tensor) and v.dim() > 0 and v.shape == p.shape else v)
+                for k, v in self.optimizer.state[p].items()
+            }
+        groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": list(range(len(params)))} for g in self.optimizer.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def _stack_masks(self) -> list[tuple[Tensor, Tensor]]:
+        names = sorted({n for m in self.members if m.masks is not None for n in m.masks}, key=self.model.param_names.index)
+        pairs = []
+        for name in names:
+            p = self.model.stacked_parameter(name)
+            rows = [m.masks[name] if m.masks is not None and name in m.masks else torch.ones(p.shape[1:], dtype=torch.bool) for m in self.members]
+            pairs.append((p, torch.stack(rows).to(device=p.device, dtype=p.dtype)))
+        return pairs
+
+    def _enforce(self) -> None:
+        if self._mask_pairs:
+            with torch.no_grad():
+                torch._foreach_mul_([p for p, _ in self._mask_pairs], [m for _, m in self._mask_pairs])
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _evaluate(self, loader: Any, shared: bool, amp: bool) -> tuple[list[float], list[float]]:
+        self.model.eval()
+        correct = torch.zeros(self.n, dtype=torch.long, device=self.device)
+        loss = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+        count = 0
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+            for x, y in loader:
+                out = self.model(x, shared=shared).float()
+                yy = y.expand(self.n, -1) if shared else y
+                loss += F.cross_entropy(out.flatten(0, 1), yy.reshape(-1), reduction="none").view(self.n, -1).sum(1).double()
+                correct += (out.argmax(-1) == yy).sum(1)
+                count += yy.shape[1]
+        self.model.train()
+        return (correct.double() / count).tolist(), (loss / count).tolist()
+
+    # -- loop -------------------------------------------------------------------------------------
+    def fit(self, progress: bool = False, desc: str = "stacked") -> list[TrainResult | TrainingDiverged]:
+        cfg = self.config
+        amp = cfg.amp and self.device.type == "cuda"
+        steps = len(self.train_loader)
+        self.model.train()
+        self._enforce()
+        bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"{desc} x{self.n}", unit="ep", disable=not progress, leave=False)
+        for epoch in range(self.epoch, cfg.epochs):
+            self.train_loader.set_epoch(epoch)
+            start = time.perf_counter()
+            loss_sum = torch.zeros(self.n, dtype=torch.float64, device=self.device)
+            correct = torch.zeros(self.n, dtype=torch.long, device=self.device)
+            seen = 0
+            lr = None
+            for i, (x, y) in enumerate(self.train_loader):
+                new_lr = cfg.lr_at(epoch, i, steps)
+                if new_lr != lr:
+                    lr = new_lr
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = self.model(x)
+                    losses = F.cross_entropy(out.flatten(0, 1), y.reshape(-1), reduction="none").view(self.n, -1).mean(1)
+                self.optimizer.zero_grad(set_to_none=True)
+                losses.sum().backward()
+                self.optimizer.step()
+                self._enforce()
+                loss_sum += losses.detach().double() * y.shape[1]
+                correct += (out.detach().argmax(-1) == y).sum(1)
+                seen += y.shape[1]
+            elapsed = time.perf_counter() - start
+            self.train_seconds += elapsed
+            self.images += seen
+            self.epoch = epoch + 1
+            test_acc, test_loss = self._evaluate(self.test_loader, True, amp)
+            val = self._evaluate(self.val_loader, False, amp) if self.val_loader is not None else None
+            train_loss = (loss_sum / seen).tolist()
+            train_acc = (correct.double() / seen).tolist()
+            for k, member in enumerate(self.members):
+                metrics: dict[str, Any] = {
+                    "epoch": epoch + 1, "lr": lr, "train_loss": train_loss[k], "train_acc": train_acc[k],
+                    "epoch_seconds": elapsed, "images_per_second": seen / elapsed if elapsed > 0 else 0.0, "stacked": self.n,
+                }
+                if val is not None:
+                    metrics["val_acc"], metrics["val_loss"] = val[0][k], val[1][k]
+                metrics["test_acc"], metrics["test_loss"] = test_acc[k], test_loss[k]
+                if not math.isfinite(train_loss[k]) and k not in self.diverged:
+                    self.diverged[k] = f"training loss became {train_loss[k]} in epoch {epoch + 1}; lower the learning rate"
+                self.histories[k].append(metrics)
+                view = SimpleNamespace(model=None, epoch=self.epoch, member=k, config=cfg)
+                for cb in member.callbacks:
+                    cb.on_epoch_end(view, epoch, metrics)
+                if member.checkpoint is not None:
+                    atomic_save(self.member_checkpoint(k), member.checkpoint)
+            bar.set_postfix_str(f"test acc {sum(test_acc) / self.n:.4f} (mean)")
+            bar.update(1)
+        bar.close()
+        results: list[TrainResult | TrainingDiverged] = []
+        for k, member in enumerate(self.members):
+            member.model.load_state_dict(self.model.member_state_dict(k))
+            if k in self.diverged:
+                results.append(TrainingDiverged(self.diverged[k]))
+            else:
+                res = summarize(self.histories[k], self.train_seconds, self.images)
+                res.extra["stacked"] = self.n
+                res.extra["model_images_per_second"] = self.n * res.images_per_second
+                results.append(res)
+        return results
+
+    def member_checkpoint(self, i: int) -> dict[str, Any]:
+        """Member ``i``'s state in the single-run checkpoint format (resumable alone or stacked)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        masks = self.members[i].masks
+        return {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "model": self.model.member_state_dict(i),
+            "optimizer": self._member_optimizer_state(i),
+            "history": self.histories[i],
+            "rng": rng,
+            "train_seconds": self.train_seconds,
+            "images": self.images,
+            "config": as_dict(self.config),
+            "seed": self.members[i].seed,
+            "masks": None if masks is None else dict(masks.items()),
+            "callbacks": [],
+        }
