@@ -24,8 +24,13 @@ class ShortcutA(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
 
 
-def _projection(in_planes: int, planes: int, stride: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+def _shortcut(in_planes: int, out_planes: int, stride: int, kind: str) -> nn.Module:
+    """Identity when shapes match; else zero padding ("A") or a 1x1 conv + BN projection ("B")."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    if kind == "A":
+        return ShortcutA(in_planes, out_planes, stride)
+    return nn.Sequential(nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False), nn.BatchNorm2d(out_planes))
 
 
 class BasicBlock(nn.Module):
@@ -37,12 +42,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        if stride == 1 and in_planes == planes:
-            self.shortcut: nn.Module = nn.Identity()
-        elif shortcut == "A":
-            self.shortcut = ShortcutA(in_planes, planes, stride)
-        else:
-            self.shortcut = _projection(in_planes, planes, stride)
+        self.shortcut = _shortcut(in_planes, planes, stride, shortcut)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -62,12 +62,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        if stride == 1 and in_planes == out_planes:
-            self.shortcut: nn.Module = nn.Identity()
-        elif shortcut == "A":
-            self.shortcut = ShortcutA(in_planes, out_planes, stride)
-        else:
-            self.shortcut = _projection(in_planes, out_planes, stride)
+        self.shortcut = _shortcut(in_planes, out_planes, stride, shortcut)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))

@@ -28,7 +28,7 @@ from ..masks import Masks
 from ..options import as_dict
 from ..training import Callback, TrainConfig, TrainingDiverged, TrainResult, atomic_save, load_checkpoint, summarize
 from ..training.checkpoint import FORMAT, CheckpointError
-from ..training.trainer import make_optimizer
+from ..training.trainer import make_optimizer, set_lr
 from .loader import StackedLoader
 from .model import StackedModel
 
@@ -200,11 +200,8 @@ class StackedTrainer:
             seen = 0
             lr = None
             for i, (x, y) in enumerate(self.train_loader):
-                new_lr = cfg.lr_at(epoch, i, steps)
-                if new_lr != lr:
-                    lr = new_lr
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                lr = cfg.lr_at(epoch, i, steps)
+                set_lr(self.optimizer, lr)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
                     out = self.model(x)
                     losses = F.cross_entropy(out.flatten(0, 1), y.reshape(-1), reduction="none").view(self.n, -1).mean(1)

@@ -74,6 +74,13 @@ def make_optimizer(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (a no-op write when unchanged)."""
+    for group in optimizer.param_groups:
+        if group["lr"] != lr:
+            group["lr"] = lr
+
+
 def _rng_state(device: torch.device) -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -179,11 +186,8 @@ class Trainer:
             seen = 0
             lr = None
             for i, (x, y) in enumerate(self.train_loader):
-                new_lr = cfg.lr_at(epoch, i, steps)
-                if new_lr != lr:
-                    lr = new_lr
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                lr = cfg.lr_at(epoch, i, steps)
+                set_lr(self.optimizer, lr)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
                     out = self.model(x)
                     loss = F.cross_entropy(out, y)
