@@ -234,3 +234,26 @@ def test_sweep_with_stacking_records_ordinary_runs(tmp_path, tiny_mnist):
             if ra[key]["mask_path"]:  # scoring stays one model at a time: the same masks
                 assert prunekit.Masks.load(ra[key]["mask_path"]) == prunekit.Masks.load(rb[key]["mask_path"])
             assert [e["epoch"] for e in a.epochs(key)] == [1, 2]
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_zoo_model_can_be_stacked(name):
+    shape = (1, 28, 28) if name.startswith(("lenet", "conv")) else ((3, 16, 16) if name.startswith("vgg") else (3, 8, 8))
+    ok, why = can_stack(models.create(name, 10, shape, seed=0), shape)
+    assert ok, why
+
+
+def test_a_group_that_cannot_be_stacked_falls_back_with_a_notice(tmp_path, tiny_mnist, monkeypatch, capsys):
+    import prunekit.experiments.groups as groups
+
+    monkeypatch.setattr(groups, "can_stack", lambda model, shape, device: (False, "RuntimeError: not here"))
+    spec = sweep_from_mapping(
+        {"models": ["lenet_300_100"], "dataset": "mnist", "methods": ["random"], "sparsities": [0.5, 0.9],
+         "seeds": [0], "epochs": 1, "train": TINY_TRAIN, "data_dir": str(tiny_mnist)}
+    )
+    summary = run_sweep(spec, tmp_path / "o", device=torch.device("cpu"), progress=False, log=False, stack=3)
+    assert summary.counts["done"] == 3
+    err = capsys.readouterr().err
+    assert err.count("cannot be stacked (RuntimeError: not here); training its 3 runs one at a time") == 1
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        assert all("stacked" not in r["extra"] for r in db.runs())

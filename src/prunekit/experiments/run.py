@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -233,8 +234,6 @@ def run_one(
             for leftover in ("checkpoint.pt", "masks.pt"):
                 (run_dir / leftover).unlink(missing_ok=True)
             if (run_dir / "imp").is_dir():
-                import shutil
-
                 shutil.rmtree(run_dir / "imp")
         owner = owner or make_owner()
         if not db.claim(key, owner, retry_failed=retry_failed):

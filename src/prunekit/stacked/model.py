@@ -46,9 +46,10 @@ class StackedModel(nn.Module):
         if len(self.state_keys) != len(self.param_names) + len(self.buffer_names):
             raise ValueError("models with shared (tied) or unregistered state cannot be stacked")
         params, buffers = stack_module_state(list(models))
-        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self.param_names])
-        for p, name in zip(self.stacked, self.param_names):
-            p.requires_grad_(dict(base.named_parameters())[name].requires_grad)
+        requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
+        self.stacked = nn.ParameterList(
+            [nn.Parameter(params[n].detach().clone(), requires_grad=requires_grad[n]) for n in self.param_names]
+        )
         for i, name in enumerate(self.buffer_names):
             self.register_buffer(f"_buffer_{i}", buffers[name].clone())
         # the architecture only: kept out of the module tree so that .to(device) leaves it on "meta"
