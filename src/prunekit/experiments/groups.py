@@ -22,7 +22,7 @@ from ..training import TrainingDiverged
 from ..training.trainer import make_optimizer
 from .config import IMP, RunSpec, resolve, run_key
 from .db import Heartbeat, ResultsDB
-from .run import DatasetCache, RunOutcome, _EpochsToDB, finalize, make_model, prepare, run_one, train_config
+from .run import DatasetCache, RunOutcome, EpochsToDB, finalize, make_model, prepare, run_one, train_config
 
 MAX_GROUP = 32
 
@@ -129,7 +129,7 @@ def run_group(
                 _release_and_run_alone(group, out_dir, db, datasets, device, owner, progress, outcomes)
                 continue
             members = [
-                Member(model, masks, config["seed"], checkpoint=run_dir / "checkpoint.pt", callbacks=[_EpochsToDB(db, key)])
+                Member(model, masks, config["seed"], checkpoint=run_dir / "checkpoint.pt", callbacks=[EpochsToDB(db, key)])
                 for _, config, key, run_dir, model, masks in group
             ]
             try:

@@ -50,7 +50,7 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-class _EpochsToDB(Callback):
+class EpochsToDB(Callback):
     def __init__(self, db: ResultsDB, key: str, phase: int = 0):
         self.db, self.key, self.phase = db, key, phase
 
@@ -186,14 +186,14 @@ def execute(
         masks, result, rounds = run_imp(
             model, ds, cfg, sparsity=config["sparsity"], fraction=opts["fraction"], rewind_epoch=opts["rewind_epoch"],
             allocation=opts["allocation"], prunable=list(prunable_parameters(model)), device=device, seed=config["seed"],
-            workdir=run_dir / "imp", epoch_callbacks=lambda r: [_EpochsToDB(db, key, r)], progress=progress,
+            workdir=run_dir / "imp", epoch_callbacks=lambda r: [EpochsToDB(db, key, r)], progress=progress,
         )
         masks.save(run_dir / "masks.pt")
         return finalize(model, masks, result, run_dir, ds, device, {"rounds": rounds, "history_epochs": result.epochs})
     model, masks = prepare(config, run_dir, ds, device, progress)
     result = fit(
         model, ds, cfg, masks=masks, device=device, seed=config["seed"], checkpoint=run_dir / "checkpoint.pt",
-        callbacks=[_EpochsToDB(db, key)], progress=progress, desc=f"{config['method']} {config['sparsity']:.4g}",
+        callbacks=[EpochsToDB(db, key)], progress=progress, desc=f"{config['method']} {config['sparsity']:.4g}",
     )
     return finalize(model, masks, result, run_dir, ds, device, {"history_epochs": result.epochs})
 
