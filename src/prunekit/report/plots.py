@@ -55,7 +55,8 @@ def plot_layer_densities(table: Table, path: str | Path) -> Path | None:
     fig, axes = plt.subplots(1, len(sparsities), figsize=(4.2 * len(sparsities) + 1, 4.2), dpi=120, squeeze=False)
     for ax, s in zip(axes[0], sparsities):
         names: list[str] = []
-        for label, by_s in table.layers.items():
+        for label in table.rows:  # the table's order, so each method has the colour of the accuracy plot
+            by_s = table.layers.get(label, {})
             if s not in by_s:
                 continue
             rows = by_s[s]
@@ -64,7 +65,7 @@ def plot_layer_densities(table: Table, path: str | Path) -> Path | None:
             ax.plot(range(len(rows)), dens, marker="o", markersize=3, linewidth=1.2, label=label)
         ax.set_yscale("log")
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=60, ha="right", fontsize=6)
+        ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=60, ha="right", fontsize=7)
         ax.set_title(f"sparsity {100 * s:g}%", fontsize=9)
         ax.set_ylabel("layer density (kept fraction)")
         ax.grid(alpha=0.3)
