@@ -206,3 +206,11 @@ def test_enforce_rezeros_after_outside_changes():
     assert not masks.is_applied(model)
     masks.enforce(model)
     assert masks.is_applied(model)
+
+
+def test_from_model_recovers_the_masks_of_a_pruned_model():
+    model = SmallCNN()
+    masks = prunekit.prune(model, "magnitude", 0.7)
+    masks.apply(model)
+    assert Masks.from_model(model) == masks
+    assert list(Masks.from_model(model, ["fc.weight"])) == ["fc.weight"]

@@ -208,10 +208,6 @@ class Masks(Mapping[str, Tensor]):
         """``{param_name: kept fraction}``."""
         return {n: float(m.float().mean()) for n, m in self._masks.items()}
 
-    def with_meta(self, **updates: Any) -> Masks:
-        """A copy with metadata entries added or replaced."""
-        return Masks(self._masks, {**self.meta, **updates})
-
     @classmethod
     def ones(
         cls,
