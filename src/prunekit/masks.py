@@ -304,7 +304,8 @@ class Masks(Mapping[str, Tensor]):
         for i, p in enumerate(params):
             ps, ms = groups.setdefault((p.device, p.dtype), ([], []))
             ps.append(p)
-            ms.append(self._on(p.device, p.dtype)[i])
+            # same strides as the parameter (e.g. channels-last on CUDA) keep the fused multiply on its fast path
+            ms.append(torch.empty_like(p, requires_grad=False).copy_(self._on(p.device, p.dtype)[i]))
 
         def enforce() -> None:
             with torch.no_grad():
