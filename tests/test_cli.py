@@ -1,0 +1,57 @@
+"""The command line: listings, one clear error with exit code 2, prune/run/report output."""
+
+import pytest
+
+import prunekit
+from prunekit.cli import main
+
+
+def test_listings(capsys):
+    for what, expected in [("methods", prunekit.list_methods()), ("models", ["lenet5", "resnet20", "vgg19_bn"]),
+                           ("datasets", ["fashion-mnist", "cifar10-jpg", "image-folder"]), ("recipes", ["openlth-cifar"])]:
+        assert main([what]) == 0
+        out = capsys.readouterr().out
+        assert all(name in out for name in expected)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["prune", "--methods", "snipp"], "unknown method 'snipp'"),
+        (["prune", "--sparsity", "1.5"], "sparsity"),
+        (["prune", "--opt", "num_step=3", "--methods", "force"], "num_step"),
+        (["run", "--model", "lenet5", "--dataset", "fashion-mnist", "--method", "snip", "--opt", "num_batch=2"], "num_batch"),
+        (["run", "--model", "lenet6", "--dataset", "fashion-mnist", "--method", "snip"], "unknown model"),
+        (["sweep", "--models", "lenet5", "--dataset", "fashion-mnist", "--methods", "snip", "--sparsities", "0.9",
+          "--train", "lrr=0.1"], "lrr"),
+        (["report", "--out", "/nonexistent/prunekit"], "no results database"),
+    ],
+)
+def test_bad_input_is_one_error_and_exit_code_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prunekit: error:") and message in err and "Traceback" not in err
+
+
+def test_sweep_config_typo_names_the_key(tmp_path, capsys):
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('models = ["lenet5"]\ndataset = "fashion-mnist"\nmethods = ["snip"]\nsparsities = [0.9]\nseedz = [0]\n')
+    assert main(["sweep", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert "'seedz'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # validated before anything was written
+
+
+def test_prune_run_and_report(tmp_path, tiny_mnist, capsys):
+    common = ["--dataset", "mnist", "--data-dir", str(tiny_mnist)]
+    assert main(["prune", "--model", "lenet_300_100", *common, "--methods", "snip,magnitude", "--sparsity", "0.9",
+                 "--val-size", "40", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "| layer (size)" in out and "snip" in out and "total density" in out and "10.00%" in out
+    assert main(["run", "--model", "lenet_300_100", *common, "--method", "snip", "--sparsity", "0.9", "--epochs", "1",
+                 "--train", "val_size=40", "--train", "batch_size=50", "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "snip @ 0.9 seed 0: done" in out and "run folder:" in out
+    assert main(["report", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "| snip |" in out and "90 %" in out
+    assert (tmp_path / "o" / "report" / "results.csv").is_file()
