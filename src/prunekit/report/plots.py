@@ -28,9 +28,9 @@ def plot_accuracy(table: Table, path: str | Path) -> Path:
         ax.axhline(m, color="black", linestyle="--", linewidth=1, label="dense")
         if s > 0:
             ax.axhspan(m - s, m + s, color="black", alpha=0.08)
-    ax.set_xscale("log")
     ticks = [1 - s for s in table.sparsities]
-    ax.set_xlim(max(ticks) * 1.3, min(ticks) / 1.3)  # reversed: sparsity grows to the right
+    ax.set_xlim(max(ticks) * 1.3, min(ticks) / 1.3)  # reversed: sparsity grows to the right; before the log
+    ax.set_xscale("log")  # scale, which cannot autoscale a single column
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{100 * s:g}%" for s in table.sparsities])
     ax.minorticks_off()
