@@ -202,6 +202,26 @@ def test_imp_rewinds_to_init_and_resumes_after_the_last_finished_round(tmp_path,
     assert result2.final_test_acc == result.final_test_acc
 
 
+def test_imp_runs_of_one_sweep_share_their_common_rounds(tmp_path, tiny_mnist):
+    datasets = DatasetCache(str(tiny_mnist))
+    opts = {"fraction": 0.5, "rewind_epoch": 1}
+    shallow = run_one(spec(method="imp", sparsity=0.75, epochs=3, method_options=opts), tmp_path / "o", datasets=datasets)
+    deep = run_one(spec(method="imp", sparsity=0.875, epochs=3, method_options=opts), tmp_path / "o", datasets=datasets)
+    alone = run_one(spec(method="imp", sparsity=0.875, epochs=3, method_options=opts), tmp_path / "a", datasets=datasets)
+    assert shallow.status == deep.status == alone.status == "done"
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        trained = sorted({e["phase"] for e in db.epochs(deep.key)})
+    assert trained == [2, 3]  # rounds 0 and 1 taken over; round 2 retrained for its weights, round 3 new
+    rounds = deep.row["extra"]["rounds"]
+    assert [("shared_from" in r) for r in rounds] == [True, True, False, False]
+    # the same tickets and accuracies as the run that trained every round itself (bit for bit on the CPU)
+    for r in (1, 2, 3):
+        got = prunekit.Masks.load(Path(deep.row["run_dir"]) / "imp" / f"round_{r:02d}.pt")
+        assert got == prunekit.Masks.load(Path(alone.row["run_dir"]) / "imp" / f"round_{r:02d}.pt")
+    assert deep.row["final_acc"] == alone.row["final_acc"] and deep.row["best_acc"] == alone.row["best_acc"]
+    assert [r["final_acc"] for r in rounds] == [r["final_acc"] for r in alone.row["extra"]["rounds"]]
+
+
 def test_imp_rewind_to_epoch(tmp_path, tiny_mnist):
     datasets = DatasetCache(str(tiny_mnist))
     out = run_one(spec(method="imp", sparsity=0.5, epochs=3, method_options={"fraction": 0.5, "rewind_epoch": 1}),

@@ -165,6 +165,26 @@ def finalize(
     }
 
 
+def imp_donors(config: dict[str, Any], run_dir: Path) -> list[Path]:
+    """IMP work directories of the runs beside ``run_dir`` whose configuration differs only in sparsity."""
+
+    def without_target(c: dict[str, Any]) -> str:
+        return json.dumps({k: v for k, v in c.items() if k != "sparsity"}, sort_keys=True)
+
+    mine = without_target(json.loads(json.dumps(config)))
+    donors = []
+    for other in sorted(run_dir.parent.glob("*/config.json")):
+        if other.parent == run_dir or not (other.parent / "imp").is_dir():
+            continue
+        try:
+            theirs = json.loads(other.read_text())
+        except (OSError, ValueError):
+            continue
+        if theirs.get("method") == IMP and without_target(theirs) == mine:
+            donors.append(other.parent / "imp")
+    return donors
+
+
 def execute(
     config: dict[str, Any],
     key: str,
@@ -187,6 +207,7 @@ def execute(
             model, ds, cfg, sparsity=config["sparsity"], fraction=opts["fraction"], rewind_epoch=opts["rewind_epoch"],
             allocation=opts["allocation"], prunable=list(prunable_parameters(model)), device=device, seed=config["seed"],
             workdir=run_dir / "imp", epoch_callbacks=lambda r: [EpochsToDB(db, key, r)], progress=progress,
+            donors=imp_donors(config, run_dir),
         )
         masks.save(run_dir / "masks.pt")
         return finalize(model, masks, result, run_dir, ds, device, {"rounds": rounds, "history_epochs": result.epochs})
