@@ -220,6 +220,8 @@ def test_imp_runs_of_one_sweep_share_their_common_rounds(tmp_path, tiny_mnist):
         assert got == prunekit.Masks.load(Path(alone.row["run_dir"]) / "imp" / f"round_{r:02d}.pt")
     assert deep.row["final_acc"] == alone.row["final_acc"] and deep.row["best_acc"] == alone.row["best_acc"]
     assert [r["final_acc"] for r in rounds] == [r["final_acc"] for r in alone.row["extra"]["rounds"]]
+    assert deep.row["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in rounds[2:]))
+    assert deep.row["extra"]["ticket_train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in rounds))
 
 
 def test_imp_rewind_to_epoch(tmp_path, tiny_mnist):

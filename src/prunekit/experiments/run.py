@@ -210,7 +210,12 @@ def execute(
             donors=imp_donors(config, run_dir),
         )
         masks.save(run_dir / "masks.pt")
-        return finalize(model, masks, result, run_dir, ds, device, {"rounds": rounds, "history_epochs": result.epochs})
+        fields = finalize(model, masks, result, run_dir, ds, device, {"rounds": rounds, "history_epochs": result.epochs})
+        # the cost of the ticket: every round this run trained (rounds taken over from another run are
+        # counted there), and of all its rounds wherever they were trained
+        fields["train_seconds"] = sum(r["train_seconds"] for r in rounds if "shared_from" not in r)
+        fields["extra"]["ticket_train_seconds"] = sum(r["train_seconds"] for r in rounds)
+        return fields
     model, masks = prepare(config, run_dir, ds, device, progress)
     result = fit(
         model, ds, cfg, masks=masks, device=device, seed=config["seed"], checkpoint=run_dir / "checkpoint.pt",
