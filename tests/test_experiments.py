@@ -187,6 +187,7 @@ def test_imp_rewinds_to_init_and_resumes_after_the_last_finished_round(tmp_path,
               seed=0, workdir=tmp_path / "imp", epoch_callbacks=lambda r: [RecordStart()])
     masks, result, rounds = run_imp(model, ds, cfg, **kw)
     assert len(starts) == 3
+    assert sorted(p.name for p in (tmp_path / "imp").glob("*.ckpt")) == ["round_02.ckpt"]  # only the last round's
     for start, mask_round in zip(starts[1:], (1, 2)):
         m = prunekit.Masks.load(tmp_path / "imp" / f"round_{mask_round:02d}.pt")
         for name, keep in m.items():  # survivors start from theta_0 (pruned entries from 0)

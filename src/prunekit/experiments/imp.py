@@ -182,6 +182,8 @@ def run_imp(
         }
         state["rounds"] = [r for r in state["rounds"] if r["round"] != rnd] + [summary]
         _write_state(state_path, state)
+        if rnd < len(densities):  # a finished round's checkpoint is no longer needed (the last one's is kept)
+            (workdir / f"round_{rnd:02d}.ckpt").unlink(missing_ok=True)
     assert masks is not None and result is not None
     return masks, result, sorted(state["rounds"], key=lambda r: r["round"])
 
