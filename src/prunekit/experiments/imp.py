@@ -27,7 +27,7 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ def _shared_prefix(donor: Path, densities: list[float], fraction: float, rewind_
     return count
 
 
-def _adopt_rounds(workdir: Path, donors: list[Path], densities: list[float], fraction: float, rewind_epoch: int,
+def _adopt_rounds(workdir: Path, donors: Iterable[Path], densities: list[float], fraction: float, rewind_epoch: int,
                   seed: int) -> dict[str, Any] | None:
     """Copy the longest shared prefix of a donor's rounds into the empty ``workdir``; the new state or None."""
     best, shared = None, 0
@@ -79,14 +79,14 @@ def _adopt_rounds(workdir: Path, donors: list[Path], densities: list[float], fra
             return None
         shutil.copyfile(best / "rewind.pt", workdir / "rewind.pt")
     donor_state = json.loads((best / "state.json").read_text())
-    rounds = [dict(r, shared_from=str(best)) for r in donor_state["rounds"] if r["round"] < shared]
+    rounds = [
+        dict(r, shared_from=str(best), mask_file=str(workdir / f"round_{r['round']:02d}.pt") if r["round"] else None)
+        for r in donor_state["rounds"] if r["round"] < shared
+    ]
     if sorted(r["round"] for r in rounds) != list(range(shared)):
         return None  # a donor's mask of round k implies its round k-1 was recorded; be safe anyway
     for rnd in range(1, shared + 1):
         Masks.load(best / f"round_{rnd:02d}.pt").save(workdir / f"round_{rnd:02d}.pt")
-        for r in rounds:
-            if r["round"] == rnd:
-                r["mask_file"] = str(workdir / f"round_{rnd:02d}.pt")
     return {"rounds": rounds}
 
 
@@ -114,7 +114,7 @@ def run_imp(
     workdir: Path,
     epoch_callbacks: Callable[[int], list[Callback]] = lambda r: [],
     progress: bool | None = None,
-    donors: list[Path] = (),
+    donors: Iterable[Path] = (),
 ) -> tuple[Masks, TrainResult, list[dict[str, Any]]]:
     """Run IMP on ``model`` (modified: it ends as the trained final ticket).
 
@@ -134,7 +134,7 @@ def run_imp(
     if state_path.is_file():
         state = json.loads(state_path.read_text())
     else:
-        state = _adopt_rounds(workdir, list(donors), densities, fraction, rewind_epoch, seed) or {"rounds": []}
+        state = _adopt_rounds(workdir, donors, densities, fraction, rewind_epoch, seed) or {"rounds": []}
         _write_state(state_path, state)
     rewind_path = workdir / "rewind.pt"
     if rewind_epoch == 0 and not rewind_path.is_file():
