@@ -11,7 +11,9 @@ Public API::
 __version__ = "0.1.0"
 
 from .errors import ConfigError, DataError, MaskError, MaskFileError, PrunekitError, ScoreError  # noqa: E402
-from .masks import Masks, MaskReport  # noqa: E402
+from .errors import PrunekitWarning  # noqa: E402
+from .layer_report import LayerComparison, MaskReport, compare_masks  # noqa: E402
+from .masks import Masks  # noqa: E402
 from .methods import get_method, list_methods  # noqa: E402
 from .prunable import prunable_parameters  # noqa: E402
 from .pruning import prune, score  # noqa: E402
@@ -21,11 +23,14 @@ __all__ = [
     "DataError",
     "MaskError",
     "MaskFileError",
+    "LayerComparison",
     "MaskReport",
     "Masks",
     "PrunekitError",
+    "PrunekitWarning",
     "ScoreError",
     "__version__",
+    "compare_masks",
     "get_method",
     "list_methods",
     "prunable_parameters",

@@ -14,12 +14,13 @@ Conventions:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, unknown
+from .errors import ConfigError, ScoreError, unknown
 
 ALLOCATIONS: dict[str, str] = {
     "global": "one ranking across all prunable layers (the default of every method)",
@@ -146,10 +147,10 @@ def layer_budgets(shapes: Sequence[Sequence[int]], density: float, allocation: s
     return apportion([d * n for d, n in zip(densities, sizes)], sizes, kept_count(sum(sizes), density))
 
 
-def topk_flat(values: Tensor, k: int) -> Tensor:
+def _exact_topk(values: Tensor, k: int) -> Tensor:
     """Boolean mask of the ``k`` largest entries of a 1-D tensor, ties to the lower index.
 
-    Exactly ``k`` entries are ``True`` (``k`` is clipped to ``[0, numel]``).
+    No host synchronisation: the tie count is resolved on the device with a cumulative sum.
     """
     n = values.numel()
     if k <= 0:
@@ -157,11 +158,248 @@ def topk_flat(values: Tensor, k: int) -> Tensor:
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=values.device)
     threshold = torch.kthvalue(values, n - k + 1).values  # the k-th largest value
-    keep = values > threshold
-    missing = k - int(keep.sum())
-    ties = torch.nonzero(values == threshold).flatten()[:missing]
-    keep[ties] = True
-    return keep
+    above = values > threshold
+    ties = values == threshold
+    missing = k - above.sum()
+    return above | (ties & (ties.cumsum(0) <= missing))
+
+
+def topk_flat(values: Tensor, k: int) -> Tensor:
+    """Boolean mask of the ``k`` largest entries of a 1-D tensor, ties to the lower index.
+
+    Exactly ``k`` entries are ``True`` (``k`` is clipped to ``[0, numel]``).
+    """
+    return _exact_topk(values, k)
+
+
+def _nonzero_static(mask: Tensor, size: int) -> Tensor:
+    """Indices of the ``size`` True entries of ``mask`` (known in advance: no host synchronisation)."""
+    try:
+        return torch.nonzero_static(mask, size=size).flatten()
+    except (RuntimeError, NotImplementedError):  # a backend without nonzero_static
+        return torch.nonzero(mask).flatten()
+
+
+# -- the official code's count and tie rules ------------------------------------------------------
+# Each takes the scores of *all* prunable weights (flat, higher = keep), the density of the step and
+# the previous step's flat mask (None at the first step), and returns (keep mask, the count the rule
+# aims at). They transcribe how each method's official code turns scores into a mask, so that
+# ``count_rule="official"`` reproduces its masks; prunekit's own rule is the exact top-k above.
+OfficialRule = Callable[[Tensor, float, "Tensor | None"], "tuple[Tensor, int]"]
+
+
+def _nth_largest(values: Tensor, n: int) -> Tensor:
+    return torch.kthvalue(values, values.numel() - n + 1).values
+
+
+def _floor_keep_ties(values: Tensor, density: float, previous: Tensor | None) -> tuple[Tensor, int]:
+    """FORCE (naver/force ``get_mask``): ``k = int(N d)``; keep every score >= the k-th largest (ties kept)."""
+    k = int(values.numel() * density)
+    if k < 1:
+        raise ConfigError(f"the official count rule keeps int(N*d) = 0 of {values.numel()} weights at density {density:g}")
+    return values >= _nth_largest(values, k), k
+
+
+def _floor_keep_ties_min_pruned(values: Tensor, density: float, previous: Tensor | None) -> tuple[Tensor, int]:
+    """Iter-SNIP (naver/force): pruned weights take the global minimum score, then FORCE's rule.
+
+    A pruned weight can be selected again when the threshold equals that minimum (massive ties).
+    """
+    if previous is not None:
+        values = torch.where(previous, values, values.min())
+    return _floor_keep_ties(values, density, previous)
+
+
+def _grasp_rule(values: Tensor, density: float, previous: Tensor | None) -> tuple[Tensor, int]:
+    """GraSP (alecwangcq/GraSP): remove ``int(N (1 - d))``; keep ``-s <=`` the removal count's largest ``-s``.
+
+    With ``s`` the keep-score (``theta*Hg``), the official ``S = -s`` keeps ``S <= t`` where ``t`` is the
+    ``int(N (1-d))``-th largest ``S``: one weight more than asked is kept, and every tie at ``t``.
+    """
+    n = values.numel()
+    remove = int(n * (1.0 - density))
+    if remove < 1:
+        return torch.ones(n, dtype=torch.bool, device=values.device), n
+    threshold = torch.kthvalue(values, remove).values  # the remove-th smallest s = remove-th largest S
+    return values >= threshold, n - remove
+
+
+def _synflow_rule(values: Tensor, density: float, previous: Tensor | None) -> tuple[Tensor, int]:
+    """SynFlow (ganguli-lab/Synaptic-Flow ``_global_mask``): ``k = int((1 - d) N)``; prune every score <= the k-th smallest.
+
+    Ties at the threshold are all pruned; when ``k < 1`` the mask is left as it was.
+    """
+    n = values.numel()
+    remove = int((1.0 - density) * n)
+    if remove < 1:
+        keep = torch.ones(n, dtype=torch.bool, device=values.device) if previous is None else previous.clone()
+        return keep, n - remove
+    threshold = torch.kthvalue(values, remove).values
+    return values > threshold, n - remove
+
+
+def _ceil_topk(values: Tensor, density: float, previous: Tensor | None) -> tuple[Tensor, int]:
+    """ProsPr (mil-ad/prospr ``keep_mask_from_scores``): exactly ``ceil(N d)`` by top-k."""
+    k = math.ceil(values.numel() * density)
+    return _exact_topk(values, k), k
+
+
+OFFICIAL_RULES: dict[str, OfficialRule] = {
+    "floor_keep_ties": _floor_keep_ties,
+    "floor_keep_ties_min_pruned": _floor_keep_ties_min_pruned,
+    "grasp": _grasp_rule,
+    "synflow": _synflow_rule,
+    "ceil_topk": _ceil_topk,
+}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The masks one selection step produced, and whether scores or ties decided them.
+
+    Attributes:
+        masks: ``{name: bool tensor}`` on the device of the scores.
+        target: the number of weights the rule aimed to keep (``round(d N)`` for the exact rule,
+            limited by the candidates; the official rule's own count otherwise).
+        kept: the number actually kept (equal to ``target`` for the exact rule).
+        decided_by_ties: the ``target``-th kept score is exactly 0 and zero-scored candidates lie on
+            both sides of the cut (in some layer, for per-layer allocations): which of them survive
+            was decided by the tie rule (index order; all or none for the official rules), not by
+            the scores.
+        tie_chosen: how many of the ``target`` places went to zero-scored weights in that case.
+    """
+
+    masks: dict[str, Tensor]
+    target: int
+    kept: int
+    decided_by_ties: bool = False
+    tie_chosen: int = 0
+
+
+class Ranker:
+    """Turns scores into masks, step after step, with one host synchronisation per step.
+
+    Args:
+        shapes: ``{name: shape}`` of the scored tensors, in ranking order (ties go to the earlier
+            name, then to the lower flat index).
+        allocation: ``"global"``, ``"layerwise"`` or ``"erk"``.
+        rule: an official count rule (:data:`OFFICIAL_RULES`), global only; ``None`` for the exact
+            index-based top-k.
+        nested: monotone schedules: each step selects only among the weights the previous step kept.
+            The global exact rule then ranks only those candidates, so a step costs time in
+            proportion to what is still alive.
+    """
+
+    def __init__(
+        self,
+        shapes: Mapping[str, Sequence[int]],
+        allocation: str = "global",
+        rule: str | None = None,
+        nested: bool = False,
+    ):
+        if allocation not in ALLOCATIONS:
+            raise unknown("allocation", allocation, ALLOCATIONS)
+        if rule is not None:
+            if rule not in OFFICIAL_RULES:
+                raise unknown("count rule", rule, OFFICIAL_RULES)
+            if allocation != "global":
+                raise ConfigError(f"the official count rule ranks globally; it cannot be combined with allocation={allocation!r}")
+        self.names = list(shapes)
+        self.shapes = [tuple(int(d) for d in shapes[n]) for n in self.names]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.total = sum(self.sizes)
+        self.allocation = allocation
+        self.rule = rule
+        self.nested = nested
+        self._kept_idx: Tensor | None = None  # global exact + nested: sorted flat indices kept last step
+        self._previous: Tensor | None = None  # flat mask of the last step
+
+    def _flat(self, scores: Mapping[str, Tensor]) -> Tensor:
+        missing = [n for n in self.names if n not in scores]
+        if missing:
+            raise ConfigError(f"no score for {', '.join(map(repr, missing))}")
+        return torch.cat([scores[n].detach().reshape(-1) for n in self.names])
+
+    def _split(self, flat_mask: Tensor) -> dict[str, Tensor]:
+        return {n: p.view(s) for n, p, s in zip(self.names, flat_mask.split(self.sizes), self.shapes)}
+
+    def select(self, scores: Mapping[str, Tensor], density: float, candidates: Mapping[str, Tensor] | None = None) -> Selection:
+        """Keep the highest-scoring weights at ``density``.
+
+        Args:
+            scores: ``{name: tensor}``, finite, higher = keep (checked: a NaN/inf is a ``ScoreError``).
+            density: kept fraction of all scored weights.
+            candidates: only these weights may be kept (``{name: bool tensor}``); by default, for a
+                nested ranker, the weights the previous step kept.
+
+        Raises:
+            ScoreError: a score is NaN or infinite (the message names the tensors).
+        """
+        check_density(density)
+        values = self._flat(scores)
+        previous = self._previous
+        cand_idx: Tensor | None = None
+        cand_flat: Tensor | None = None
+        if candidates is not None:
+            cand_flat = torch.cat([candidates[n].reshape(-1).to(device=values.device, dtype=torch.bool) for n in self.names])
+        elif self.nested and previous is not None:
+            cand_flat = previous
+            cand_idx = self._kept_idx
+        budgets: list[int] = []
+        if self.rule is not None:
+            flat_mask, target = OFFICIAL_RULES[self.rule](values, density, previous if cand_flat is None else cand_flat)
+            counted = values
+            kept_idx = None
+        elif self.allocation == "global":
+            if cand_flat is not None and cand_idx is None:
+                cand_idx = torch.nonzero(cand_flat).flatten()
+            counted = values if cand_idx is None else values[cand_idx]
+            target = min(kept_count(self.total, density), counted.numel())
+            keep_c = _exact_topk(counted, target)
+            if cand_idx is None:
+                flat_mask = keep_c
+                kept_idx = _nonzero_static(keep_c, target) if self.nested else None
+            else:
+                kept_idx = cand_idx[_nonzero_static(keep_c, target)]
+                flat_mask = torch.zeros(self.total, dtype=torch.bool, device=values.device)
+                flat_mask[kept_idx] = True
+        else:
+            budgets = layer_budgets(self.shapes, density, self.allocation) or []
+            if cand_flat is not None:
+                counted = torch.where(cand_flat, values, torch.full_like(values, -math.inf))
+                limits = torch.stack([c.sum() for c in cand_flat.split(self.sizes)]).tolist()
+                budgets = [min(b, int(c)) for b, c in zip(budgets, limits)]
+            else:
+                counted = values
+            pieces = [_exact_topk(v, b) for v, b in zip(counted.split(self.sizes), budgets)]
+            flat_mask = torch.cat(pieces)
+            target = sum(budgets)
+            kept_idx = None
+        finite = torch.isfinite(values)
+        # per segment (one for global ranking, one per layer otherwise): candidates above zero, at zero
+        segments = [counted] if self.allocation == "global" or self.rule is not None else list(counted.split(self.sizes))
+        targets = [target] if len(segments) == 1 else budgets
+        stats = [(~finite).sum(), flat_mask.sum()] + [t for seg in segments for t in ((seg > 0).sum(), (seg == 0).sum())]
+        got = torch.stack(stats).tolist()  # the one host synchronisation of the step
+        if got[0]:
+            self._raise_non_finite(finite)
+        kept = int(got[1])
+        decided, chosen = False, 0
+        for i, t in enumerate(targets):
+            above, zeros = int(got[2 + 2 * i]), int(got[3 + 2 * i])
+            if above < t < above + zeros:
+                decided = True
+                chosen += t - above
+        self._previous = flat_mask
+        self._kept_idx = kept_idx
+        return Selection(self._split(flat_mask), target, kept, decided, chosen)
+
+    def _raise_non_finite(self, finite: Tensor) -> None:
+        bad = [(n, int(c)) for n, c in zip(self.names, (~finite).split(self.sizes)) for c in [c.sum()] if int(c)]
+        shown = ", ".join(f"{n!r} ({c})" for n, c in bad)
+        raise ScoreError(
+            f"NaN/inf scores for {shown}; check the model and the data for NaN/inf values (and the loss for overflow)"
+        )
 
 
 def select(
@@ -184,26 +422,5 @@ def select(
         ``{name: bool tensor}`` on the device of the scores, with exactly ``kept_count`` ``True``
         entries overall (and per layer for non-global allocations), unless limited by ``candidates``.
     """
-    names = list(scores)
-    shapes = [tuple(scores[n].shape) for n in names]
-    flat = []
-    for n in names:
-        s = scores[n].detach().flatten().to(torch.float64)
-        if candidates is not None:
-            s = torch.where(candidates[n].flatten().to(s.device), s, torch.full_like(s, -math.inf))
-        flat.append(s)
-    budgets = layer_budgets(shapes, density, allocation)
-    if budgets is None:
-        values = torch.cat(flat)
-        k = kept_count(values.numel(), density)
-        if candidates is not None:
-            k = min(k, sum(int(candidates[n].sum()) for n in names))
-        keep = topk_flat(values, k)
-        pieces = keep.split([s.numel() for s in flat])
-    else:
-        pieces = []
-        for s, n, k in zip(flat, names, budgets):
-            if candidates is not None:
-                k = min(k, int(candidates[n].sum()))
-            pieces.append(topk_flat(s, k))
-    return {n: p.view(shape) for n, p, shape in zip(names, pieces, shapes)}
+    shapes = {n: tuple(s.shape) for n, s in scores.items()}
+    return Ranker(shapes, allocation).select(scores, density, candidates).masks

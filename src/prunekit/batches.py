@@ -99,7 +99,10 @@ def class_balanced(stream: BatchStream, samples_per_class: int, num_classes: int
     ``max_batches`` were read; classes with too few samples keep what was found.
 
     Returns:
-        ``(inputs, targets)`` with samples in the order they were met.
+        ``(inputs, targets)`` ordered by class (every sample of class 0, then of class 1, ...), each
+        class's samples in the order they were met: the order of the official GraSP code
+        (``GraSP_fetch_data``), which matters when the samples are scored in chunks through BN in
+        train mode.
     """
     if samples_per_class < 1:
         raise ConfigError(f"samples_per_class must be >= 1, got {samples_per_class}")
@@ -124,4 +127,6 @@ def class_balanced(stream: BatchStream, samples_per_class: int, num_classes: int
             break
     if not xs:
         raise DataError("class-balanced sampling found no samples")
-    return torch.cat(xs), torch.cat(ys)
+    x, y = torch.cat(xs), torch.cat(ys)
+    order = torch.sort(y.long(), stable=True).indices  # by class, met order within a class
+    return x.index_select(0, order), y.index_select(0, order)

@@ -34,6 +34,10 @@ class DataError(PrunekitError, ValueError):
     """A dataset that is missing, malformed or does not fit the request."""
 
 
+class PrunekitWarning(UserWarning):
+    """A result that is valid but probably not what the caller wanted (ties, unused parameters...)."""
+
+
 def choices(names: Iterable[str]) -> str:
     """Format a list of valid names for an error message."""
     return ", ".join(sorted(names))

@@ -15,7 +15,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import MaskError, MaskFileError
+from .layer_report import LayerRow, MaskReport
 
 FILE_FORMAT = "prunekit-masks"
 FILE_VERSION = 1
@@ -42,92 +42,6 @@ def _as_bool_mask(name: str, value: object) -> Tensor:
             raise MaskError(f"mask {name!r} must contain only 0 and 1 (or be a bool tensor)")
         t = t != 0
     return t.to("cpu", copy=True)
-
-
-@dataclass(frozen=True)
-class LayerRow:
-    """One line of a mask report."""
-
-    name: str
-    shape: tuple[int, ...]
-    size: int
-    kept: int
-    density: float
-    effective_kept: int | None = None
-    effective_density: float | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "shape": list(self.shape),
-            "size": self.size,
-            "kept": self.kept,
-            "density": self.density,
-            "effective_kept": self.effective_kept,
-            "effective_density": self.effective_density,
-        }
-
-
-@dataclass(frozen=True)
-class MaskReport:
-    """Per-layer densities of a mask, with totals; ``str(report)`` is an aligned text table."""
-
-    rows: list[LayerRow]
-    collapsed: list[str] = field(default_factory=list)
-    note: str | None = None
-
-    @property
-    def size(self) -> int:
-        return sum(r.size for r in self.rows)
-
-    @property
-    def kept(self) -> int:
-        return sum(r.kept for r in self.rows)
-
-    @property
-    def density(self) -> float:
-        return self.kept / self.size
-
-    @property
-    def effective_density(self) -> float | None:
-        if any(r.effective_kept is None for r in self.rows):
-            return None
-        return sum(r.effective_kept for r in self.rows) / self.size  # type: ignore[misc]
-
-    def as_dicts(self) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in self.rows]
-
-    def to_markdown(self) -> str:
-        """The report as a Markdown table."""
-        lines = [
-            "| layer | shape | size | kept | density | effective density |",
-            "|---|---|---:|---:|---:|---:|",
-        ]
-        for r in self._display_rows():
-            lines.append("| " + " | ".join(r) + " |")
-        return "\n".join(lines)
-
-    def _display_rows(self) -> list[list[str]]:
-        def eff(v: float | None) -> str:
-            return "n/a" if v is None else f"{v:.4%}"
-
-        out = []
-        for r in self.rows:
-            flag = "  <- collapsed" if r.name in self.collapsed else ""
-            out.append(
-                [r.name, "x".join(map(str, r.shape)), str(r.size), str(r.kept), f"{r.density:.4%}", eff(r.effective_density) + flag]
-            )
-        out.append(["total", "", str(self.size), str(self.kept), f"{self.density:.4%}", eff(self.effective_density)])
-        return out
-
-    def __str__(self) -> str:
-        header = ["layer", "shape", "size", "kept", "density", "effective"]
-        rows = [header] + self._display_rows()
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        text = "\n".join(
-            "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows
-        )
-        return text + (f"\n{self.note}" if self.note else "")
 
 
 class Masks(Mapping[str, Tensor]):
@@ -366,7 +280,8 @@ class Masks(Mapping[str, Tensor]):
                 UserWarning,
                 stacklevel=2,
             )
-        return MaskReport(rows, collapsed, note)
+        tie_steps = [int(t["step"]) for t in self.meta.get("tie_steps", [])]
+        return MaskReport(rows, collapsed, note, tie_steps)
 
     def to_torch_prune(self, model: nn.Module) -> nn.Module:
         """Re-express the masks in ``torch.nn.utils.prune``'s layout (``weight_orig`` + ``weight_mask``).

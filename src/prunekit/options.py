@@ -28,9 +28,15 @@ def option(
     min: float | None = None,
     max: float | None = None,
     min_exclusive: bool = False,
+    since: str | None = None,
 ) -> Any:
-    """A dataclass field with a help line and optional constraints."""
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+    """A dataclass field with a help line and optional constraints.
+
+    ``since`` marks an option added after run keys were first recorded (the prunekit version that
+    added it): :func:`key_dict` leaves it out while it has its default value, so every run recorded
+    before it existed keeps its key.
+    """
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "since": since}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -171,3 +177,16 @@ def parse_value(cls: type, name: str, text: str, owner: str) -> Any:
 def as_dict(instance: Any) -> dict[str, Any]:
     """The options as a plain dict (tuples become lists, for JSON)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(instance).items()}
+
+
+def key_dict(instance: Any) -> dict[str, Any]:
+    """:func:`as_dict` without the options added later (``since=``) that still have their default.
+
+    This is what a run's key is computed from: adding an option to a method never changes the key
+    (nor the meaning) of a run recorded before it existed.
+    """
+    out = as_dict(instance)
+    for f in dataclasses.fields(instance):
+        if f.metadata.get("since") and getattr(instance, f.name) == f.default:
+            del out[f.name]
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import platform
 import time
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -14,13 +15,14 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .allocation import ALLOCATIONS, check_density, density_schedule, select
+from .allocation import ALLOCATIONS, Ranker, Selection, check_density, density_schedule
 from .batches import BatchStream
-from .errors import ConfigError, ScoreError, unknown
+from .errors import ConfigError, PrunekitWarning, ScoreError, unknown
 from .masks import Masks
 from .methods import Method, get_method
 from .methods.context import LossFn, ScoringContext, default_loss, model_device, model_dtype
-from .options import as_dict, build
+from .options import as_dict
+from .outputs import OutputFn, checked_output_fn
 from .prunable import prunable_parameters
 
 
@@ -43,18 +45,22 @@ def _check_seed(seed: int) -> int:
     return seed
 
 
-def _check_scores(method: str, scores: Mapping[str, Tensor], params: Mapping[str, nn.Parameter]) -> None:
+def _check_shapes(method: str, scores: Mapping[str, Tensor], params: Mapping[str, nn.Parameter]) -> None:
     for name, p in params.items():
         s = scores.get(name)
         if s is None or tuple(s.shape) != tuple(p.shape):
             got = None if s is None else tuple(s.shape)
             raise ScoreError(f"method {method!r} returned a score of shape {got} for {name!r} (expected {tuple(p.shape)})")
-        bad = int((~torch.isfinite(s)).sum())
-        if bad:
-            raise ScoreError(
-                f"method {method!r} produced {bad} NaN/inf scores for {name!r}; "
-                "check the model and the data for NaN/inf values (and the loss for overflow)"
-            )
+
+
+def _check_finite(method: str, scores: Mapping[str, Tensor]) -> None:
+    bad = torch.stack([(~torch.isfinite(s)).sum() for s in scores.values()]).tolist()
+    if any(bad):
+        shown = ", ".join(f"{n!r} ({b})" for n, b in zip(scores, bad) if b)
+        raise ScoreError(
+            f"method {method!r} produced NaN/inf scores for {shown}; "
+            "check the model and the data for NaN/inf values (and the loss for overflow)"
+        )
 
 
 def _setup(
@@ -65,18 +71,23 @@ def _setup(
     include: str | Sequence[str] | None,
     exclude: str | Sequence[str] | None,
     loss_fn: LossFn | None,
+    output_fn: OutputFn | None,
     options: Mapping[str, Any],
 ) -> tuple[Method, Any, ScoringContext, dict[str, nn.Parameter]]:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     spec = get_method(method)
-    opts = build(spec.options, options, f"method {method!r}")
+    opts = spec.build_options(options)
     seed = _check_seed(seed)
     params = prunable_parameters(model, include, exclude)
     if spec.needs_data and data is None:
         raise ConfigError(f"method {method!r} needs data=: an iterable of (inputs, targets) batches (a DataLoader works)")
     if loss_fn is not None and not callable(loss_fn):
-        raise ConfigError(f"loss_fn must be callable(outputs, targets) -> loss, got {type(loss_fn).__name__}")
+        raise ConfigError(f"loss_fn must be callable(logits, targets) -> loss, got {type(loss_fn).__name__}")
+    if output_fn is not None and not callable(output_fn):
+        raise ConfigError(f"output_fn must be callable(outputs) -> logits, got {type(output_fn).__name__}")
+    if loss_fn is not None and getattr(opts, "official_loss", False):
+        raise ConfigError(f"method {method!r}: official_loss=True replaces the loss; do not pass loss_fn= as well")
     device = model_device(model)
     stream = None if data is None else BatchStream(data, device, model_dtype(model))
     input_shape = None
@@ -84,7 +95,9 @@ def _setup(
         input_shape = tuple(stream.peek()[0].shape[1:])
     elif getattr(opts, "input_shape", None):
         input_shape = tuple(opts.input_shape)
-    ctx = ScoringContext(model, list(params), stream, loss_fn or default_loss, seed, input_shape, method)
+    ctx = ScoringContext(
+        model, list(params), stream, loss_fn or default_loss, seed, input_shape, method, checked_output_fn(output_fn)
+    )
     return spec, opts, ctx, params
 
 
@@ -105,6 +118,7 @@ def prune(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     loss_fn: LossFn | None = None,
+    output_fn: OutputFn | None = None,
     progress: bool | None = None,
     callback: Callable[[int, float, dict[str, Tensor]], None] | None = None,
     invert: bool = False,
@@ -126,44 +140,74 @@ def prune(
         include: glob patterns over parameter names replacing the default prunable set
             (weights of Conv*d and Linear layers).
         exclude: glob patterns removed from the prunable set.
-        loss_fn: ``loss_fn(outputs, targets) -> mean loss``; default cross-entropy.
+        loss_fn: ``loss_fn(logits, targets) -> mean loss``; default cross-entropy. Every method
+            calls it on the same tensor, ``output_fn(model(inputs))``.
+        output_fn: ``output_fn(outputs) -> logits``: where the logits are in what the model returns;
+            default :func:`prunekit.outputs.logits_of` (a tensor; a mapping's ``"logits"``; a tuple's
+            first element). SynFlow sums these logits and GraSP divides them by its temperature.
         progress: show a progress bar for iterative methods (default: when stderr is a terminal).
         callback: called as ``callback(step, density, masks)`` after every step of the schedule
             (once for one-shot methods), e.g. to record how masks evolve.
         invert: keep the *lowest*-scoring weights instead (the score-inversion sanity check of
             Frankle et al., 2021), at every step of an iterative schedule.
         **options: method options (see ``prunekit methods`` or ``get_method(name).options``).
+            ``official=True`` reproduces the method's official code where it differs from the
+            paper (count and tie rule, loss, optimiser settings: see the method's docstring).
 
     Returns:
-        :class:`Masks` holding exactly ``round(density * N)`` kept weights, with metadata (method,
-        resolved options, seed, allocation, input shape, versions, scoring time).
+        :class:`Masks` holding exactly ``round(density * N)`` kept weights (the official code's
+        count with ``count_rule="official"``), with metadata (method, resolved options, seed,
+        allocation, input shape, versions, scoring time, and ``tie_steps``: the steps whose mask
+        was decided by ties among zero scores).
 
     Raises:
         ConfigError: unknown method or option, bad sparsity/seed/allocation, missing data, no
             prunable parameter.
         ScoreError: the method produced NaN or infinite scores.
+
+    Warns:
+        PrunekitWarning: at the first step whose mask was decided by ties among zero scores rather
+            than by the scores (and once more at the end if later steps were too).
     """
     keep = resolve_density(sparsity, density)
-    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, options)
+    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options)
     allocation = allocation or spec.allocation
     if allocation not in ALLOCATIONS:
         raise unknown("allocation", allocation, ALLOCATIONS)
+    rule = spec.official_rule if getattr(opts, "count_rule", "exact") == "official" else None
+    ranker = Ranker({n: p.shape for n, p in params.items()}, allocation, rule, nested=spec.monotone)
     steps = density_schedule(keep, opts.num_steps, opts.schedule) if spec.iterative else [keep]
     start = time.perf_counter()
     masks: dict[str, Tensor] | None = None
+    tie_steps: list[dict[str, Any]] = []
     with torch.random.fork_rng(devices=_rng_devices(model)):
         torch.manual_seed(seed)
         show = spec.iterative and (_stderr_is_tty() if progress is None else progress)
         bar = tqdm(steps, desc=method, unit="step", leave=False, disable=not show)
         for step, step_density in enumerate(bar, start=1):
             scores = spec.score(ctx, opts, masks)
-            _check_scores(method, scores, params)
+            _check_shapes(method, scores, params)
             if invert:
                 scores = {n: -s for n, s in scores.items()}
-            masks = select(scores, step_density, allocation, masks if spec.monotone else None)
+            try:
+                selection = ranker.select(scores, step_density)
+            except ScoreError as exc:
+                raise ScoreError(f"method {method!r} produced {exc}") from None
+            masks = selection.masks
+            if selection.decided_by_ties:
+                tie_steps.append(_tie_record(step, step_density, selection))
+                if len(tie_steps) == 1:
+                    _warn_ties(method, step, len(steps), step_density, selection, rule)
             if callback is not None:
                 callback(step, step_density, {n: m.detach().cpu().clone() for n, m in masks.items()})
         bar.close()
+    if len(tie_steps) > 1:
+        warnings.warn(
+            f"{method}: {len(tie_steps)} steps in all were decided by ties among zero scores "
+            f"(steps {', '.join(str(t['step']) for t in tie_steps)}); see masks.meta['tie_steps']",
+            PrunekitWarning,
+            stacklevel=2,
+        )
     if model_device(model).type == "cuda":
         torch.cuda.synchronize()
     assert masks is not None
@@ -177,7 +221,9 @@ def prune(
         "options": as_dict(opts),
         "include": include if include is None or isinstance(include, str) else list(include),
         "exclude": exclude if exclude is None or isinstance(exclude, str) else list(exclude),
-        "loss": "cross_entropy" if loss_fn is None else getattr(loss_fn, "__name__", type(loss_fn).__name__),
+        "loss": _loss_name(loss_fn, opts),
+        "output_fn": None if output_fn is None else getattr(output_fn, "__name__", type(output_fn).__name__),
+        "tie_steps": tie_steps,
         "input_shape": None if ctx.input_shape is None else list(ctx.input_shape),
         "model": type(model).__name__,
         "scoring_seconds": time.perf_counter() - start,
@@ -200,6 +246,7 @@ def score(
     include: str | Sequence[str] | None = None,
     exclude: str | Sequence[str] | None = None,
     loss_fn: LossFn | None = None,
+    output_fn: OutputFn | None = None,
     **options: Any,
 ) -> dict[str, Tensor]:
     """Saliency scores of ``method`` for every prunable weight (higher = more important).
@@ -211,7 +258,7 @@ def score(
     Returns:
         ``{param_name: float tensor}`` on the model's device.
     """
-    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, options)
+    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options)
     if masks is not None:
         masks = Masks(masks)
         for name in params:
@@ -220,8 +267,39 @@ def score(
     with torch.random.fork_rng(devices=_rng_devices(model)):
         torch.manual_seed(seed)
         scores = spec.score(ctx, opts, masks)
-    _check_scores(method, scores, params)
+    _check_shapes(method, scores, params)
+    _check_finite(method, scores)
     return {n: s.detach() for n, s in scores.items()}
+
+
+def _loss_name(loss_fn: LossFn | None, opts: Any) -> str:
+    if getattr(opts, "official_loss", False):
+        return "nll_on_logits"
+    return "cross_entropy" if loss_fn is None else getattr(loss_fn, "__name__", type(loss_fn).__name__)
+
+
+def _tie_record(step: int, density: float, selection: Selection) -> dict[str, Any]:
+    return {
+        "step": step, "density": density, "target": selection.target, "kept": selection.kept,
+        "tie_chosen": selection.tie_chosen,
+    }
+
+
+def _warn_ties(method: str, step: int, total: int, density: float, selection: Selection, rule: str | None) -> None:
+    how = (
+        "parameter order (the earliest parameters, lowest indices first)"
+        if rule is None
+        else f"the official rule, which keeps all ties or none ({selection.kept} kept of {selection.target} asked)"
+    )
+    where = f"step {step} of {total}" if total > 1 else "the mask"
+    warnings.warn(
+        f"{method}, {where} (density {density:.4g}): only {selection.target - selection.tie_chosen} of the "
+        f"{selection.target} weights to keep have a nonzero score; the other {selection.tie_chosen} were chosen among "
+        f"zero-scored weights by {how}, not by their scores. The mask is decided by ties (vanished gradients?): "
+        "more scoring data, fewer steps or another method may help; masks.meta['tie_steps'] records it.",
+        PrunekitWarning,
+        stacklevel=3,
+    )
 
 
 def _stderr_is_tty() -> bool:

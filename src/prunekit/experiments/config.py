@@ -22,7 +22,7 @@ from ..data import get_info
 from ..errors import ConfigError, unknown
 from ..methods import get_method
 from ..models import get_model_spec
-from ..options import as_dict, build, option
+from ..options import as_dict, build, key_dict, option
 from ..training import TrainConfig, get_recipe
 
 ABLATIONS = {
@@ -42,6 +42,13 @@ class ImpOptions:
     fraction: float = option(0.2, "fraction of the remaining weights pruned per round (open_lth: 0.2)", min=0.0, max=0.99, min_exclusive=True)
     rewind_epoch: int = option(0, "rewind survivors to their value after this many epochs (0: to initialization)", min=0)
     allocation: str = option("global", "global magnitude ranking (open_lth) or layerwise", choices=("global", "layerwise"))
+
+
+def build_method_options(method: str, values: Mapping[str, Any]) -> Any:
+    """The validated options of ``method`` (``official=True`` expanded for PaI methods)."""
+    if method in (DENSE, IMP):
+        return build(method_options_class(method), dict(values), f"method {method!r}")
+    return get_method(method).build_options(values)
 
 
 def method_options_class(method: str) -> type:
@@ -113,8 +120,8 @@ def resolve(spec: RunSpec) -> dict[str, Any]:
             raise unknown("ablation", spec.ablation, ABLATIONS)
         if spec.method in (DENSE, IMP):
             raise ConfigError(f"ablations apply to pruning-at-initialization methods, not {spec.method!r}")
-    opts_cls = method_options_class(spec.method)
-    method_opts = as_dict(build(opts_cls, dict(spec.method_options), f"method {spec.method!r}"))
+    # options added after runs were first recorded stay out of the key while at their default
+    method_opts = key_dict(build_method_options(spec.method, spec.method_options))
     train_values = {**as_dict(recipe.config_for(spec.model)), **dict(spec.train)}
     if spec.epochs is not None:
         train_values["epochs"] = spec.epochs

@@ -6,7 +6,8 @@ Score functions never touch the caller's model: they work on copies made by :met
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,16 +15,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batches import Batch, BatchStream
-from ..errors import ConfigError
+from ..errors import ConfigError, PrunekitWarning
+from ..outputs import OutputFn, logits_of
 
-LossFn = Callable[[Any, Tensor], Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def default_loss(outputs: Any, targets: Tensor) -> Tensor:
+def default_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy of logits ``(B, C, ...)`` against class indices ``(B, ...)``."""
-    if isinstance(outputs, (tuple, list)):
-        outputs = outputs[0]
-    return F.cross_entropy(outputs, targets.long())
+    return F.cross_entropy(logits, targets.long())
+
+
+def nll_on_logits(logits: Tensor, targets: Tensor) -> Tensor:
+    """``F.nll_loss`` applied to raw logits, i.e. ``-mean(z_y)``: the pruning loss of the official
+    FORCE / Iter-SNIP code (inherited from a code base whose models returned log-probabilities)."""
+    return F.nll_loss(logits, targets.long())
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -46,7 +52,8 @@ class ScoringContext:
         model: the caller's model; read it, never modify it (use :meth:`copy`).
         names: prunable parameter names, in ``named_parameters()`` order.
         stream: the scoring batches (``None`` for data-free calls).
-        loss_fn: ``loss_fn(outputs, targets) -> mean loss``.
+        loss_fn: ``loss_fn(logits, targets) -> mean loss``.
+        output_fn: ``output_fn(outputs) -> logits`` (:func:`prunekit.outputs.logits_of` by default).
         generator: a CPU generator seeded from the call's seed (for random scores and re-inits,
             drawn on the CPU so that a seed gives the same masks on every device).
         input_shape: shape of one input sample, when known.
@@ -62,11 +69,13 @@ class ScoringContext:
         seed: int,
         input_shape: tuple[int, ...] | None,
         method: str,
+        output_fn: OutputFn = logits_of,
     ):
         self.model = model
         self.names = names
         self.stream = stream
         self.loss_fn = loss_fn
+        self.output_fn = output_fn
         self.generator = torch.Generator().manual_seed(seed)
         self.input_shape = input_shape
         self.method = method
@@ -104,19 +113,40 @@ class ScoringContext:
         params = dict(self.model.named_parameters())
         return {n: params[n].detach() for n in self.names}
 
-    def loss(self, net: nn.Module, batch: Batch) -> Tensor:
-        x, y = batch
-        return self.loss_fn(net(x), y)
+    def logits(self, outputs: Any) -> Tensor:
+        """The logits in a model output (the one output contract of every method)."""
+        return self.output_fn(outputs)
 
-    def mean_gradients(self, net: nn.Module, params: list[Tensor], batches: list[Batch]) -> list[Tensor]:
+    def loss(self, net: nn.Module, batch: Batch, loss_fn: LossFn | None = None) -> Tensor:
+        """``loss_fn(logits, targets)`` of ``net`` on ``batch`` (the call's ``loss_fn`` by default)."""
+        x, y = batch
+        return (loss_fn or self.loss_fn)(self.logits(net(x)), y)
+
+    def mean_gradients(
+        self, net: nn.Module, params: list[Tensor], batches: list[Batch], loss_fn: LossFn | None = None
+    ) -> list[Tensor]:
         """Gradients of the loss w.r.t. ``params``, averaged over ``batches``."""
         total = [torch.zeros_like(p) for p in params]
+        unused = set(range(len(params)))
         for batch in batches:
-            grads = torch.autograd.grad(self.loss(net, batch), params, allow_unused=True)
-            for t, g in zip(total, grads):
+            grads = torch.autograd.grad(self.loss(net, batch, loss_fn), params, allow_unused=True)
+            for i, (t, g) in enumerate(zip(total, grads)):
                 if g is not None:
                     t.add_(g, alpha=1.0 / len(batches))
+                    unused.discard(i)
+        self.warn_unused([self.names[i] for i in sorted(unused)] if len(params) == len(self.names) else [])
         return total
+
+    def warn_unused(self, names: Sequence[str]) -> None:
+        """Warn that prunable parameters do not reach what the method differentiates (scored 0)."""
+        if names:
+            shown = ", ".join(map(repr, names[:6])) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            warnings.warn(
+                f"{self.method}: {shown} do not affect the logits the scores are computed from, so they score 0 "
+                "and are pruned first; if the model returns several outputs, pass output_fn= to select the logits",
+                PrunekitWarning,
+                stacklevel=4,
+            )
 
     def xavier_normal_(self, weight: Tensor) -> None:
         """Re-initialise ``weight`` in place with Xavier-normal values drawn from :attr:`generator`."""

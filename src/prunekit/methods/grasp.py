@@ -8,8 +8,11 @@ to the prunable weights). GraSP removes the weights with the *largest* ``S``, i.
 As in the official code (``pruner/GraSP.py``):
     * the scoring copy re-initialises every ``Linear`` weight with Xavier-normal (``reinit_linear``) and
       scores with those weights; the trained model keeps its own initialisation;
-    * ``samples_per_class`` class-balanced samples (CIFAR-10: 10) are scored, split into ``num_chunks``
-      parts (official: 2 halves, which matters only for BN batch statistics and memory);
+    * ``samples_per_class`` class-balanced samples (CIFAR-10: 10) are scored, the first met of each
+      class, **ordered by class** (all of class 0, then class 1, ...) and split into ``num_chunks``
+      parts at ``floor(i N / num_chunks)`` (official: 2 halves, classes 0-4 and 5-9 for CIFAR-10).
+      With BN in train mode the chunks' batch statistics depend on which samples share a chunk, so
+      the order matters on BN networks; ordered this way the scores equal the official code's;
     * the temperature ``T = 200`` divides the logits in *both* passes;
     * BN is in train mode.
 
@@ -19,6 +22,11 @@ GraSP (before commit e329c2e) used the inverted sign; that variant is not reprod
 Here ``g`` and ``Hg`` are those of the *mean* loss over all scored samples, however they are chunked
 (the official code sums the two halves' mean losses, a constant factor of 2 that does not change the
 ranking).
+
+Count and ties: the official code removes the weights whose ``-theta*Hg`` is *strictly* above the
+``int(N (1 - d))``-th largest, i.e. keeps one weight more than asked and every tie at the threshold.
+prunekit keeps exactly ``round(d N)`` by index top-k; ``count_rule="official"`` (or ``official=True``)
+uses the official rule.
 """
 
 from __future__ import annotations
@@ -30,9 +38,11 @@ import torch
 from torch import Tensor, nn
 
 from ..batches import Batch, class_balanced
+from ..errors import ScoreError
 from ..options import option
+from ..outputs import OutputFn, logits_of
 from .context import LossFn, ScoringContext, apply_masks_
-from .registry import Method, register_method
+from .registry import Method, count_rule_option, official_option, register_method
 from .snip import BN_MODES
 
 
@@ -46,30 +56,37 @@ class GraspOptions:
     reinit_linear: bool = option(True, "re-draw Linear weights with Xavier-normal in the scoring copy (official)")
     num_chunks: int = option(2, "parts the samples are split into (memory; BN batch statistics)", min=1)
     bn_mode: str = option("train", "train: batch statistics; eval: running statistics", choices=BN_MODES)
+    count_rule: str = count_rule_option()
+    official: bool = official_option()
 
 
 def hessian_gradient_product(
-    net: nn.Module, params: list[Tensor], chunks: list[Batch], loss_fn: LossFn, temperature: float = 1.0
-) -> tuple[list[Tensor], list[Tensor]]:
+    net: nn.Module,
+    params: list[Tensor],
+    chunks: list[Batch],
+    loss_fn: LossFn,
+    temperature: float = 1.0,
+    output_fn: OutputFn = logits_of,
+) -> tuple[list[Tensor | None], list[Tensor | None]]:
     """``(g, Hg)`` of the mean loss over all samples in ``chunks`` w.r.t. ``params``.
 
-    The loss is ``loss_fn(net(x) / temperature, y)``, assumed to be a mean over the batch; chunks are
-    weighted by their size so that the result does not depend on how the samples were chunked
-    (except through BN batch statistics in train mode).
+    The loss is ``loss_fn(output_fn(net(x)) / temperature, y)``, assumed to be a mean over the batch;
+    chunks are weighted by their size so that the result does not depend on how the samples were
+    chunked (except through BN batch statistics in train mode). A parameter the loss does not depend
+    on gets ``None`` in both lists.
     """
     total = sum(int(x.shape[0]) for x, _ in chunks)
 
     def chunk_loss(x: Tensor, y: Tensor) -> Tensor:
-        out = net(x)
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        return loss_fn(out / temperature, y) * (x.shape[0] / total)
+        return loss_fn(output_fn(net(x)) / temperature, y) * (x.shape[0] / total)
 
     g = [torch.zeros_like(p) for p in params]
+    used: set[int] = set()
     for x, y in chunks:
-        for acc, gi in zip(g, torch.autograd.grad(chunk_loss(x, y), params, allow_unused=True)):
+        for i, (acc, gi) in enumerate(zip(g, torch.autograd.grad(chunk_loss(x, y), params, allow_unused=True))):
             if gi is not None:
                 acc.add_(gi)
+                used.add(i)
     hg = [torch.zeros_like(p) for p in params]
     for x, y in chunks:
         gf = torch.autograd.grad(chunk_loss(x, y), params, create_graph=True, allow_unused=True)
@@ -79,7 +96,7 @@ def hessian_gradient_product(
         for acc, hi in zip(hg, torch.autograd.grad(z, params, allow_unused=True)):
             if hi is not None:
                 acc.add_(hi)
-    return g, hg
+    return [t if i in used else None for i, t in enumerate(g)], [t if i in used else None for i, t in enumerate(hg)]
 
 
 def _theta_hg(ctx: ScoringContext, opts: GraspOptions, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -98,13 +115,24 @@ def _theta_hg(ctx: ScoringContext, opts: GraspOptions, masks: Mapping[str, Tenso
         first_x, _ = ctx.data.peek()
         net.eval()  # probe the number of classes without batch statistics
         with torch.no_grad():
-            out = net(first_x[:1])
+            logits = ctx.logits(net(first_x[:1]))
         net.train(opts.bn_mode == "train")
-        num_classes = (out[0] if isinstance(out, (tuple, list)) else out).shape[-1]
-        x, y = class_balanced(ctx.data, opts.samples_per_class, num_classes)
-    chunks = list(zip(x.tensor_split(min(opts.num_chunks, len(x))), y.tensor_split(min(opts.num_chunks, len(y)))))
-    _, hg = hessian_gradient_product(net, list(params.values()), chunks, ctx.loss_fn, opts.temperature)
-    return {n: p.detach() * h for (n, p), h in zip(params.items(), hg)}
+        if logits.dim() < 2:
+            raise ScoreError(f"grasp needs class logits of shape (batch, classes), got shape {tuple(logits.shape)}")
+        x, y = class_balanced(ctx.data, opts.samples_per_class, logits.shape[-1])
+    chunks = split_chunks(x, y, opts.num_chunks)
+    names = list(params)
+    _, hg = hessian_gradient_product(net, list(params.values()), chunks, ctx.loss_fn, opts.temperature, ctx.output_fn)
+    ctx.warn_unused([n for n, h in zip(names, hg) if h is None])
+    return {n: p.detach() * (torch.zeros_like(p) if h is None else h) for (n, p), h in zip(params.items(), hg)}
+
+
+def split_chunks(x: Tensor, y: Tensor, num_chunks: int) -> list[Batch]:
+    """``num_chunks`` consecutive parts, cut at ``floor(i N / num_chunks)`` like the official halves
+    (``[:N//2]``, ``[N//2:]``); empty parts are dropped."""
+    n = len(x)
+    bounds = [i * n // num_chunks for i in range(num_chunks + 1)]
+    return [(x[a:b], y[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def grasp_scores(ctx: ScoringContext, opts: GraspOptions, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -123,6 +151,8 @@ register_method(
         grasp_scores,
         needs_data=True,
         reference="Wang, Zhang & Grosse, GraSP, ICLR 2020",
+        official={"count_rule": "official"},
+        official_rule="grasp",
     )
 )
 register_method(
@@ -133,5 +163,7 @@ register_method(
         grasp_abs_scores,
         needs_data=True,
         reference="Lubana & Dick, ICLR 2021; Frankle et al., ICLR 2021",
+        official={"count_rule": "official"},
+        official_rule="grasp",
     )
 )

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
-from ..errors import unknown
+from ..errors import ConfigError, unknown
+from ..options import build, option
+
+COUNT_RULES = ("exact", "official")
+
+
+def official_option() -> Any:
+    """The ``official`` option every method with an official mode declares."""
+    return option(False, "reproduce the official code where it differs from the paper (see the method's docstring)", since="0.2")
+
+
+def count_rule_option() -> Any:
+    """The ``count_rule`` option of methods whose official code counts and breaks ties differently."""
+    return option(
+        "exact", "exact: keep round(d*N) by index top-k; official: the official code's count and tie rule",
+        choices=COUNT_RULES, since="0.2",
+    )
 
 # (context, options, current masks or None) -> {param_name: score}; higher score = more important.
 ScoreFn = Callable[[Any, Any, "Mapping[str, Tensor] | None"], "dict[str, Tensor]"]
@@ -28,6 +44,11 @@ class Method:
             (Iter-SNIP, SynFlow) or can come back (FORCE).
         allocation: default allocation (``"global"``, ``"layerwise"`` or ``"erk"``).
         reference: the paper.
+        official: option values that reproduce the authors' official code where it differs from
+            the paper; ``official=True`` applies them to every option the caller did not set.
+            Empty for methods whose official code is the paper's definition.
+        official_rule: the official code's count and tie rule (a name in
+            :data:`prunekit.allocation.OFFICIAL_RULES`), used when ``count_rule="official"``.
     """
 
     name: str
@@ -38,6 +59,22 @@ class Method:
     monotone: bool = False
     allocation: str = "global"
     reference: str = ""
+    official: Mapping[str, Any] = field(default_factory=dict)
+    official_rule: str | None = None
+
+    def build_options(self, values: Mapping[str, Any]) -> Any:
+        """The method's option dataclass from ``values``, validated, with the ``official=True`` preset applied.
+
+        Raises:
+            ConfigError: an unknown option or an invalid value.
+        """
+        values = dict(values)
+        if values.get("official") is True:
+            if not self.official:
+                raise ConfigError(f"method {self.name!r} has no official mode: its official code follows the paper")
+            for key, value in self.official.items():
+                values.setdefault(key, value)
+        return build(self.options, values, f"method {self.name!r}")
 
     @property
     def iterative(self) -> bool:
