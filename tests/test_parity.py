@@ -364,3 +364,16 @@ def test_official_mode_is_refused_where_the_official_code_is_the_paper():
         prunekit.prune(model, "magnitude", 0.5, official=True)
     with pytest.raises(prunekit.ConfigError, match="ranks globally"):
         prunekit.prune(model, "force", 0.5, data=_batches(2), count_rule="official", allocation="layerwise")
+
+
+def test_tail_selection_is_exact_on_large_tensors_with_ties():
+    from prunekit.allocation import _kth_smallest
+
+    g = torch.Generator().manual_seed(16)
+    for dtype in (torch.float32, torch.float64):
+        for values in (torch.rand(70_000, generator=g, dtype=dtype) ** 4,
+                       torch.randint(0, 50, (70_000,), generator=g).to(dtype),
+                       torch.cat([torch.zeros(60_000, dtype=dtype), torch.rand(10_000, generator=g, dtype=dtype)])):
+            ordered = torch.sort(values).values
+            for m in (1, 17, 3_000, 34_999, 35_001, 66_000, 69_999, 70_000):
+                assert _kth_smallest(values, m) == ordered[m - 1], (dtype, m)

@@ -147,21 +147,57 @@ def layer_budgets(shapes: Sequence[Sequence[int]], density: float, allocation: s
     return apportion([d * n for d, n in zip(densities, sizes)], sizes, kept_count(sum(sizes), density))
 
 
-def _exact_topk(values: Tensor, k: int) -> Tensor:
-    """Boolean mask of the ``k`` largest entries of a 1-D tensor, ties to the lower index.
+def _exact_topk(values: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries of a 1-D tensor, ties to the lower index, without a host sync.
 
-    No host synchronisation: the tie count is resolved on the device with a cumulative sum.
+    Returns:
+        ``(keep, zero_ties)``: the boolean mask (exactly ``k`` True) and a 0-d tensor holding the
+        number of kept entries chosen among zero scores by index order when the ``k``-th largest
+        value is 0 and zeros lie on both sides of the cut (0 otherwise).
     """
     n = values.numel()
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=values.device)
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=values.device)
-    threshold = torch.kthvalue(values, n - k + 1).values  # the k-th largest value
+    if k <= 0 or k >= n:
+        keep = torch.full((n,), k > 0, dtype=torch.bool, device=values.device)
+        return keep, torch.zeros((), dtype=torch.long, device=values.device)
+    threshold = _kth_smallest(values, n - k + 1)  # the k-th largest value
     above = values > threshold
     ties = values == threshold
     missing = k - above.sum()
-    return above | (ties & (ties.cumsum(0) <= missing))
+    rank = ties.cumsum(0)
+    keep = above | (ties & (rank <= missing))
+    straddles = (threshold == 0) & (rank[-1] > missing)
+    return keep, torch.where(straddles, missing, 0)
+
+
+_SAMPLE = 4096
+
+
+def _kth_smallest(values: Tensor, m: int) -> Tensor:
+    """The ``m``-th smallest entry (1-based) of a 1-D tensor, exactly, as a 0-d tensor.
+
+    On the CPU a full selection over a large tensor costs ~12 ns per entry; when the wanted rank lies
+    in one tail (as at every step of a pruning schedule, which drops a few percent), a strided sample
+    bounds the tail, one comparison pass keeps only the entries that can hold the answer, and the
+    selection runs on those. The bound is checked, so the result is always exact (the full
+    selection runs when the bound was too tight). Accelerators select fast enough as they are.
+    """
+    n = values.numel()
+    if values.device.type != "cpu" or n < 4 * _SAMPLE:
+        return torch.kthvalue(values, m).values
+    sample = values[:: n // _SAMPLE]
+    size = sample.numel()
+    if m <= n // 2:  # lower tail: every entry <= the sample's bound
+        j = min(size, math.ceil(m / n * size * 1.25) + 16)
+        part = values[values <= torch.kthvalue(sample, j).values]
+        if part.numel() >= m:
+            return torch.kthvalue(part, m).values
+    else:  # upper tail: the r-th largest, from the entries >= the sample's bound
+        r = n - m + 1
+        j = min(size, math.ceil(r / n * size * 1.25) + 16)
+        part = values[values >= torch.kthvalue(sample, size - j + 1).values]
+        if part.numel() >= r:
+            return torch.kthvalue(part, part.numel() - r + 1).values
+    return torch.kthvalue(values, m).values
 
 
 def topk_flat(values: Tensor, k: int) -> Tensor:
@@ -169,15 +205,18 @@ def topk_flat(values: Tensor, k: int) -> Tensor:
 
     Exactly ``k`` entries are ``True`` (``k`` is clipped to ``[0, numel]``).
     """
-    return _exact_topk(values, k)
+    return _exact_topk(values, k)[0]
 
 
-def _nonzero_static(mask: Tensor, size: int) -> Tensor:
-    """Indices of the ``size`` True entries of ``mask`` (known in advance: no host synchronisation)."""
-    try:
-        return torch.nonzero_static(mask, size=size).flatten()
-    except (RuntimeError, NotImplementedError):  # a backend without nonzero_static
-        return torch.nonzero(mask).flatten()
+def _indices(mask: Tensor, size: int) -> Tensor:
+    """Indices of the ``size`` True entries of ``mask``; on accelerators without a host sync (the
+    count is known in advance), on the CPU with plain ``nonzero`` (faster there, and syncs are free)."""
+    if mask.device.type != "cpu":
+        try:
+            return torch.nonzero_static(mask, size=size).flatten()
+        except (RuntimeError, NotImplementedError):  # a backend without nonzero_static
+            pass
+    return torch.nonzero(mask).flatten()
 
 
 # -- the official code's count and tie rules ------------------------------------------------------
@@ -241,7 +280,7 @@ def _synflow_rule(values: Tensor, density: float, previous: Tensor | None) -> tu
 def _ceil_topk(values: Tensor, density: float, previous: Tensor | None) -> tuple[Tensor, int]:
     """ProsPr (mil-ad/prospr ``keep_mask_from_scores``): exactly ``ceil(N d)`` by top-k."""
     k = math.ceil(values.numel() * density)
-    return _exact_topk(values, k), k
+    return _exact_topk(values, k)[0], k
 
 
 OFFICIAL_RULES: dict[str, OfficialRule] = {
@@ -345,6 +384,7 @@ class Ranker:
         elif self.nested and previous is not None:
             cand_flat = previous
             cand_idx = self._kept_idx
+        zero_ties: list[Tensor] = []
         budgets: list[int] = []
         if self.rule is not None:
             flat_mask, target = OFFICIAL_RULES[self.rule](values, density, previous if cand_flat is None else cand_flat)
@@ -355,12 +395,13 @@ class Ranker:
                 cand_idx = torch.nonzero(cand_flat).flatten()
             counted = values if cand_idx is None else values[cand_idx]
             target = min(kept_count(self.total, density), counted.numel())
-            keep_c = _exact_topk(counted, target)
+            keep_c, ties = _exact_topk(counted, target)
+            zero_ties.append(ties)
             if cand_idx is None:
                 flat_mask = keep_c
-                kept_idx = _nonzero_static(keep_c, target) if self.nested else None
+                kept_idx = _indices(keep_c, target) if self.nested else None
             else:
-                kept_idx = cand_idx[_nonzero_static(keep_c, target)]
+                kept_idx = cand_idx[_indices(keep_c, target)]
                 flat_mask = torch.zeros(self.total, dtype=torch.bool, device=values.device)
                 flat_mask[kept_idx] = True
         else:
@@ -371,28 +412,33 @@ class Ranker:
                 budgets = [min(b, int(c)) for b, c in zip(budgets, limits)]
             else:
                 counted = values
-            pieces = [_exact_topk(v, b) for v, b in zip(counted.split(self.sizes), budgets)]
+            pieces = []
+            for v, b in zip(counted.split(self.sizes), budgets):
+                keep_l, ties = _exact_topk(v, b)
+                pieces.append(keep_l)
+                zero_ties.append(ties)
             flat_mask = torch.cat(pieces)
             target = sum(budgets)
             kept_idx = None
-        finite = torch.isfinite(values)
-        # per segment (one for global ranking, one per layer otherwise): candidates above zero, at zero
-        segments = [counted] if self.allocation == "global" or self.rule is not None else list(counted.split(self.sizes))
-        targets = [target] if len(segments) == 1 else budgets
-        stats = [(~finite).sum(), flat_mask.sum()] + [t for seg in segments for t in ((seg > 0).sum(), (seg == 0).sum())]
-        got = torch.stack(stats).tolist()  # the one host synchronisation of the step
-        if got[0]:
-            self._raise_non_finite(finite)
-        kept = int(got[1])
-        decided, chosen = False, 0
-        for i, t in enumerate(targets):
-            above, zeros = int(got[2 + 2 * i]), int(got[3 + 2 * i])
-            if above < t < above + zeros:
-                decided = True
-                chosen += t - above
+        if self.rule is not None:
+            # the official rules keep all ties or none: count what they kept, and whether zeros straddled the count
+            above, zeros = (counted > 0).sum(), (counted == 0).sum()
+            straddles = (above < target) & (above + zeros > target)
+            stats = [flat_mask.sum(), torch.where(straddles, target - above, 0)]
+        else:
+            stats = [torch.tensor(target, device=values.device), torch.stack(zero_ties).sum()]
+        # a non-finite candidate score makes the sum non-finite; the exact (slower) check runs only then
+        probe = torch.where(cand_flat, values, 0) if cand_flat is not None and self.allocation != "global" else counted
+        stats.append(probe.sum())
+        got = torch.stack([t.to(torch.float64) for t in stats]).tolist()  # the one host synchronisation of the step
+        if not math.isfinite(got[2]):
+            finite = torch.isfinite(values if cand_flat is None else torch.where(cand_flat, values, 0))
+            if not bool(finite.all()):
+                self._raise_non_finite(finite)
+        kept, chosen = int(got[0]), int(got[1])
         self._previous = flat_mask
         self._kept_idx = kept_idx
-        return Selection(self._split(flat_mask), target, kept, decided, chosen)
+        return Selection(self._split(flat_mask), target, kept, chosen > 0, chosen)
 
     def _raise_non_finite(self, finite: Tensor) -> None:
         bad = [(n, int(c)) for n, c in zip(self.names, (~finite).split(self.sizes)) for c in [c.sum()] if int(c)]

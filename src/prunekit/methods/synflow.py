@@ -80,15 +80,16 @@ def synflow_scores(ctx: ScoringContext, opts: SynflowOptions, masks: Mapping[str
     with torch.no_grad():
         for name, p in params.items():
             w = abs_weights[name]
-            p.copy_(w if masks is None else w * masks[name].to(device=w.device, dtype=w.dtype))
+            if masks is None:
+                p.copy_(w)
+            else:
+                torch.mul(w, masks[name], out=p)  # bool masks promote in the multiply: no converted copy
     out = ctx.logits(net(ones))
     grads = torch.autograd.grad(out.sum(), list(params.values()), allow_unused=True)
     if "synflow_warned" not in ctx.cache:
         ctx.cache["synflow_warned"] = True
         ctx.warn_unused([n for n, g in zip(params, grads) if g is None])
-    return {
-        name: torch.zeros_like(p) if g is None else (p.detach() * g).abs() for (name, p), g in zip(params.items(), grads)
-    }
+    return {name: torch.zeros_like(p) if g is None else torch.mul(p.detach(), g).abs_() for (name, p), g in zip(params.items(), grads)}
 
 
 register_method(
