@@ -377,3 +377,38 @@ def test_tail_selection_is_exact_on_large_tensors_with_ties():
             ordered = torch.sort(values).values
             for m in (1, 17, 3_000, 34_999, 35_001, 66_000, 69_999, 70_000):
                 assert _kth_smallest(values, m) == ordered[m - 1], (dtype, m)
+
+
+def test_compare_masks_reports_per_layer_allocation_agreement_not_overlap():
+    a = {"l1": torch.tensor([1, 1, 0, 0, 0, 0], dtype=torch.bool), "l2": torch.tensor([1, 0, 0, 0], dtype=torch.bool)}
+    b = {"l1": torch.tensor([0, 0, 0, 0, 1, 1], dtype=torch.bool), "l2": torch.tensor([0, 1, 0, 0], dtype=torch.bool)}
+    same = prunekit.compare_masks(a, b)
+    assert same.kept_a == [2, 1] and same.kept_b == [2, 1]
+    assert same.agreement == 1.0 and same.max_density_gap == 0.0  # disjoint kept sets, identical allocation
+    c = {"l1": torch.tensor([1, 0, 0, 0, 0, 0], dtype=torch.bool), "l2": torch.tensor([1, 1, 0, 0], dtype=torch.bool)}
+    moved = prunekit.compare_masks(a, c, labels=("exact", "official"))
+    # min(2,1) + min(1,2) = 2 of max(3, 3) kept weights sit in the same layers
+    assert moved.agreement == pytest.approx(2 / 3)
+    assert moved.max_density_gap == pytest.approx(0.25)
+    assert "kept (official)" in moved.to_markdown()
+    with pytest.raises(prunekit.MaskError):
+        prunekit.compare_masks(a, {"l1": a["l1"]})
+
+
+def test_report_lists_mean_kept_per_layer_and_agreement_of_variants():
+    from prunekit.report import Cell, Table
+
+    def layers(k1, k2):
+        return [{"name": "fc1", "size": 100, "kept": k1}, {"name": "fc2", "size": 10, "kept": k2}]
+
+    table = Table(
+        "m", "d", "r", 1, "final", [0.9],
+        {"force": {0.9: Cell([0.8, 0.82])}, "force [count_rule=official]": {0.9: Cell([0.7])}},
+        None,
+        layer_runs={"force": {0.9: [layers(8, 3), layers(10, 1)]}, "force [count_rule=official]": {0.9: [layers(6, 5)]}},
+        effective={"force": {0.9: [0.1, 0.1]}},
+    )
+    md = table.to_markdown()
+    assert "| force | 9 / 2 | 10.00 % | – |" in md
+    # mean of force: 9 / 2; official: 6 / 5 -> (6 + 2) / max(11, 11)
+    assert f"| force [count_rule=official] | 6 / 5 | n/a | {8 / 11:.3f} |" in md

@@ -442,7 +442,7 @@ class Ranker:
 
     def _raise_non_finite(self, finite: Tensor) -> None:
         bad = [(n, int(c)) for n, c in zip(self.names, (~finite).split(self.sizes)) for c in [c.sum()] if int(c)]
-        shown = ", ".join(f"{n!r} ({c})" for n, c in bad)
+        shown = ", ".join(f"{n!r} ({c})" for n, c in bad[:6]) + (f" and {len(bad) - 6} more tensors" if len(bad) > 6 else "")
         raise ScoreError(
             f"NaN/inf scores for {shown}; check the model and the data for NaN/inf values (and the loss for overflow)"
         )

@@ -139,6 +139,10 @@ def cmd_list(args: argparse.Namespace) -> int:
             if args.verbose:
                 for name, typ, default, help_ in describe(m.options):
                     print(f"    {name}={default!r} ({typ}): {help_}")
+                if m.official:
+                    sets = ", ".join(f"{k}={v!r}" for k, v in m.official.items())
+                    rule = f"; count rule: {m.official_rule}" if m.official_rule else ""
+                    print(f"    official=True sets: {sets}{rule}")
                 print(f"    reference: {m.reference}")
     elif args.what == "models":
         for name in list_models():

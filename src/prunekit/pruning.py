@@ -56,7 +56,7 @@ def _check_shapes(method: str, scores: Mapping[str, Tensor], params: Mapping[str
 def _check_finite(method: str, scores: Mapping[str, Tensor]) -> None:
     bad = torch.stack([(~torch.isfinite(s)).sum() for s in scores.values()]).tolist()
     if any(bad):
-        shown = ", ".join(f"{n!r} ({b})" for n, b in zip(scores, bad) if b)
+        shown = _shown([f"{n!r} ({b})" for n, b in zip(scores, bad) if b])
         raise ScoreError(
             f"method {method!r} produced NaN/inf scores for {shown}; "
             "check the model and the data for NaN/inf values (and the loss for overflow)"
@@ -270,6 +270,11 @@ def score(
     _check_shapes(method, scores, params)
     _check_finite(method, scores)
     return {n: s.detach() for n, s in scores.items()}
+
+
+def _shown(items: list[str], limit: int = 6) -> str:
+    """At most ``limit`` items of a list for a message, with how many more there are."""
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more tensors" if len(items) > limit else "")
 
 
 def _loss_name(loss_fn: LossFn | None, opts: Any) -> str:

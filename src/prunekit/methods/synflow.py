@@ -14,13 +14,14 @@ method reads; by default the first element of a tuple), so a model returning ``(
 Deviations from the official code (ganguli-lab/Synaptic-Flow), by choice; ``official=True``
 reproduces both:
     * **Precision.** The official code (HEAD) computes in float32 (float64 was added and then
-      commented out). prunekit computes in float64 (``float64=True``), on a copy, as a margin of safety
-      for deep networks without BN, whose path product spans many orders of magnitude. Measured
-      (2026-11-27, CIFAR-shaped input, Kaiming init): VGG-11/16/19 without BN peak at 7.5e24 in
-      float32, far below its 3.4e38 limit, and their float32 ranking has a Spearman correlation of
-      1 - 8e-14 with float64: float32 does *not* overflow on these networks; deeper networks and
-      ImageNet-sized inputs were not measured. The cost of float64 is about 2x on the CPU and much
-      more on GPUs with slow float64.
+      commented out). prunekit computes in float64 (``float64=True``), on a copy, because the path
+      sum overflows float32 on deep residual networks. Measured with
+      ``benchmarks/synflow_precision.py`` (2026-11-27, zoo initialisation, CIFAR and ImageNet input
+      sizes): ResNet-56, ResNet-110 and ResNet-50 give infinite scores in float32 (with BN in eval
+      mode at initialisation every residual block adds its branch to the identity path, so the sum
+      grows about geometrically with depth); ResNet-20 peaks at 3e24 and the VGGs without BN at
+      3e13-1.6e28, below float32's 3.4e38, and there float32 ranks like float64 (Spearman >= 1 - 3e-10).
+      float64 costs about 2x on the CPU and more on GPUs with slow float64.
     * **Count and ties.** The official code prunes ``int((1 - d) N)`` weights and every tie at the
       threshold (``score <= t`` is pruned), and skips a step that would prune fewer than one weight.
       prunekit keeps exactly ``round(d N)`` by index top-k; ``count_rule="official"`` uses the

@@ -62,6 +62,8 @@ class Table:
     rows: dict[str, dict[float, Cell]]
     dense: Cell | None
     layers: dict[str, dict[float, list[dict[str, Any]]]] = field(default_factory=dict)
+    layer_runs: dict[str, dict[float, list[list[dict[str, Any]]]]] = field(default_factory=dict)
+    effective: dict[str, dict[float, list[float]]] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
@@ -102,7 +104,53 @@ class Table:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
         lines.append("Bold: best method per column. Dense: the unpruned network, repeated in every column.")
+        layers = self.layers_markdown()
+        if layers:
+            lines += ["", layers]
         return "\n".join(lines)
+
+    def mean_kept(self, label: str, sparsity: float) -> tuple[list[str], list[int], list[float]] | None:
+        """``(layer names, sizes, mean kept count per layer over seeds)`` of one row and column."""
+        runs = self.layer_runs.get(label, {}).get(sparsity)
+        if not runs:
+            return None
+        names = [r["name"] for r in runs[0]]
+        sizes = [r["size"] for r in runs[0]]
+        kept = [statistics.fmean(run[i]["kept"] for run in runs) for i in range(len(names))]
+        return names, sizes, kept
+
+    def layers_markdown(self) -> str:
+        """Mean kept weights per layer and effective density, per row and sparsity; for a method run
+        in several variants (options), the per-layer density agreement of each with the plain one.
+
+        Agreement is ``sum_l min(k_a, k_b) / max(K_a, K_b)`` over the mean kept counts: the share of
+        kept weights both put in the same layers (1 = the same allocation), the quantity to compare
+        between variants rather than mask overlap (see :func:`prunekit.compare_masks`).
+        """
+        if not self.layer_runs:
+            return ""
+        first = next(iter(self.layer_runs.values()))
+        names = next(iter(first.values()))[0]
+        header = " / ".join(r["name"] for r in names)
+        out = []
+        for s in self.sparsities:
+            rows = [label for label in self.rows if self.mean_kept(label, s)]
+            if not rows:
+                continue
+            lines = [f"*Kept weights per layer at {100 * s:g} % ({header}), mean over seeds*", "",
+                     "| method | kept per layer | effective density | agreement with the plain method |", "|---|---|---:|---:|"]
+            for label in rows:
+                _, _, kept = self.mean_kept(label, s)  # type: ignore[misc]
+                eff = self.effective.get(label, {}).get(s, [])
+                eff_text = f"{100 * statistics.fmean(eff):.2f} %" if eff else "n/a"
+                base = label.split(" [")[0].split(" (")[0]
+                agree = "–"
+                if base != label and self.mean_kept(base, s):
+                    _, _, ref = self.mean_kept(base, s)  # type: ignore[misc]
+                    agree = f"{sum(min(a, b) for a, b in zip(kept, ref)) / max(sum(kept), sum(ref)):.3f}"
+                lines.append(f"| {label} | {' / '.join(f'{k:.0f}' for k in kept)} | {eff_text} | {agree} |")
+            out.append("\n".join(lines))
+        return "\n\n".join(out)
 
 
 def _row_label(row: dict[str, Any]) -> str:
@@ -147,6 +195,8 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
         col = _COLUMN[chosen]
         cells: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         layers: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(dict)
+        layer_runs: dict[str, dict[float, list[list[dict[str, Any]]]]] = defaultdict(lambda: defaultdict(list))
+        effective: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         dense: list[float] = []
         sort_keys: dict[str, tuple] = {}
         for r in rows:
@@ -159,13 +209,17 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
             label = _row_label(r)
             sort_keys[label] = (order.get(r["method"], 99), r["config"].get("ablation") or "", label)
             cells[label][r["sparsity"]].append(value)
-            if r.get("layers") and r["sparsity"] not in layers[label]:
-                layers[label][r["sparsity"]] = r["layers"]
+            if r.get("layers"):
+                layers[label].setdefault(r["sparsity"], r["layers"])
+                layer_runs[label][r["sparsity"]].append(r["layers"])
+            if r.get("effective_density") is not None:
+                effective[label][r["sparsity"]].append(r["effective_density"])
         sparsities = sorted({s for row in cells.values() for s in row})
         table_rows = {label: {s: Cell(v) for s, v in cells[label].items()} for label in sorted(cells, key=lambda l: sort_keys[l])}
         tables.append(
             Table(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, sparsities, table_rows,
-                  Cell(dense) if dense else None, dict(layers))
+                  Cell(dense) if dense else None, dict(layers),
+                  {k: dict(v) for k, v in layer_runs.items()}, {k: dict(v) for k, v in effective.items()})
         )
     return tables
 
