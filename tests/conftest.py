@@ -130,3 +130,50 @@ def tiny_mnist(tmp_path):
 
 # Training overrides that make the lenet-fmnist recipe fit the tiny dataset.
 TINY_TRAIN = {"val_size": 40.0, "batch_size": 50}
+
+
+# -- subprocesses on a loaded machine -------------------------------------------------------------
+# A test never fails because the machine is slow: it waits as long as the child makes progress and
+# fails only when nothing has changed for STALL_SECONDS (a hang, not a slow day).
+STALL_SECONDS = 900.0
+
+
+def wait_while_progressing(proc, progress, until=None, stall=STALL_SECONDS, poll=0.05):
+    """Wait until ``until()`` is true (or, without ``until``, until ``proc`` ends) while
+    ``progress()`` keeps changing; return ``proc.poll()``.
+
+    Raises:
+        AssertionError: nothing changed for ``stall`` seconds, or ``proc`` ended before ``until()``.
+    """
+    import time
+
+    last, since = progress(), time.monotonic()
+    while True:
+        if until is not None and until():
+            return proc.poll()
+        code = proc.poll()
+        if code is not None:
+            assert until is None, f"the process ended (exit code {code}) before the awaited state"
+            return code
+        now = progress()
+        if now != last:
+            last, since = now, time.monotonic()
+        assert time.monotonic() - since < stall, f"no progress for {stall:.0f} s (last state: {last!r})"
+        time.sleep(poll)
+
+
+def file_state(*paths):
+    """A progress probe: existence, size and modification time of files."""
+    from pathlib import Path
+
+    def probe():
+        out = []
+        for p in map(Path, paths):
+            try:
+                st = p.stat()
+                out.append((st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    return probe

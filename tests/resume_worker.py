@@ -3,6 +3,7 @@
 Usage: python resume_worker.py CHECKPOINT OUT [--stall-epoch E]
 With --stall-epoch, the run writes OUT.stalled and sleeps in the middle of epoch E (after the
 checkpoint of epoch E-1), waiting to be killed.
+Its checkpoint (rewritten every epoch) is what the test watches for progress on a loaded machine.
 """
 
 import sys
@@ -35,7 +36,7 @@ class Stall(training.Callback):
     def on_batch_end(self, trainer, step):
         if trainer.epoch == self.epoch - 1 and step == 3:
             self.marker.write_text("stalled")
-            time.sleep(120)
+            time.sleep(24 * 3600)  # until killed
 
 
 def main() -> None:

@@ -25,6 +25,15 @@ def test_listings(capsys):
         (["sweep", "--models", "lenet5", "--dataset", "fashion-mnist", "--methods", "snip", "--sparsities", "0.9",
           "--train", "lrr=0.1"], "lrr"),
         (["report", "--out", "/nonexistent/prunekit"], "no results database"),
+        # option text of the right type but out of range / not a choice: the real problem is named
+        (["prune", "--methods", "force", "--opt", "num_steps=0"], "'num_steps' of method 'force' must be >= 1, got 0"),
+        (["prune", "--methods", "force", "--opt", "schedule=cosine"], "must be one of exponential, linear; got 'cosine'"),
+        (["prune", "--methods", "prospr", "--opt", "inner_momentum=1.5"], "must be <= 0.999, got 1.5"),
+        (["prune", "--methods", "grasp", "--opt", "temperature=0"], "must be > 0.0, got 0.0"),
+        # text of the wrong type
+        (["prune", "--methods", "force", "--opt", "num_steps=ten"], "must be int, got 'ten'"),
+        (["prune", "--methods", "snip", "--opt", "reinit=maybe"], "must be bool, got 'maybe'"),
+        (["prune", "--methods", "force", "--opt", "count_rule=floor"], "must be one of exact, official; got 'floor'"),
     ],
 )
 def test_bad_input_is_one_error_and_exit_code_2(argv, message, capsys):

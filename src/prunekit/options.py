@@ -141,6 +141,9 @@ def describe(cls: type) -> list[tuple[str, str, Any, str]]:
     return out
 
 
+_NO_VALUE = object()
+
+
 def parse_value(cls: type, name: str, text: str, owner: str) -> Any:
     """Convert command-line text to the type of option ``name`` of ``cls`` and validate it."""
     names = [f.name for f in dataclasses.fields(cls)]
@@ -151,25 +154,26 @@ def parse_value(cls: type, name: str, text: str, owner: str) -> Any:
         return check_value(cls, name, None, owner)
     for t in types_:
         base = typing.get_origin(t) or t
-        try:
-            if base is bool:
-                low = text.lower()
-                if low in ("1", "true", "yes", "on"):
-                    return check_value(cls, name, True, owner)
-                if low in ("0", "false", "no", "off"):
-                    return check_value(cls, name, False, owner)
-                continue
-            if base is int:
-                return check_value(cls, name, int(text), owner)
-            if base is float:
-                return check_value(cls, name, float(text), owner)
-            if base is tuple:
-                elem = _tuple_element(t)
-                return check_value(cls, name, tuple(elem(v) for v in text.replace("x", ",").split(",") if v), owner)
-            if base is str:
-                return check_value(cls, name, text, owner)
-        except ValueError:
-            continue
+        value: Any = _NO_VALUE
+        if base is bool:
+            low = text.lower()
+            value = True if low in ("1", "true", "yes", "on") else False if low in ("0", "false", "no", "off") else _NO_VALUE
+        elif base in (int, float):
+            try:
+                value = base(text)
+            except ValueError:
+                value = _NO_VALUE
+        elif base is tuple:
+            elem = _tuple_element(t)
+            try:
+                value = tuple(elem(v) for v in text.replace("x", ",").split(",") if v)
+            except ValueError:
+                value = _NO_VALUE
+        elif base is str:
+            value = text
+        if value is not _NO_VALUE:
+            # the text has this type: a bad range or choice is the real problem, reported as such
+            return check_value(cls, name, value, owner)
     wanted = " or ".join(_type_name(typing.get_origin(t) or t) for t in types_)
     raise ConfigError(f"option {name!r} of {owner} must be {wanted}, got {text!r}")
 
