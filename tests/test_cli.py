@@ -64,3 +64,15 @@ def test_prune_run_and_report(tmp_path, tiny_mnist, capsys):
     out = capsys.readouterr().out
     assert "| snip |" in out and "90 %" in out
     assert (tmp_path / "o" / "report" / "results.csv").is_file()
+
+
+def test_sweep_checks_dataset_and_metric_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["sweep", "--models", "lenet5", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--methods", "snip",
+            "--sparsities", "0.9", "--out", str(out), "--no-progress"]
+    assert main(argv) == 2
+    assert "mnist" in capsys.readouterr().err
+    assert not out.exists()  # no database, no failed rows
+    argv[argv.index("--data-dir") + 1] = str(tmp_path)
+    assert main([*argv, "--report", "--metric", "median"]) == 2
+    assert "unknown metric 'median'" in capsys.readouterr().err and not out.exists()

@@ -17,7 +17,7 @@ from prunekit.errors import ConfigError
 from prunekit.experiments import (
     ResultsDB, RunSpec, imp_densities, load_sweep_file, resolve, run_key, run_one, run_sweep, shuffle_masks, sweep_from_mapping,
 )
-from prunekit.experiments.run import DatasetCache
+from prunekit.experiments.execute import DatasetCache
 from conftest import TINY_TRAIN, wait_while_progressing, write_tiny_mnist
 
 
@@ -30,9 +30,10 @@ def spec(method="snip", sparsity=0.9, seed=0, **kw):
 # -- configuration ------------------------------------------------------------------------------
 def test_resolved_config_has_every_default_and_a_stable_key():
     a = resolve(spec())
-    assert a["method_options"] == {"num_batches": 1, "bn_mode": "train", "reinit": False}
-    assert a["train"]["epochs"] == 2 and a["train"]["lr"] == 0.05 and a["train"]["val_size"] == 40.0
-    assert a["allocation"] == "global" and a["scoring_batch_size"] == 50
+    assert dict(a.method_options) == {"num_batches": 1, "bn_mode": "train", "reinit": False}
+    assert a.train.epochs == 2 and a.train.lr == 0.05 and a.train.val_size == 40.0
+    assert a.allocation == "global" and a.scoring_batch_size == 50
+    assert a.config["train"]["lr"] == 0.05 and run_key(a) == run_key(a.config) == a.key
     assert run_key(a) == run_key(resolve(spec()))
     assert run_key(a) != run_key(resolve(spec(seed=1)))
     explicit = resolve(spec(method_options={"num_batches": 1}))  # spelling out a default: same run
@@ -67,7 +68,7 @@ def test_sweep_file_is_validated_in_full_before_any_work(tmp_path):
     s = load_sweep_file(good)
     runs = s.runs()
     assert len(runs) == 2 + 2 * 2 * 2  # dense x 2 seeds + methods x sparsities x seeds
-    assert resolve(runs[-1])["method_options"]["num_steps"] == 10 and resolve(runs[-1])["train"]["lr"] == 0.02
+    assert resolve(runs[-1]).method_options["num_steps"] == 10 and resolve(runs[-1]).train.lr == 0.02
     for text, match in [
         ('modles = ["lenet5"]', "modles"),
         ("[options.force]\nnum_step = 10", "num_step"),
@@ -90,8 +91,8 @@ def test_sweep_file_is_validated_in_full_before_any_work(tmp_path):
 
 # -- database -----------------------------------------------------------------------------------
 def test_claims_are_exclusive_and_stale_claims_expire(tmp_path):
-    cfg = resolve(spec())
-    key = run_key(cfg)
+    run = resolve(spec())
+    key, cfg = run.key, run.config
     with ResultsDB(tmp_path / "r.db") as db:
         db.ensure(key, cfg)
         db.ensure(key, cfg)  # idempotent
@@ -424,3 +425,30 @@ def test_run_sweep_in_process_and_report(tmp_path, tiny_mnist):
     assert all(f.stat().st_size > 1000 for f in files if f.suffix == ".png")
     csv_lines = (tmp_path / "o" / "report" / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 11 and csv_lines[0].startswith("key,status,model")
+
+
+def test_a_database_from_before_schema_versions_is_migrated_and_a_newer_one_refused(tmp_path):
+    from prunekit.experiments.db import SCHEMA, SCHEMA_VERSION, ResultsDBError
+
+    old = tmp_path / "old.db"
+    c = sqlite3.connect(old)
+    c.executescript(SCHEMA)  # what prunekit wrote before PRAGMA user_version was set
+    c.execute("INSERT INTO runs (key, status, model, dataset, method, sparsity, seed, recipe, config, created) "
+              "VALUES ('k', 'done', 'lenet5', 'mnist', 'snip', 0.9, 0, 'lenet-fmnist', '{}', 0)")
+    c.commit()
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 0
+    c.close()
+    with ResultsDB(old) as db:
+        assert db.schema_version == SCHEMA_VERSION
+        assert db.get("k")["status"] == "done"
+    c = sqlite3.connect(old)
+    c.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    c.commit()
+    c.close()
+    with pytest.raises(ResultsDBError, match="newer prunekit"):
+        ResultsDB(old)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(ResultsDBError, match="junk.db"):
+        ResultsDB(junk)
+    assert junk.read_bytes().startswith(b"this is not")  # reported, never replaced

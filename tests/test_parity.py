@@ -354,7 +354,7 @@ def test_run_keys_of_existing_configs_did_not_move():
         assert run_key(resolve(spec)) == key, spec.method
     official = RunSpec("lenet5", "fashion-mnist", "force", 0.99, 0, recipe="lenet-fmnist", method_options={"official": True})
     resolved = resolve(official)
-    assert resolved["method_options"]["count_rule"] == "official" and resolved["method_options"]["official_loss"] is True
+    assert resolved.method_options["count_rule"] == "official" and resolved.method_options["official_loss"] is True
     assert run_key(resolved) != "381cf25ca57e0331"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import warnings
@@ -13,7 +14,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import ConfigError, PrunekitError
+from .errors import ConfigError, PrunekitError, unknown
 
 
 def _methods_arg(text: str) -> list[str]:
@@ -193,7 +194,8 @@ def _print_table(out_dir: Path, metric: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiments import RunSpec, run_one
     from .experiments.config import method_options_class
-    from .experiments.run import DatasetCache, describe_outcome
+    from .experiments.execute import DatasetCache
+    from .experiments.run import describe_outcome
     from .options import parse_value
 
     opts = {}
@@ -260,6 +262,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments import run_sweep
 
     spec = _sweep_spec(args)
+    from .report.tables import METRICS
+
+    if args.report and args.metric not in METRICS:  # checked before the sweep, not after it
+        raise unknown("metric", args.metric, METRICS)
     summary = run_sweep(spec, args.out, device=_device(args.device), retry_failed=args.retry_failed,
                         progress=None if not args.no_progress else False, stack=args.stack)
     print(summary, file=sys.stderr)
@@ -389,9 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _NoticeFormat(logging.Formatter):
+    """Progress lines as they are; warnings prefixed with ``prunekit:``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"prunekit: {text}" if record.levelno >= logging.WARNING else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the library logs to the "prunekit" logger; the command line shows its INFO lines on stderr
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_NoticeFormat())
+    logger = logging.getLogger("prunekit")
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except PrunekitError as exc:
@@ -400,6 +421,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prunekit: interrupted", file=sys.stderr)
         return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ only a third; what stays stable, and what decides accuracy, is *how many* weight
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 @dataclass(frozen=True)
@@ -183,3 +184,38 @@ def compare_masks(a: Mapping[str, Tensor], b: Mapping[str, Tensor], labels: tupl
         [int(b[n].sum()) for n in names],
         labels,
     )
+
+
+def build_report(
+    masks: Mapping[str, Tensor], meta: Mapping[str, Any], model: nn.Module | None = None, input_shape: Sequence[int] | None = None
+) -> MaskReport:
+    """The :class:`MaskReport` of ``masks`` (see :meth:`prunekit.Masks.report`)."""
+    input_shape = input_shape if input_shape is not None else meta.get("input_shape")
+    effective: dict[str, Tensor] | None = None
+    note = None
+    if model is None:
+        note = "effective density needs the model: masks.report(model)"
+    elif input_shape is None:
+        note = "effective density needs the input shape: masks.report(model, input_shape=(C, H, W))"
+    else:
+        from .connectivity import effective_masks
+
+        try:
+            effective = effective_masks(model, masks, tuple(input_shape))
+        except Exception as exc:  # a model whose forward cannot take an all-ones float input
+            note = f"effective density could not be computed for this model ({type(exc).__name__}: {exc})"
+    rows = []
+    for name, m in masks.items():
+        kept = int(m.sum())
+        ek = None if effective is None else int(effective[name].sum())
+        rows.append(LayerRow(name, tuple(m.shape), m.numel(), kept, kept / m.numel(), ek, None if ek is None else ek / m.numel()))
+    collapsed = [r.name for r in rows if r.kept == 0 or r.effective_kept == 0]
+    if collapsed:
+        warnings.warn(
+            f"layer collapse: {', '.join(collapsed)} keep no weight on an input-to-output path; "
+            "the network cannot carry signal through them",
+            UserWarning,
+            stacklevel=3,
+        )
+    tie_steps = [int(t["step"]) for t in meta.get("tie_steps", [])]
+    return MaskReport(rows, collapsed, note, tie_steps)

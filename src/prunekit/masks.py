@@ -8,12 +8,8 @@ plain tensor file, and exported to the layout of ``torch.nn.utils.prune``.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
-import tempfile
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +19,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .errors import MaskError, MaskFileError
-from .layer_report import LayerRow, MaskReport
+from .errors import MaskError
+from .layer_report import MaskReport
 
-FILE_FORMAT = "prunekit-masks"
-FILE_VERSION = 1
 
 # Gradient hooks registered by Masks.apply, per parameter, so a second apply or remove() replaces them.
 _GRAD_HOOKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
@@ -249,39 +243,11 @@ class Masks(Mapping[str, Tensor]):
             model: the model the masks belong to; without it, effective density is not computed.
             input_shape: shape of one input sample (no batch dimension).
         """
+        from .layer_report import build_report
+
         if model is not None:
             self.check(model)
-        input_shape = input_shape if input_shape is not None else self.meta.get("input_shape")
-        effective: dict[str, Tensor] | None = None
-        note = None
-        if model is None:
-            note = "effective density needs the model: masks.report(model)"
-        elif input_shape is None:
-            note = "effective density needs the input shape: masks.report(model, input_shape=(C, H, W))"
-        else:
-            from .connectivity import effective_masks
-
-            try:
-                effective = effective_masks(model, self._masks, tuple(input_shape))
-            except Exception as exc:  # a model whose forward cannot take an all-ones float input
-                note = f"effective density could not be computed for this model ({type(exc).__name__}: {exc})"
-        rows = []
-        for name, m in self._masks.items():
-            kept = int(m.sum())
-            ek = None if effective is None else int(effective[name].sum())
-            rows.append(
-                LayerRow(name, tuple(m.shape), m.numel(), kept, kept / m.numel(), ek, None if ek is None else ek / m.numel())
-            )
-        collapsed = [r.name for r in rows if r.kept == 0 or r.effective_kept == 0]
-        if collapsed:
-            warnings.warn(
-                f"layer collapse: {', '.join(collapsed)} keep no weight on an input-to-output path; "
-                "the network cannot carry signal through them",
-                UserWarning,
-                stacklevel=2,
-            )
-        tie_steps = [int(t["step"]) for t in self.meta.get("tie_steps", [])]
-        return MaskReport(rows, collapsed, note, tie_steps)
+        return build_report(self._masks, self.meta, model, input_shape)
 
     def to_torch_prune(self, model: nn.Module) -> nn.Module:
         """Re-express the masks in ``torch.nn.utils.prune``'s layout (``weight_orig`` + ``weight_mask``).
@@ -303,31 +269,11 @@ class Masks(Mapping[str, Tensor]):
         """Write the masks to ``path`` atomically (bit-packed tensors, metadata, checksum).
 
         The file is a ``torch.save`` of plain tensors, lists and strings (no pickled classes), readable
-        with ``torch.load(path, weights_only=True)``.
+        with ``torch.load(path, weights_only=True)``; the format is described in :mod:`prunekit.mask_file`.
         """
-        path = Path(path)
-        names = list(self._masks)
-        shapes = [list(m.shape) for m in self._masks.values()]
-        bits = [torch.from_numpy(np.packbits(m.flatten().numpy())) for m in self._masks.values()]
-        payload = {
-            "format": FILE_FORMAT,
-            "version": FILE_VERSION,
-            "names": names,
-            "shapes": shapes,
-            "bits": bits,
-            "meta": self._meta_json,
-            "sha256": _digest(names, shapes, bits, self._meta_json),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from .mask_file import write_masks
+
+        return write_masks(path, self._masks, self._meta_json)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], model: nn.Module | None = None) -> Masks:
@@ -337,44 +283,13 @@ class Masks(Mapping[str, Tensor]):
             MaskFileError: the file is missing, corrupt, truncated or not a prunekit mask file.
             MaskError: ``model`` is given and the masks do not match it.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise MaskFileError(f"mask file {str(path)!r} does not exist")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise MaskFileError(f"{str(path)!r} is not a readable prunekit mask file ({type(exc).__name__}: {exc})") from None
-        if not isinstance(payload, dict) or payload.get("format") != FILE_FORMAT:
-            raise MaskFileError(f"{str(path)!r} is not a prunekit mask file")
-        if payload.get("version") != FILE_VERSION:
-            raise MaskFileError(f"{str(path)!r} has mask-file version {payload.get('version')!r}; this prunekit reads {FILE_VERSION}")
-        try:
-            names, shapes, bits, meta = payload["names"], payload["shapes"], payload["bits"], payload["meta"]
-            if _digest(names, shapes, bits, meta) != payload["sha256"]:
-                raise ValueError("checksum mismatch")
-            masks = {}
-            for name, shape, packed in zip(names, shapes, bits, strict=True):
-                n = math.prod(shape)
-                if packed.dtype != torch.uint8 or packed.numel() != (n + 7) // 8:
-                    raise ValueError(f"bad bit array for {name!r}")
-                flat = np.unpackbits(packed.numpy(), count=n).astype(bool)
-                masks[name] = torch.from_numpy(flat).view(*shape)
-            result = cls(masks, json.loads(meta))
-        except MaskError:
-            raise
-        except Exception as exc:
-            raise MaskFileError(f"{str(path)!r} is corrupt ({type(exc).__name__}: {exc})") from None
+        from .mask_file import read_masks
+
+        masks, meta = read_masks(path)
+        result = cls(masks, meta)
         if model is not None:
             result.check(model)
         return result
-
-
-def _digest(names: list[str], shapes: list[list[int]], bits: list[Tensor], meta: str) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps([names, shapes, meta]).encode())
-    for b in bits:
-        h.update(b.numpy().tobytes())
-    return h.hexdigest()
 
 
 def _json_default(value: object) -> object:

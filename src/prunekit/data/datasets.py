@@ -180,7 +180,7 @@ DATASETS: dict[str, DatasetInfo] = {
             (0.2452, 0.2428, 0.2606),
             True,
             4,
-            (".data/cifar10-jpg.tar.gz", ".data/cifar10-jpg", "../shared/datasets/cifar10-jpg/cifar10-jpg.tar.gz"),
+            (".data/cifar10-jpg.tar.gz", ".data/cifar10-jpg"),
             "pass --data-dir: cifar10-jpg.tar.gz or the folder it unpacks to",
             _cifar10_jpg_reader,
             cache=True,

@@ -8,13 +8,15 @@ matters gives a new run. Where the data lives and which device trains are not pa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..allocation import ALLOCATIONS
@@ -101,8 +103,79 @@ def _check_sparsity(method: str, sparsity: Any) -> float:
     return float(sparsity)
 
 
-def resolve(spec: RunSpec) -> dict[str, Any]:
-    """The complete configuration of a run (JSON-serialisable), validated.
+@dataclass(frozen=True)
+class ResolvedRun:
+    """One run with every default filled in and validated: what is executed, stored and keyed.
+
+    Built once per run by :func:`resolve` and passed down unchanged; :attr:`config` is its JSON form
+    (the row's ``config`` in the results database, ``config.json`` in the run folder) and
+    :attr:`key` the hash of that form.
+    """
+
+    model: str
+    dataset: str
+    method: str
+    sparsity: float
+    seed: int
+    recipe: str
+    ablation: str | None
+    allocation: str | None
+    method_options: Mapping[str, Any]
+    train: TrainConfig
+    model_kwargs: Mapping[str, Any]
+    init: str
+    bn_gamma: str
+    scoring_batch_size: int
+    headline: str
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The JSON form (every field; ``train`` and the options as plain dicts)."""
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "seed": self.seed,
+            "recipe": self.recipe,
+            "ablation": self.ablation,
+            "allocation": self.allocation,
+            "method_options": dict(self.method_options),
+            "train": as_dict(self.train),
+            "model_kwargs": dict(self.model_kwargs),
+            "init": self.init,
+            "bn_gamma": self.bn_gamma,
+            "scoring_batch_size": self.scoring_batch_size,
+            "headline": self.headline,
+        }
+
+    @functools.cached_property
+    def key(self) -> str:
+        """A stable 16-hex-digit key: the hash of :attr:`config`."""
+        return run_key(self.config)
+
+    @property
+    def group(self) -> str | None:
+        """Runs with the same group can train stacked as one network (``None``: never, e.g. IMP)."""
+        if self.method == IMP:
+            return None
+        c = self.config
+        return json.dumps({k: c[k] for k in ("model", "dataset", "recipe", "train", "model_kwargs", "init", "bn_gamma")}, sort_keys=True)
+
+    @property
+    def pruned(self) -> bool:
+        """Whether the run scores masks at initialisation (neither dense nor IMP)."""
+        return self.method not in (DENSE, IMP)
+
+    @property
+    def label(self) -> str:
+        """``method @ sparsity seed s (ablation)`` for messages."""
+        head = f"{self.method} @ {self.sparsity:.4g} seed {self.seed}"
+        return head + (f" ({self.ablation})" if self.ablation else "")
+
+
+def resolve(spec: RunSpec) -> ResolvedRun:
+    """The complete configuration of a run, validated.
 
     Raises:
         ConfigError: any unknown name or invalid value, naming it.
@@ -138,28 +211,32 @@ def resolve(spec: RunSpec) -> dict[str, Any]:
     scoring_bs = spec.scoring_batch_size or train_cfg.batch_size
     if isinstance(scoring_bs, bool) or not isinstance(scoring_bs, int) or scoring_bs < 1:
         raise ConfigError(f"scoring batch size must be a positive integer, got {scoring_bs!r}")
+    if not isinstance(spec.model_kwargs, Mapping):
+        raise ConfigError(f"model_kwargs must be a table of keyword arguments, got {spec.model_kwargs!r}")
     model_kwargs = {**recipe.model_kwargs.get(spec.model, {}), **dict(spec.model_kwargs)}
-    return {
-        "model": spec.model,
-        "dataset": info.name,
-        "method": spec.method,
-        "sparsity": sparsity,
-        "seed": spec.seed,
-        "recipe": recipe.name,
-        "ablation": spec.ablation,
-        "allocation": allocation,
-        "method_options": method_opts,
-        "train": as_dict(train_cfg),
-        "model_kwargs": model_kwargs,
-        "init": recipe.init,
-        "bn_gamma": recipe.bn_gamma,
-        "scoring_batch_size": scoring_bs,
-        "headline": recipe.headline,
-    }
+    return ResolvedRun(
+        model=spec.model,
+        dataset=info.name,
+        method=spec.method,
+        sparsity=sparsity,
+        seed=spec.seed,
+        recipe=recipe.name,
+        ablation=spec.ablation,
+        allocation=allocation,
+        method_options=MappingProxyType(method_opts),
+        train=train_cfg,
+        model_kwargs=MappingProxyType(model_kwargs),
+        init=recipe.init,
+        bn_gamma=recipe.bn_gamma,
+        scoring_batch_size=scoring_bs,
+        headline=recipe.headline,
+    )
 
 
-def run_key(resolved: Mapping[str, Any]) -> str:
-    """A stable 16-hex-digit key of a resolved configuration."""
+def run_key(resolved: ResolvedRun | Mapping[str, Any]) -> str:
+    """A stable 16-hex-digit key of a resolved run (or of its JSON form)."""
+    if isinstance(resolved, ResolvedRun):
+        return resolved.key
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -183,6 +260,10 @@ class SweepSpec:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scoring_batch_size: int | None = None
     data_dir: str | None = None
+
+    def resolved(self) -> list[ResolvedRun]:
+        """Every run of the grid, resolved once (dense baselines first)."""
+        return [resolve(r) for r in self.runs()]
 
     def runs(self) -> list[RunSpec]:
         """Every run of the grid (dense baselines first), validated."""

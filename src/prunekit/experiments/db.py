@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..errors import PrunekitError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     key TEXT PRIMARY KEY,
@@ -67,6 +69,19 @@ CREATE TABLE IF NOT EXISTS epochs (
 );
 """
 
+# The schema's version, kept in SQLite's ``PRAGMA user_version``. A database written by an older
+# prunekit is upgraded in place by MIGRATIONS[v] (from version v to v + 1), in one transaction, the
+# first time a newer prunekit opens it; one written by a newer prunekit is refused, not damaged.
+SCHEMA_VERSION = 1
+
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    """Version 0: databases from before the schema was versioned. Their tables are version 1's
+    (``CREATE ... IF NOT EXISTS`` made them); only the version number is new."""
+
+
+MIGRATIONS: dict[int, Any] = {0: _migrate_0_to_1}
+
 RESULT_FIELDS = (
     "final_acc", "best_acc", "best_epoch", "test_at_best_val", "density", "effective_density", "scoring_seconds",
     "train_seconds", "images_per_second", "device", "versions", "mask_path", "run_dir", "layers", "extra",
@@ -96,6 +111,10 @@ def _owner_alive(owner: str | None) -> bool | None:
     return True
 
 
+class ResultsDBError(PrunekitError, RuntimeError):
+    """A results database that cannot be used (corrupt, not a database, from a newer prunekit)."""
+
+
 class ResultsDB:
     """A handle on the results database at ``path`` (created if missing)."""
 
@@ -106,10 +125,43 @@ class ResultsDB:
         self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(SCHEMA)
+        try:
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._upgrade()
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise ResultsDBError(
+                f"{self.path} is not a readable prunekit results database ({exc}); move it aside to start a new one"
+            ) from None
+
+    def _upgrade(self) -> None:
+        """Create the schema, or bring an older database up to :data:`SCHEMA_VERSION`."""
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ResultsDBError(
+                    f"{self.path} was written by a newer prunekit (schema version {version}; this one reads up to "
+                    f"{SCHEMA_VERSION}); upgrade prunekit to use it"
+                )
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            while version < SCHEMA_VERSION:
+                MIGRATIONS[version](conn)
+                version += 1
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         self._conn.close()

@@ -8,59 +8,55 @@ stacked, or whose stacked training fails, falls back to one run at a time with a
 
 from __future__ import annotations
 
-import json
-import sys
+import logging
 import traceback
 from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
+from ..masks import Masks
 from ..stacked import Member, StackedModel, StackedTrainer, can_stack, checkpoint_epoch
 from ..training import TrainingDiverged
 from ..training.trainer import make_optimizer
-from .config import IMP, RunSpec, resolve, run_key
+from .config import ResolvedRun
 from .db import Heartbeat, ResultsDB
-from .run import DatasetCache, RunOutcome, EpochsToDB, finalize, make_model, prepare, run_one, train_config
+from .execute import DatasetCache, make_model, prepare
+from .record import EpochsToDB, result_fields
+from .run import RunOutcome, outcome_of_claim_refused, run_one
 
 MAX_GROUP = 32
+logger = logging.getLogger("prunekit")
 
 
-def group_key(config: dict[str, Any]) -> str | None:
-    """Runs with the same key can be stacked (None: never, e.g. IMP)."""
-    if config["method"] == IMP:
-        return None
-    shared = {k: config[k] for k in ("model", "dataset", "recipe", "train", "model_kwargs", "init", "bn_gamma")}
-    return json.dumps(shared, sort_keys=True)
-
-
-def plan_groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+def plan_groups(runs: Sequence[ResolvedRun]) -> list[list[ResolvedRun]]:
     """Compatible runs together, in order of first appearance; IMP runs alone."""
-    groups: OrderedDict[str, list[RunSpec]] = OrderedDict()
+    groups: OrderedDict[str, list[ResolvedRun]] = OrderedDict()
     alone = []
-    for spec in specs:
-        key = group_key(resolve(spec))
-        if key is None:
-            alone.append([spec])
+    for run in runs:
+        if run.group is None:
+            alone.append([run])
         else:
-            groups.setdefault(key, []).append(spec)
+            groups.setdefault(run.group, []).append(run)
     return list(groups.values()) + alone
 
 
-def estimate_group_size(config: dict[str, Any], datasets: DatasetCache, device: torch.device, cap: int = MAX_GROUP) -> int:
+def estimate_group_size(run: ResolvedRun, datasets: DatasetCache, device: torch.device, cap: int = MAX_GROUP) -> int:
     """How many members fit on ``device``: free memory over the memory one member's training step takes.
 
     On the CPU stacking brings no speed-up (the kernels are not launch-bound), so the answer is 1.
     """
     if device.type != "cuda":
         return 1
-    ds = datasets.get(config["dataset"])
-    cfg = train_config(config)
+    ds = datasets.get(run.dataset)
+    cfg = run.train
     torch.cuda.synchronize(device)
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    models = [make_model(config, ds, device, s) for s in (0, 1)]
+    models = [make_model(run, ds, device, s) for s in (0, 1)]
     stacked = StackedModel(models).to(device)
     opt = make_optimizer(stacked.parameters(), cfg)
     x = torch.randn(2, cfg.batch_size, *ds.input_shape, device=device)
@@ -76,13 +72,19 @@ def estimate_group_size(config: dict[str, Any], datasets: DatasetCache, device: 
     return int(max(1, min(cap, (0.6 * free) // per_member)))
 
 
-def _notice(text: str) -> None:
-    print(f"prunekit: {text}", file=sys.stderr, flush=True)
+@dataclass
+class Prepared:
+    """A claimed run of a group, scored and ready to train."""
+
+    run: ResolvedRun
+    run_dir: Path
+    model: nn.Module
+    masks: Masks | None
 
 
 def run_group(
-    specs: Sequence[RunSpec],
-    out_dir: Any,
+    runs: Sequence[ResolvedRun],
+    out_dir: Path,
     *,
     db: ResultsDB,
     datasets: DatasetCache,
@@ -91,67 +93,66 @@ def run_group(
     progress: bool | None = None,
     retry_failed: bool = False,
 ) -> list[RunOutcome]:
-    """Run compatible ``specs`` stacked (those not already done or taken by another process)."""
+    """Run compatible ``runs`` stacked (those not already done or taken by another process)."""
     outcomes: dict[str, RunOutcome] = {}
-    claimed = []
-    for spec in specs:
-        config = resolve(spec)
-        key = run_key(config)
-        db.ensure(key, config)
-        if db.claim(key, owner, retry_failed=retry_failed):
-            claimed.append((spec, config, key))
+    claimed: list[ResolvedRun] = []
+    for run in runs:
+        db.ensure(run.key, run.config)
+        if db.claim(run.key, owner, retry_failed=retry_failed):
+            claimed.append(run)
         else:
-            row = db.get(key)
-            status = "skipped" if row and row["status"] == "done" else ("failed" if row and row["status"] == "failed" else "busy")
-            outcomes[key] = RunOutcome(key, status, row)
+            outcomes[run.key] = outcome_of_claim_refused(db, run.key)
     if not claimed:
-        return [outcomes[run_key(resolve(s))] for s in specs]
-    ds = datasets.get(claimed[0][1]["dataset"])
-    cfg = train_config(claimed[0][1])
-    members_by_epoch: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
-    with Heartbeat(db, [k for _, _, k in claimed], owner):
-        for spec, config, key in claimed:
-            run_dir = out_dir / "runs" / key
+        return [outcomes[r.key] for r in runs]
+    ds = datasets.get(claimed[0].dataset)
+    by_epoch: dict[int, list[Prepared]] = defaultdict(list)
+    with Heartbeat(db, [r.key for r in claimed], owner):
+        for run in claimed:
+            run_dir = out_dir / "runs" / run.key
             try:
-                model, masks = prepare(config, run_dir, ds, device, progress)
+                model, masks = prepare(run, run_dir, ds, device, progress)
             except Exception as exc:
-                db.fail(key, owner, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
-                outcomes[key] = RunOutcome(key, "failed", db.get(key))
+                db.fail(run.key, owner, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+                outcomes[run.key] = RunOutcome(run.key, "failed", db.get(run.key))
                 continue
-            members_by_epoch[checkpoint_epoch(run_dir / "checkpoint.pt")].append((spec, config, key, run_dir, model, masks))
-        for group in members_by_epoch.values():
+            by_epoch[checkpoint_epoch(run_dir / "checkpoint.pt")].append(Prepared(run, run_dir, model, masks))
+        for group in by_epoch.values():
+            alone = dict(out_dir=out_dir, db=db, datasets=datasets, device=device, owner=owner, progress=progress, outcomes=outcomes)
             if len(group) == 1:
-                _release_and_run_alone(group, out_dir, db, datasets, device, owner, progress, outcomes)
+                _release_and_run_alone(group, **alone)
                 continue
-            ok, why = can_stack(group[0][4], ds.input_shape, device)
+            ok, why = can_stack(group[0].model, ds.input_shape, device)
             if not ok:
-                _notice(f"{group[0][1]['model']} cannot be stacked ({why}); training its {len(group)} runs one at a time")
-                _release_and_run_alone(group, out_dir, db, datasets, device, owner, progress, outcomes)
+                logger.warning("%s cannot be stacked (%s); training its %d runs one at a time", group[0].run.model, why, len(group))
+                _release_and_run_alone(group, **alone)
                 continue
             members = [
-                Member(model, masks, config["seed"], checkpoint=run_dir / "checkpoint.pt", callbacks=[EpochsToDB(db, key)])
-                for _, config, key, run_dir, model, masks in group
+                Member(p.model, p.masks, p.run.seed, checkpoint=p.run_dir / "checkpoint.pt", callbacks=[EpochsToDB(db, p.run.key)])
+                for p in group
             ]
             try:
-                results = StackedTrainer(members, ds, cfg, device).fit(
-                    progress=bool(progress), desc=f"{group[0][1]['model']} stacked"
+                results = StackedTrainer(members, ds, group[0].run.train, device).fit(
+                    progress=bool(progress), desc=f"{group[0].run.model} stacked"
                 )
             except Exception as exc:
-                _notice(f"stacked training of {len(group)} runs failed ({type(exc).__name__}: {exc}); running them one at a time")
-                _release_and_run_alone(group, out_dir, db, datasets, device, owner, progress, outcomes)
+                logger.warning("stacked training of %d runs failed (%s: %s); running them one at a time", len(group), type(exc).__name__, exc)
+                _release_and_run_alone(group, **alone)
                 continue
-            for (spec, config, key, run_dir, _, _), member, result in zip(group, members, results):
+            for p, member, result in zip(group, members, results):
                 if isinstance(result, TrainingDiverged):
-                    db.fail(key, owner, f"TrainingDiverged: {result}")
-                    outcomes[key] = RunOutcome(key, "failed", db.get(key))
+                    db.fail(p.run.key, owner, f"TrainingDiverged: {result}")
+                    outcomes[p.run.key] = RunOutcome(p.run.key, "failed", db.get(p.run.key))
                     continue
-                fields = finalize(member.model, member.masks, result, run_dir, ds, device, {"history_epochs": result.epochs})
-                db.finish(key, owner, fields)
-                outcomes[key] = RunOutcome(key, "done", db.get(key))
-    return [outcomes[run_key(resolve(s))] for s in specs]
+                fields = result_fields(member.model, member.masks, result, p.run_dir, ds, device, {"history_epochs": result.epochs})
+                db.finish(p.run.key, owner, fields)
+                outcomes[p.run.key] = RunOutcome(p.run.key, "done", db.get(p.run.key))
+    return [outcomes[r.key] for r in runs]
 
 
-def _release_and_run_alone(group, out_dir, db, datasets, device, owner, progress, outcomes) -> None:  # noqa: ANN001
-    for spec, _, key, _, _, _ in group:
-        db.release(key, owner)
-        outcomes[key] = run_one(spec, out_dir, db=db, datasets=datasets, device=device, owner=owner, progress=progress)
+def _release_and_run_alone(
+    group: Sequence[Prepared], *, out_dir: Path, db: ResultsDB, datasets: DatasetCache, device: torch.device, owner: str,
+    progress: bool | None, outcomes: dict[str, RunOutcome],
+) -> None:
+    for p in group:
+        db.release(p.run.key, owner)
+        outcomes[p.run.key] = run_one(p.run, out_dir, db=db, datasets=datasets, device=device, owner=owner, progress=progress)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -36,6 +35,7 @@ from torch import nn
 
 from ..allocation import select
 from ..data import Dataset
+from ..files import atomic_write_json
 from ..masks import Masks
 from ..training import Callback, TrainConfig, TrainResult, atomic_save, fit
 
@@ -189,6 +189,4 @@ def run_imp(
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
+    atomic_write_json(path, state, indent=1)

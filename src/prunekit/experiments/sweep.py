@@ -7,6 +7,7 @@ sweep that reaches it.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections import Counter
@@ -17,10 +18,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from .config import SweepSpec, resolve, run_key
+from .config import SweepSpec
 from .db import ResultsDB, make_owner
-from .groups import estimate_group_size, group_key, plan_groups, run_group
-from .run import DatasetCache, RunOutcome, describe_outcome, run_one
+from .execute import DatasetCache
+from .groups import estimate_group_size, plan_groups, run_group
+from .run import RunOutcome, describe_outcome, run_one
+
+logger = logging.getLogger("prunekit")
 
 
 @dataclass
@@ -52,8 +56,8 @@ def run_sweep(
 
     Args:
         out_dir: holds ``results.db`` and the run folders.
-        progress: progress bars (default: when stderr is a terminal); without them one line per run
-            is printed to stderr.
+        progress: progress bars (default: when stderr is a terminal); without them one line per
+            finished run goes to the ``prunekit`` logger (level INFO; the command line shows it).
         retry_failed: run again the runs that failed before.
         stack: how many runs of one architecture, dataset and recipe train stacked as one network
             (1: one at a time). Default: as many as fit in free GPU memory (at most 32) on CUDA, 1 on
@@ -64,19 +68,18 @@ def run_sweep(
     if stack is not None and (isinstance(stack, bool) or not isinstance(stack, int) or stack < 1):
         raise ConfigError(f"stack must be a positive integer, got {stack!r}")
     if stack is not None and stack > 1 and device.type == "cpu":
-        print(f"prunekit: stacking {stack} runs on the CPU as asked; it measured slower than one at a time there "
-              "(benchmarks/RESULTS.md)", file=sys.stderr)
-    runs = spec.runs()
-    configs = [resolve(r) for r in runs]
-    keys = [run_key(c) for c in configs]
+        logger.warning("stacking %d runs on the CPU as asked; it measured slower than one at a time there (benchmarks/RESULTS.md)", stack)
+    runs = spec.resolved()
     start = time.time()
     summary = SweepSummary()
     show = sys.stderr.isatty() if progress is None else progress
     datasets = DatasetCache(spec.data_dir)
+    for name in dict.fromkeys(r.dataset for r in runs):
+        datasets.get(name)  # a missing or unreadable dataset fails here, before any row is written
     owner = make_owner()
     with ResultsDB(out_dir / "results.db") as db:
-        for key, config in zip(keys, configs):
-            db.ensure(key, config)
+        for run in runs:
+            db.ensure(run.key, run.config)
         bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not show, position=0, dynamic_ncols=True)
 
         def record(outcome: RunOutcome) -> None:
@@ -86,22 +89,21 @@ def run_sweep(
                 bar.set_postfix_str(line[:60])
                 bar.update(1)
             elif log and outcome.status != "skipped":
-                print(line, file=sys.stderr, flush=True)
+                logger.info(line)
 
         for group in plan_groups(runs):
             todo = []
             for r in group:
-                key = run_key(resolve(r))
-                row = db.get(key)
+                row = db.get(r.key)
                 if row is not None and row["status"] == "done":
-                    record(RunOutcome(key, "skipped", row))
+                    record(RunOutcome(r.key, "skipped", row))
                 else:
                     todo.append(r)
             if not todo:
                 continue
             size = 1
-            if len(todo) > 1 and group_key(resolve(todo[0])) is not None:
-                size = stack if stack is not None else estimate_group_size(resolve(todo[0]), datasets, device)
+            if len(todo) > 1 and todo[0].group is not None:
+                size = stack if stack is not None else estimate_group_size(todo[0], datasets, device)
             for i in range(0, len(todo), size):
                 chunk = todo[i : i + size]
                 if len(chunk) == 1:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..experiments.db import ResultsDB
+from ..files import atomic_write_text
 from .plots import plot_accuracy, plot_layer_densities
 from .tables import METRICS, Cell, Table, build_tables, write_csv
 
@@ -29,7 +30,7 @@ def write_report(out_dir: str | Path, metric: str = "auto", plots: bool = True, 
         written.append(write_csv(db.runs(**filters), report_dir / "results.csv"))
     if tables:
         md = report_dir / "tables.md"
-        md.write_text("\n\n".join(t.to_markdown() for t in tables) + "\n")
+        atomic_write_text(md, "\n\n".join(t.to_markdown() for t in tables) + "\n")
         written.append(md)
     if plots:
         for t in tables:

@@ -1,21 +1,24 @@
-"""Plots of result tables: accuracy vs sparsity, and per-layer density per method (PNG)."""
+"""Plots of result tables: accuracy vs sparsity, and per-layer density per method (PNG).
+
+Figures are built with matplotlib's object API (``matplotlib.figure.Figure``), never through
+``pyplot``: importing or using prunekit does not touch the user's matplotlib backend or figures.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .tables import _METRIC_NAMES, Table  # noqa: E402
+from ..files import atomic_savefig
+from .tables import _METRIC_NAMES, Table
 
 
 def plot_accuracy(table: Table, path: str | Path) -> Path:
     """Accuracy vs density (log scale), error bars = std over seeds, dense as a band."""
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    fig = Figure(figsize=(7.5, 4.8), dpi=120)
+    ax = fig.subplots()
     markers = "osD^v<>phX*"
     for i, (label, row) in enumerate(table.rows.items()):
         xs = sorted(row)
@@ -40,10 +43,8 @@ def plot_accuracy(table: Table, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    atomic_savefig(fig, path)
+    return Path(path)
 
 
 def plot_layer_densities(table: Table, path: str | Path) -> Path | None:
@@ -52,7 +53,8 @@ def plot_layer_densities(table: Table, path: str | Path) -> Path | None:
     if not sparsities:
         return None
     path = Path(path)
-    fig, axes = plt.subplots(1, len(sparsities), figsize=(4.2 * len(sparsities) + 1, 4.2), dpi=120, squeeze=False)
+    fig = Figure(figsize=(4.2 * len(sparsities) + 1, 4.2), dpi=120)
+    axes = fig.subplots(1, len(sparsities), squeeze=False)
     for ax, s in zip(axes[0], sparsities):
         names: list[str] = []
         for label in table.rows:  # the table's order, so each method has the colour of the accuracy plot
@@ -72,7 +74,5 @@ def plot_layer_densities(table: Table, path: str | Path) -> Path | None:
     axes[0][-1].legend(fontsize=6, loc="best")
     fig.suptitle(f"Per-layer density: {table.model} on {table.dataset}", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    atomic_savefig(fig, path)
+    return Path(path)

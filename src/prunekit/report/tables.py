@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -15,6 +16,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..experiments.config import DENSE, known_methods, method_options_class
 from ..experiments.db import ResultsDB
+from ..files import atomic_write_text
 from ..options import as_dict
 
 METRICS = {
@@ -233,19 +235,15 @@ CSV_FIELDS = [
 
 def write_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
     """Every run (any status), one line each, with its main config fields and metrics."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        w.writeheader()
-        for r in rows:
-            versions = r.get("versions") or {}
-            out = {k: r.get(k) for k in CSV_FIELDS}
-            out["epochs"] = r["config"]["train"]["epochs"]
-            out["prunekit"] = versions.get("prunekit")
-            out["torch"] = versions.get("torch")
-            out["error"] = (r.get("error") or "").splitlines()[0] if r.get("error") else None
-            w.writerow(out)
-    tmp.replace(path)
-    return path
+    f = io.StringIO(newline="")
+    w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    w.writeheader()
+    for r in rows:
+        versions = r.get("versions") or {}
+        out = {k: r.get(k) for k in CSV_FIELDS}
+        out["epochs"] = r["config"]["train"]["epochs"]
+        out["prunekit"] = versions.get("prunekit")
+        out["torch"] = versions.get("torch")
+        out["error"] = (r.get("error") or "").splitlines()[0] if r.get("error") else None
+        w.writerow(out)
+    return atomic_write_text(path, f.getvalue())

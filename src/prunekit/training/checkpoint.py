@@ -1,15 +1,15 @@
-"""Atomic checkpoints: write to a temporary file in the same folder, then rename over the old one."""
+"""Checkpoints: written atomically (:mod:`prunekit.files`), read back with plain tensors only."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import PrunekitError
+from ..files import atomic_torch_save
 
 FORMAT = "prunekit-checkpoint"
 
@@ -20,19 +20,7 @@ class CheckpointError(PrunekitError, ValueError):
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """``torch.save`` to ``path`` so that a crash leaves either the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(obj, path)
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

@@ -1,0 +1,91 @@
+"""Recording what a run produced: its row in the results database and its per-layer report files."""
+
+from __future__ import annotations
+
+import platform
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..data import Dataset
+from ..files import atomic_write_json, atomic_write_text
+from ..masks import Masks
+from ..training import Callback, TrainResult
+from .db import ResultsDB
+
+
+def versions() -> dict[str, str]:
+    """The versions a result was produced with."""
+    return {
+        "prunekit": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+class EpochsToDB(Callback):
+    """Logs every finished epoch's metrics to the run's row (phase: IMP round)."""
+
+    def __init__(self, db: ResultsDB, key: str, phase: int = 0):
+        self.db, self.key, self.phase = db, key, phase
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, Any]) -> None:
+        self.db.add_epoch(self.key, metrics, self.phase)
+
+
+def result_fields(
+    model: torch.nn.Module,
+    masks: Masks | None,
+    result: TrainResult,
+    run_dir: Path,
+    ds: Dataset,
+    device: torch.device,
+    extra: dict[str, Any] | None = None,
+    train_seconds: float | None = None,
+) -> dict[str, Any]:
+    """The result fields of a finished run for the database; writes its per-layer report files."""
+    extra = dict(extra or {})
+    layers = None
+    effective = 1.0
+    if masks is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = masks.report(model, input_shape=ds.input_shape)
+        layers = report.as_dicts()
+        effective = report.effective_density
+        extra["collapsed_layers"] = report.collapsed
+        extra["warnings"] = [str(w.message) for w in caught]
+        if report.tie_steps:
+            extra["tie_steps"] = report.tie_steps
+        atomic_write_text(run_dir / "layers.md", report.to_markdown() + "\n")
+        atomic_write_json(run_dir / "layers.json", layers, indent=1)
+    extra.update(result.extra)
+    return {
+        "final_acc": result.final_test_acc,
+        "best_acc": result.best_test_acc,
+        "best_epoch": result.best_test_epoch,
+        "test_at_best_val": result.test_at_best_val,
+        "density": 1.0 if masks is None else masks.density,
+        "effective_density": effective,
+        "scoring_seconds": 0.0 if masks is None else float(masks.meta.get("scoring_seconds", 0.0)),
+        "train_seconds": result.train_seconds if train_seconds is None else train_seconds,
+        "images_per_second": result.images_per_second,
+        "device": device_name(device),
+        "versions": versions(),
+        "mask_path": None if masks is None else str(run_dir / "masks.pt"),
+        "run_dir": str(run_dir),
+        "layers": layers,
+        "extra": extra,
+    }
