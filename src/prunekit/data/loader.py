@@ -143,10 +143,7 @@ class DeviceLoader:
         self.drop_last = drop_last
         self.dtype = dtype
         self.channels_last = channels_last
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self._scale = (1.0 / (255.0 * std_t)).to(dtype)
-        self._shift = (mean_t / std_t).to(dtype)
+        self.scale, self.shift = normalization(mean, std, self.device, dtype)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -163,7 +160,7 @@ class DeviceLoader:
 
     def normalize(self, images: Tensor) -> Tensor:
         """uint8 ``[B, C, H, W]`` -> normalised float."""
-        x = images.to(self.dtype).mul_(self._scale).sub_(self._shift)
+        x = images.to(self.dtype).mul_(self.scale).sub_(self.shift)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def plan(self) -> EpochPlan:
@@ -185,6 +182,16 @@ class DeviceLoader:
                     None if plan.flips is None else plan.flips[sl],
                 )
             yield self.normalize(x), self.dataset.labels.index_select(0, idx)
+
+
+def normalization(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, Tensor]:
+    """``(scale, shift)`` of shape ``[1, C, 1, 1]`` so that ``uint8 * scale - shift`` is the input
+    normalised by per-channel ``mean``/``std`` (given in [0, 1] pixel units)."""
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return (1.0 / (255.0 * std_t)).to(dtype), (mean_t / std_t).to(dtype)
 
 
 def validation_indices(n: int, size: int | float, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -10,11 +10,9 @@ stacked, regrouped, or one model at a time.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -23,12 +21,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..data import Dataset, DeviceLoader
-from ..data.loader import mix_seed, validation_indices
+from ..data.loader import mix_seed, normalization
 from ..masks import Masks
-from ..options import as_dict
 from ..training import Callback, TrainConfig, TrainingDiverged, TrainResult, atomic_save, load_checkpoint, summarize
-from ..training.checkpoint import FORMAT, CheckpointError
-from ..training.trainer import make_optimizer, set_lr
+from ..training.checkpoint import CheckpointError
+from ..training.core import (
+    check_resumable, checkpoint_state, epoch_metrics, make_optimizer, rng_state, set_rng_state, split_indices, train_epoch,
+)
 from .loader import StackedLoader
 from .model import StackedModel
 
@@ -44,11 +43,39 @@ class Member:
     callbacks: list[Callback] = field(default_factory=list)
 
 
-def _split_indices(n: int, config: TrainConfig, seed: int) -> tuple[Tensor, Tensor | None]:
-    if config.val_size <= 0:
-        return torch.arange(n), None
-    size: int | float = int(config.val_size) if config.val_size >= 1 else float(config.val_size)
-    return validation_indices(n, size, seed)
+class MemberView:
+    """What a member's callbacks see: its model (synchronised from the stacked parameters on
+    access), its masks, seed, epoch and the shared config, like a single trainer's attributes."""
+
+    def __init__(self, trainer: StackedTrainer, index: int):
+        self._trainer = trainer
+        self.member = index
+
+    @property
+    def model(self) -> nn.Module:
+        m = self._trainer.members[self.member]
+        m.model.load_state_dict(self._trainer.model.member_state_dict(self.member))
+        return m.model
+
+    @property
+    def masks(self) -> Masks | None:
+        return self._trainer.members[self.member].masks
+
+    @property
+    def seed(self) -> int:
+        return self._trainer.members[self.member].seed
+
+    @property
+    def epoch(self) -> int:
+        return self._trainer.epoch
+
+    @property
+    def config(self) -> TrainConfig:
+        return self._trainer.config
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self._trainer.histories[self.member]
 
 
 def checkpoint_epoch(path: Path | None) -> int:
@@ -70,11 +97,10 @@ class StackedTrainer:
         info = dataset.info
         images = dataset.train.images.to(device)
         labels = dataset.train.labels.to(device)
-        splits = [_split_indices(len(dataset.train), config, m.seed) for m in self.members]
+        splits = [split_indices(len(dataset.train), config, m.seed) for m in self.members]
         augment = info.augment if config.augment is None else config.augment
         dtype = next((p.dtype for p in self.members[0].model.parameters() if p.is_floating_point()), torch.float32)
-        probe = DeviceLoader(dataset.train.subset(splits[0][0][:1]), 1, device=device, mean=info.mean, std=info.std, dtype=dtype)
-        scale, shift = probe._scale, probe._shift
+        scale, shift = normalization(info.mean, info.std, device, dtype)
         n_train = len(splits[0][0])
         self.train_loader = StackedLoader(
             images, labels, [s[0] for s in splits], [mix_seed(m.seed, 0x7EA1) for m in self.members], config.batch_size,
@@ -95,6 +121,7 @@ class StackedTrainer:
         self.train_seconds = 0.0
         self.images = 0
         self.diverged: dict[int, str] = {}
+        self._amp = False
         self._resume()
         self.model = StackedModel([m.model.to(device) for m in self.members]).to(device)
         self.optimizer = make_optimizer(self.model.parameters(), config)
@@ -112,8 +139,7 @@ class StackedTrainer:
         if states[0] is None:
             return
         for m, s in zip(self.members, states):
-            if s.get("config") != as_dict(self.config) or s.get("seed") != m.seed:
-                raise CheckpointError("a member's checkpoint was written by a run with a different config or seed")
+            check_resumable(s, self.config, m.seed)
             m.model.load_state_dict(s["model"])
             if s.get("masks") is not None:
                 m.masks = Masks(s["masks"], m.masks.meta if m.masks is not None else None)
@@ -121,9 +147,7 @@ class StackedTrainer:
         self.histories = [list(s["history"]) for s in states]
         self.train_seconds = float(states[0]["train_seconds"])
         self.images = int(states[0]["images"])
-        torch.set_rng_state(states[0]["rng"]["torch"])
-        if self.device.type == "cuda" and "cuda" in states[0]["rng"]:
-            torch.cuda.set_rng_state(states[0]["rng"]["cuda"], self.device)
+        set_rng_state(states[0]["rng"], self.device)
         self._optimizer_states = [s["optimizer"] for s in states]
 
     def _load_optimizer_states(self, states: list[dict[str, Any]]) -> None:
@@ -185,55 +209,42 @@ class StackedTrainer:
         return (correct.double() / count).tolist(), (loss / count).tolist()
 
     # -- loop -------------------------------------------------------------------------------------
+    def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
+            out = self.model(x)
+            losses = F.cross_entropy(out.flatten(0, 1), y.reshape(-1), reduction="none").view(self.n, -1).mean(1)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        self.optimizer.step()
+        self._enforce()
+        return losses.detach(), (out.detach().argmax(-1) == y).sum(1), y.shape[1]
+
     def fit(self, progress: bool = False, desc: str = "stacked") -> list[TrainResult | TrainingDiverged]:
         cfg = self.config
-        amp = cfg.amp and self.device.type == "cuda"
+        self._amp = cfg.amp and self.device.type == "cuda"
         steps = len(self.train_loader)
         self.model.train()
         self._enforce()
+        views = [MemberView(self, k) for k in range(self.n)]
         bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"{desc} x{self.n}", unit="ep", disable=not progress, leave=False)
         for epoch in range(self.epoch, cfg.epochs):
             self.train_loader.set_epoch(epoch)
-            start = time.perf_counter()
-            loss_sum = torch.zeros(self.n, dtype=torch.float64, device=self.device)
-            correct = torch.zeros(self.n, dtype=torch.long, device=self.device)
-            seen = 0
-            lr = None
-            for i, (x, y) in enumerate(self.train_loader):
-                lr = cfg.lr_at(epoch, i, steps)
-                set_lr(self.optimizer, lr)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = self.model(x)
-                    losses = F.cross_entropy(out.flatten(0, 1), y.reshape(-1), reduction="none").view(self.n, -1).mean(1)
-                self.optimizer.zero_grad(set_to_none=True)
-                losses.sum().backward()
-                self.optimizer.step()
-                self._enforce()
-                loss_sum += losses.detach().double() * y.shape[1]
-                correct += (out.detach().argmax(-1) == y).sum(1)
-                seen += y.shape[1]
-            elapsed = time.perf_counter() - start
-            self.train_seconds += elapsed
-            self.images += seen
+            totals = train_epoch(self.train_loader, steps, self._step, self.optimizer, cfg, epoch, self.n, self.device)
+            self.train_seconds += totals.seconds
+            self.images += totals.samples
             self.epoch = epoch + 1
-            test_acc, test_loss = self._evaluate(self.test_loader, True, amp)
-            val = self._evaluate(self.val_loader, False, amp) if self.val_loader is not None else None
-            train_loss = (loss_sum / seen).tolist()
-            train_acc = (correct.double() / seen).tolist()
+            test_acc, test_loss = self._evaluate(self.test_loader, True, self._amp)
+            val = self._evaluate(self.val_loader, False, self._amp) if self.val_loader is not None else None
             for k, member in enumerate(self.members):
-                metrics: dict[str, Any] = {
-                    "epoch": epoch + 1, "lr": lr, "train_loss": train_loss[k], "train_acc": train_acc[k],
-                    "epoch_seconds": elapsed, "images_per_second": seen / elapsed if elapsed > 0 else 0.0, "stacked": self.n,
-                }
+                metrics = {**epoch_metrics(epoch, totals, k), "stacked": self.n}
                 if val is not None:
                     metrics["val_acc"], metrics["val_loss"] = val[0][k], val[1][k]
                 metrics["test_acc"], metrics["test_loss"] = test_acc[k], test_loss[k]
-                if not math.isfinite(train_loss[k]) and k not in self.diverged:
-                    self.diverged[k] = f"training loss became {train_loss[k]} in epoch {epoch + 1}; lower the learning rate"
+                if not math.isfinite(totals.loss[k]) and k not in self.diverged:
+                    self.diverged[k] = f"training loss became {totals.loss[k]} in epoch {epoch + 1}; lower the learning rate"
                 self.histories[k].append(metrics)
-                view = SimpleNamespace(model=None, epoch=self.epoch, member=k, config=cfg)
                 for cb in member.callbacks:
-                    cb.on_epoch_end(view, epoch, metrics)
+                    cb.on_epoch_end(views[k], epoch, metrics)
                 if member.checkpoint is not None:
                     atomic_save(self.member_checkpoint(k), member.checkpoint)
             bar.set_postfix_str(f"test acc {sum(test_acc) / self.n:.4f} (mean)")
@@ -253,21 +264,8 @@ class StackedTrainer:
 
     def member_checkpoint(self, i: int) -> dict[str, Any]:
         """Member ``i``'s state in the single-run checkpoint format (resumable alone or stacked)."""
-        rng = {"torch": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        masks = self.members[i].masks
-        return {
-            "format": FORMAT,
-            "epoch": self.epoch,
-            "model": self.model.member_state_dict(i),
-            "optimizer": self._member_optimizer_state(i),
-            "history": self.histories[i],
-            "rng": rng,
-            "train_seconds": self.train_seconds,
-            "images": self.images,
-            "config": as_dict(self.config),
-            "seed": self.members[i].seed,
-            "masks": None if masks is None else dict(masks.items()),
-            "callbacks": [],
-        }
+        return checkpoint_state(
+            epoch=self.epoch, model=self.model.member_state_dict(i), optimizer=self._member_optimizer_state(i),
+            history=self.histories[i], rng=rng_state(self.device), train_seconds=self.train_seconds, images=self.images,
+            config=self.config, seed=self.members[i].seed, masks=self.members[i].masks, callbacks=[],
+        )

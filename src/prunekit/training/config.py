@@ -43,6 +43,14 @@ class TrainConfig:
         if any(not 0.0 < m < 1.0 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"milestones must be increasing fractions of the run in (0, 1), got {self.milestones}")
 
+    @property
+    def holdout(self) -> int | float | None:
+        """The validation hold-out as :func:`prunekit.data.validation_indices` takes it: a count
+        (``val_size >= 1``), a fraction (``< 1``), or ``None`` when nothing is held out."""
+        if self.val_size <= 0:
+            return None
+        return int(self.val_size) if self.val_size >= 1 else float(self.val_size)
+
     def milestone_epochs(self) -> list[int]:
         """Milestones in epochs (``round(fraction * epochs)``)."""
         return [int(math.floor(m * self.epochs + 0.5)) for m in self.milestones]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,16 +11,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from ..data import Dataset, DeviceLoader, split_validation
+from ..data import Dataset, DeviceLoader
 from ..data.loader import mix_seed
 from ..errors import ConfigError, PrunekitError
 from ..masks import Masks
-from ..options import as_dict
 from .callbacks import Callback, Checkpoint, Evaluate, ProgressBar
-from .checkpoint import FORMAT, CheckpointError, load_checkpoint
+from .checkpoint import load_checkpoint
 from .config import TrainConfig
+from .core import (
+    check_resumable, checkpoint_state, epoch_metrics, make_optimizer, rng_state, set_lr, set_rng_state, split_indices, train_epoch,
+)
+
+__all__ = ["Trainer", "TrainingDiverged", "TrainResult", "build_loaders", "default_device", "fit", "make_optimizer", "set_lr", "summarize"]
 
 
 class TrainingDiverged(PrunekitError, RuntimeError):
@@ -66,34 +69,6 @@ def summarize(history: list[dict[str, Any]], train_seconds: float, images: int) 
     )
 
 
-def make_optimizer(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate (a no-op write when unchanged)."""
-    for group in optimizer.param_groups:
-        if group["lr"] != lr:
-            group["lr"] = lr
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 class Trainer:
     """Train ``model`` on ``train_loader`` with ``config``; keep ``masks`` applied after every step.
 
@@ -124,7 +99,8 @@ class Trainer:
         self.train_seconds = 0.0
         self.images = 0
         self.masks: Masks | None = None
-        self._enforce = None
+        self._enforce: Any = None
+        self._amp = False
         self.set_masks(masks)
 
     def set_masks(self, masks: Masks | None) -> None:
@@ -136,31 +112,21 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "history": self.history,
-            "rng": _rng_state(self.device),
-            "train_seconds": self.train_seconds,
-            "images": self.images,
-            "config": as_dict(self.config),
-            "seed": self.seed,
-            "masks": None if self.masks is None else {k: v for k, v in self.masks.items()},
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
-        }
+        return checkpoint_state(
+            epoch=self.epoch, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), history=self.history,
+            rng=rng_state(self.device), train_seconds=self.train_seconds, images=self.images, config=self.config,
+            seed=self.seed, masks=self.masks, callbacks=[cb.state_dict() for cb in self.callbacks],
+        )
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("config") != as_dict(self.config) or state.get("seed") != self.seed:
-            raise CheckpointError("the checkpoint was written by a run with a different config or seed")
+        check_resumable(state, self.config, self.seed)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.train_seconds = float(state["train_seconds"])
         self.images = int(state["images"])
-        _set_rng_state(state["rng"], self.device)
+        set_rng_state(state["rng"], self.device)
         if state.get("masks") is not None:
             self.set_masks(Masks(state["masks"], self.masks.meta if self.masks is not None else None))
         for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
@@ -171,49 +137,35 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
+    def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
+            out = self.model(x)
+            loss = F.cross_entropy(out, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self._enforce is not None:
+            self._enforce()
+        return loss.detach().reshape(1), (out.detach().argmax(1) == y).sum().reshape(1), len(y)
+
     def fit(self) -> TrainResult:
         cfg = self.config
-        use_amp = cfg.amp and self.device.type == "cuda"
+        self._amp = cfg.amp and self.device.type == "cuda"
         steps = len(self.train_loader)
         self.model.train()
         self._call("on_fit_start")
         for epoch in range(self.epoch, cfg.epochs):
             self._call("on_epoch_start", epoch)
             self.train_loader.set_epoch(epoch)
-            start = time.perf_counter()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-            correct = torch.zeros((), dtype=torch.long, device=self.device)
-            seen = 0
-            lr = None
-            for i, (x, y) in enumerate(self.train_loader):
-                lr = cfg.lr_at(epoch, i, steps)
-                set_lr(self.optimizer, lr)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = self.model(x)
-                    loss = F.cross_entropy(out, y)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                if self._enforce is not None:
-                    self._enforce()
-                loss_sum += loss.detach().double() * len(y)
-                correct += (out.detach().argmax(1) == y).sum()
-                seen += len(y)
-                self._call("on_batch_end", i)
-            train_loss = loss_sum.item() / seen
-            elapsed = time.perf_counter() - start
-            self.train_seconds += elapsed
-            self.images += seen
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate")
-            metrics: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss": train_loss,
-                "train_acc": correct.item() / seen,
-                "epoch_seconds": elapsed,
-                "images_per_second": seen / elapsed if elapsed > 0 else 0.0,
-            }
+            totals = train_epoch(
+                self.train_loader, steps, self._step, self.optimizer, cfg, epoch, 1, self.device,
+                lambda i: self._call("on_batch_end", i),
+            )
+            self.train_seconds += totals.seconds
+            self.images += totals.samples
+            if not math.isfinite(totals.loss[0]):
+                raise TrainingDiverged(f"training loss became {totals.loss[0]} in epoch {epoch + 1}; lower the learning rate")
+            metrics = epoch_metrics(epoch, totals)
             self.epoch = epoch + 1
             self.history.append(metrics)
             self._call("on_epoch_end", epoch, metrics)
@@ -230,10 +182,9 @@ def build_loaders(
 ) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
     """The training loader and the evaluation loaders (``val`` if held out, ``test``), producing ``dtype`` inputs."""
     info = dataset.info
-    train, val = dataset.train, None
-    if config.val_size > 0:
-        size: int | float = int(config.val_size) if config.val_size >= 1 else float(config.val_size)
-        train, val = split_validation(dataset.train, size, seed)
+    train_idx, val_idx = split_indices(len(dataset.train), config, seed)
+    train = dataset.train if val_idx is None else dataset.train.subset(train_idx)
+    val = None if val_idx is None else dataset.train.subset(val_idx)
     channels_last = config.channels_last and device.type == "cuda"
     augment = info.augment if config.augment is None else config.augment
     common = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last, dtype=dtype)

@@ -1,0 +1,157 @@
+"""The training core shared by the single-model :class:`~prunekit.training.Trainer` and the stacked
+engine (:class:`~prunekit.stacked.StackedTrainer`): the epoch's step loop, the per-epoch metrics, the
+validation split, the RNG state and the checkpoint layout. Each trainer adds only what is its own
+(one model, or N members fused into one network).
+
+Every quantity of an epoch is a vector over the ``n`` networks trained together (``n = 1`` for one
+model), so both trainers share one loop and produce bit-identical histories for a model trained
+alone or as a stacked member (float64 accumulation, one host sync per epoch).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..data.loader import validation_indices
+from ..options import as_dict
+from .checkpoint import FORMAT, CheckpointError
+from .config import TrainConfig
+
+# (inputs, targets) -> (per-network mean losses [n], per-network correct counts [n], samples per network)
+StepFn = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor, int]"]
+
+
+def split_indices(n: int, config: TrainConfig, seed: int) -> tuple[Tensor, Tensor | None]:
+    """``(train, validation)`` indices of a training set of ``n`` samples (validation ``None`` when
+    the config holds nothing out). The same seed gives the same split in every trainer."""
+    if config.holdout is None:
+        return torch.arange(n), None
+    return validation_indices(n, config.holdout, seed)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (a no-op write when unchanged)."""
+    for group in optimizer.param_groups:
+        if group["lr"] != lr:
+            group["lr"] = lr
+
+
+def make_optimizer(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global RNG state a checkpoint carries (CPU, and the device's on CUDA)."""
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def checkpoint_state(
+    *,
+    epoch: int,
+    model: Mapping[str, Any],
+    optimizer: Mapping[str, Any],
+    history: list[dict[str, Any]],
+    rng: Mapping[str, Any],
+    train_seconds: float,
+    images: int,
+    config: TrainConfig,
+    seed: int,
+    masks: Mapping[str, Tensor] | None,
+    callbacks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """One network's complete training state, in the one checkpoint layout both trainers write."""
+    return {
+        "format": FORMAT,
+        "epoch": epoch,
+        "model": model,
+        "optimizer": optimizer,
+        "history": history,
+        "rng": rng,
+        "train_seconds": train_seconds,
+        "images": images,
+        "config": as_dict(config),
+        "seed": seed,
+        "masks": None if masks is None else dict(masks.items()),
+        "callbacks": callbacks,
+    }
+
+
+def check_resumable(state: Mapping[str, Any], config: TrainConfig, seed: int) -> None:
+    """Refuse a checkpoint written by a run with another config or seed."""
+    if state.get("config") != as_dict(config) or state.get("seed") != seed:
+        raise CheckpointError("the checkpoint was written by a run with a different config or seed")
+
+
+@dataclass
+class EpochTotals:
+    """What one epoch of training steps added up to, per network."""
+
+    loss: list[float]  # mean training loss
+    acc: list[float]  # training accuracy
+    samples: int  # per network
+    seconds: float
+    lr: float | None
+
+
+def train_epoch(
+    batches: Iterable[tuple[Tensor, Tensor]],
+    steps: int,
+    step: StepFn,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    epoch: int,
+    n: int,
+    device: torch.device,
+    on_batch_end: Callable[[int], None] | None = None,
+) -> EpochTotals:
+    """Run the training steps of ``epoch``: set the scheduled learning rate, call ``step`` on every
+    batch, accumulate each network's loss and accuracy on the device (one host sync at the end)."""
+    start = time.perf_counter()
+    loss_sum = torch.zeros(n, dtype=torch.float64, device=device)
+    correct = torch.zeros(n, dtype=torch.long, device=device)
+    seen = 0
+    lr = None
+    for i, (x, y) in enumerate(batches):
+        lr = config.lr_at(epoch, i, steps)
+        set_lr(optimizer, lr)
+        losses, hits, size = step(x, y)
+        loss_sum += losses.detach().double() * size
+        correct += hits
+        seen += size
+        if on_batch_end is not None:
+            on_batch_end(i)
+    loss = (loss_sum / seen).tolist()
+    acc = (correct.double() / seen).tolist()
+    return EpochTotals(loss, acc, seen, time.perf_counter() - start, lr)
+
+
+def epoch_metrics(epoch: int, totals: EpochTotals, k: int = 0) -> dict[str, Any]:
+    """Network ``k``'s metrics of a finished epoch (evaluation adds its own)."""
+    elapsed = totals.seconds
+    return {
+        "epoch": epoch + 1,
+        "lr": totals.lr,
+        "train_loss": totals.loss[k],
+        "train_acc": totals.acc[k],
+        "epoch_seconds": elapsed,
+        "images_per_second": totals.samples / elapsed if elapsed > 0 else 0.0,
+    }
