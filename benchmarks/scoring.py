@@ -66,7 +66,8 @@ def main() -> None:
         rows.append((method, t, t / epoch_s))
         print(f"{method:12s} {t:8.3f} s  {t / epoch_s:8.3f} epochs", flush=True)
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print()
     print(f"### Scoring cost: {args.model} on {args.dataset}, {name}, torch {torch.__version__}, {date.today()}")
     print(f"One training epoch ({len(ds.train):,} images, batch {args.batch_size}): {epoch_s:.2f} s "

@@ -1,14 +1,13 @@
 """Behavioural properties of the methods: nesting, resurrection, data-freeness, purity, determinism."""
 
-import math
 
 import pytest
 import torch
 from torch import nn
 
 import prunekit
-from prunekit.allocation import kept_count
 from conftest import FAST, ZOO, SmallCNN, make_batches
+from prunekit.allocation import kept_count
 
 ALL = prunekit.list_methods()
 

@@ -13,12 +13,21 @@ import pytest
 import torch
 
 import prunekit
+from conftest import TINY_TRAIN, wait_while_progressing, write_tiny_mnist
 from prunekit.errors import ConfigError
 from prunekit.experiments import (
-    ResultsDB, RunSpec, imp_densities, load_sweep_file, resolve, run_key, run_one, run_sweep, shuffle_masks, sweep_from_mapping,
+    ResultsDB,
+    RunSpec,
+    imp_densities,
+    load_sweep_file,
+    resolve,
+    run_key,
+    run_one,
+    run_sweep,
+    shuffle_masks,
+    sweep_from_mapping,
 )
 from prunekit.experiments.execute import DatasetCache
-from conftest import TINY_TRAIN, wait_while_progressing, write_tiny_mnist
 
 
 def spec(method="snip", sparsity=0.9, seed=0, **kw):

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import prunekit
-from prunekit import Masks
 from conftest import SmallCNN, make_batches
+from prunekit import Masks
 
 
 def _mlp():

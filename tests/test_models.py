@@ -63,7 +63,7 @@ def test_initialisations():
     assert abs(float(w.std()) - math.sqrt(2 / 784)) < 0.05 * math.sqrt(2 / 784)
     assert float(k.classifier[0].bias.abs().sum()) == 0
     u = models.create("resnet20", 10, bn_gamma="uniform", seed=1)
-    assert 0 <= float(u.bn1.weight.min()) and float(u.bn1.weight.max()) <= 1 and float(u.bn1.weight.std()) > 0.1
+    assert float(u.bn1.weight.min()) >= 0 and float(u.bn1.weight.max()) <= 1 and float(u.bn1.weight.std()) > 0.1
 
 
 def test_seeded_creation_is_reproducible_and_leaves_global_rng():

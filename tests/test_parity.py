@@ -288,7 +288,7 @@ def test_model_returning_aux_and_logits_needs_output_fn_and_then_matches_the_pla
     data = _batches(8, seed=10)
     with pytest.warns(PrunekitWarning, match="inner.2.weight"):
         prunekit.score(wrapped, "synflow", input_shape=(6,))
-    logits = lambda out: out[1]  # noqa: E731
+    logits = lambda out: out[1]
     for method, opts in [("snip", {}), ("grasp", {"samples_per_class": 2}), ("synflow", {"num_steps": 5}),
                          ("force", {"num_steps": 4}), ("prospr", {})]:
         a = prunekit.prune(plain, method, 0.8, data=data, **opts)

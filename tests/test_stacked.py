@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import prunekit
+from conftest import TINY_TRAIN
 from prunekit import data, models, training
 from prunekit.data.loader import mix_seed
 from prunekit.experiments import ResultsDB, run_sweep, sweep_from_mapping
 from prunekit.stacked import Member, StackedLoader, StackedModel, StackedTrainer, can_stack
-from conftest import TINY_TRAIN
 
 CASES = {
     "mlp": ("lenet_300_100", (1, 12, 12)),

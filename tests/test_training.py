@@ -1,11 +1,9 @@
 """The trainer: schedules, masks kept through training, exact resume after SIGKILL, real data."""
 
-import math
 import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,9 +11,9 @@ import pytest
 import torch
 
 import prunekit
+from conftest import file_state, wait_while_progressing
 from prunekit import data, models, training
 from prunekit.errors import ConfigError
-from conftest import file_state, wait_while_progressing
 from resume_worker import toy_dataset
 
 HERE = Path(__file__).parent

@@ -10,20 +10,27 @@ Public API::
 
 __version__ = "0.1.0"
 
-from .errors import ConfigError, DataError, MaskError, MaskFileError, PrunekitError, ScoreError  # noqa: E402
-from .errors import PrunekitWarning  # noqa: E402
-from .layer_report import LayerComparison, MaskReport, compare_masks  # noqa: E402
-from .masks import Masks  # noqa: E402
-from .methods import get_method, list_methods  # noqa: E402
-from .prunable import prunable_parameters  # noqa: E402
-from .pruning import prune, score  # noqa: E402
+from .errors import (
+    ConfigError,
+    DataError,
+    MaskError,
+    MaskFileError,
+    PrunekitError,
+    PrunekitWarning,
+    ScoreError,
+)
+from .layer_report import LayerComparison, MaskReport, compare_masks
+from .masks import Masks
+from .methods import get_method, list_methods
+from .prunable import prunable_parameters
+from .pruning import prune, score
 
 __all__ = [
     "ConfigError",
     "DataError",
+    "LayerComparison",
     "MaskError",
     "MaskFileError",
-    "LayerComparison",
     "MaskReport",
     "Masks",
     "PrunekitError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -49,7 +50,7 @@ def parse_method_options(pairs: Sequence[str], methods: Sequence[str]) -> dict[s
         applied = False
         for m in targets:
             spec = get_method(m)
-            if name in spec.options.__dataclass_fields__:
+            if name in {f.name for f in dataclasses.fields(spec.options)}:
                 out[m][name] = parse_value(spec.options, name, text, f"method {m!r}")
                 applied = True
             elif target:
@@ -231,7 +232,7 @@ def _sweep_spec(args: argparse.Namespace) -> Any:
         from dataclasses import asdict
 
         base = load_sweep_file(args.config)
-        values = {k: v for k, v in asdict(base).items()}
+        values = dict(asdict(base))
         values["options"] = values.pop("method_options")
     flags = {
         "models": _csv(args.models), "dataset": args.dataset, "methods": _csv(args.methods), "sparsities": _csv(args.sparsities, float),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,10 +42,11 @@ _ADAPTIVE = {
 def _linearised_child(module: nn.Module) -> nn.Module | None:
     if isinstance(module, _NORMS):
         return nn.Identity()
-    if type(module) in _MAX_TO_AVG and module.dilation in (1, (1,), (1, 1), (1, 1, 1)):
-        return _MAX_TO_AVG[type(module)](module.kernel_size, module.stride, module.padding, module.ceil_mode)
-    if type(module) in _ADAPTIVE:
-        return _ADAPTIVE[type(module)](module.output_size)
+    kind: Any = type(module)
+    if kind in _MAX_TO_AVG and module.dilation in (1, (1,), (1, 1), (1, 1, 1)):
+        return _MAX_TO_AVG[kind](module.kernel_size, module.stride, module.padding, module.ceil_mode)
+    if kind in _ADAPTIVE:
+        return _ADAPTIVE[kind](module.output_size)  # type: ignore[arg-type]
     return None
 
 

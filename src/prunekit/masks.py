@@ -22,7 +22,6 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .errors import MaskError
 from .layer_report import MaskReport
 
-
 # Gradient hooks registered by Masks.apply, per parameter, so a second apply or remove() replaces them.
 _GRAD_HOOKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
@@ -182,7 +181,7 @@ class Masks(Mapping[str, Tensor]):
         """
         params = self.check(model)
         with torch.no_grad():
-            for (name, p), m in zip(params.items(), self._masks.values()):
+            for p, m in zip(params.values(), self._masks.values()):
                 dev_mask = m.to(p.device)
                 p.masked_fill_(~dev_mask, 0.0)
                 old = _GRAD_HOOKS.pop(p, None)

@@ -121,7 +121,7 @@ def build(cls: type[T], values: Mapping[str, Any], owner: str) -> T:
     Raises:
         ConfigError: an unknown option (the message lists the valid ones) or an invalid value.
     """
-    names = [f.name for f in dataclasses.fields(cls)]
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     for key in values:
         if key not in names:
             valid = ", ".join(names) if names else "none"

@@ -5,6 +5,7 @@ Every reader returns uint8 images as a numpy array ``[N, C, H, W]`` and int64 la
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -13,6 +14,7 @@ import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -47,7 +49,7 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    dtype: np.dtype[Any] = np.dtype(_IDX_DTYPES[raw[2]])  # type: ignore[call-overload]
     expected = header + int(np.prod(dims)) * dtype.itemsize
     if len(raw) != expected:
         raise DataError(f"{path} is truncated or corrupt: {len(raw)} bytes, header says {expected}")
@@ -69,7 +71,7 @@ def read_idx_split(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndarray
 class _CifarUnpickler(pickle.Unpickler):
     """Only what the official CIFAR pickles contain: builtins and numpy arrays."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("_codecs", "encode"),  # bytes in protocol-2 pickles written by Python 3
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
@@ -77,7 +79,7 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
     }
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201
+    def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR batch file")
@@ -111,12 +113,19 @@ class _CifarSource:
         self.root = root
         self.folder = folder
         if root.is_file():
-            self._tar = tarfile.open(root)
+            self._tar: tarfile.TarFile | None = tarfile.open(root)  # noqa: SIM115  (closed by __exit__)
             self._members = {Path(m.name).name: m for m in self._tar.getmembers() if m.isfile()}
         else:
             sub = root / folder
             self.dir = sub if sub.is_dir() else root
             self._tar = None
+
+    def __enter__(self) -> _CifarSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._tar is not None:
+            self._tar.close()
 
     def read(self, name: str) -> bytes:
         if self._tar is not None:
@@ -133,9 +142,9 @@ class _CifarSource:
 
 def read_cifar10(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """CIFAR-10 python batches (``data_batch_1..5``, ``test_batch``) from a directory or the archive."""
-    src = _CifarSource(root, "cifar-10-batches-py")
-    train = [_cifar_arrays(_load_pickle(src.read(f"data_batch_{i}"), f"data_batch_{i}"), "labels", f"data_batch_{i}") for i in range(1, 6)]
-    test = _cifar_arrays(_load_pickle(src.read("test_batch"), "test_batch"), "labels", "test_batch")
+    with _CifarSource(root, "cifar-10-batches-py") as src:
+        train = [_cifar_arrays(_load_pickle(src.read(f"data_batch_{i}"), f"data_batch_{i}"), "labels", f"data_batch_{i}") for i in range(1, 6)]
+        test = _cifar_arrays(_load_pickle(src.read("test_batch"), "test_batch"), "labels", "test_batch")
     return {
         "train": (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
         "test": test,
@@ -144,9 +153,9 @@ def read_cifar10(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def read_cifar100(root: Path, label: str = "fine") -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """CIFAR-100 python files (``train``, ``test``) with fine (100) or coarse (20) labels."""
-    src = _CifarSource(root, "cifar-100-python")
     key = f"{label}_labels"
-    return {split: _cifar_arrays(_load_pickle(src.read(split), split), key, split) for split in ("train", "test")}
+    with _CifarSource(root, "cifar-100-python") as src:
+        return {split: _cifar_arrays(_load_pickle(src.read(split), split), key, split) for split in ("train", "test")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,7 +171,7 @@ def _decode(args: tuple[bytes, int | None]) -> np.ndarray:
             w, h = im.size
             side = min(w, h)
             left, top = (w - side) // 2, (h - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+            im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
         return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
 
 
@@ -194,7 +203,7 @@ def _iter_tree(root: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes
                     f = tar.extractfile(m)
                     assert f is not None
                     data = f.read()
-                    yield tuple(p for p in Path(m.name).parts if p not in (".", "")), (lambda d=data: d)
+                    yield tuple(p for p in Path(m.name).parts if p not in (".", "")), functools.partial(bytes, data)
         return
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

@@ -200,7 +200,7 @@ def validation_indices(n: int, size: int | float, seed: int = 0) -> tuple[Tensor
     Args:
         size: number of samples (int) or fraction (float in (0, 1)).
     """
-    count = int(round(size * n)) if isinstance(size, float) else size
+    count = round(size * n) if isinstance(size, float) else size
     if isinstance(size, bool) or not 0 < count < n:
         raise ConfigError(f"validation size must leave both parts non-empty (0 < size < {n}), got {size!r}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, 0x5A11D)))

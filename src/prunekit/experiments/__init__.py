@@ -2,11 +2,21 @@
 
 from .ablations import reinit_seed, shuffle_masks
 from .config import (
-    ABLATIONS, DENSE, IMP, ImpOptions, ResolvedRun, RunSpec, SweepSpec, load_sweep_file, resolve, run_key, sweep_from_mapping,
+    ABLATIONS,
+    DENSE,
+    IMP,
+    ImpOptions,
+    ResolvedRun,
+    RunSpec,
+    SweepSpec,
+    load_sweep_file,
+    resolve,
+    run_key,
+    sweep_from_mapping,
 )
 from .db import ResultsDB
-from .imp import imp_densities, run_imp
 from .execute import DatasetCache
+from .imp import imp_densities, run_imp
 from .run import RunOutcome, run_one
 from .sweep import SweepSummary, run_sweep
 

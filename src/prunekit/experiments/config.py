@@ -271,7 +271,7 @@ class SweepSpec:
             if m not in self.methods:
                 raise ConfigError(f"options are given for method {m!r}, which is not in the sweep's methods")
         out = []
-        common = dict(recipe=self.recipe, epochs=self.epochs, train=self.train, scoring_batch_size=self.scoring_batch_size)
+        common: dict[str, Any] = dict(recipe=self.recipe, epochs=self.epochs, train=self.train, scoring_batch_size=self.scoring_batch_size)
         for model in self.models:
             if self.dense:
                 for seed in self.seeds:
@@ -348,7 +348,7 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     try:
         import tomllib
     except ModuleNotFoundError:  # Python < 3.11
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep config {str(path)!r} does not exist")

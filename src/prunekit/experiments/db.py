@@ -10,6 +10,7 @@ its checkpoint by whoever claims it next.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -323,10 +324,8 @@ class Heartbeat:
     def _loop(self) -> None:
         while not self._stop.wait(self.every):
             for key in self.keys:
-                try:
+                with contextlib.suppress(sqlite3.Error):  # a busy database skips one beat
                     self.db.heartbeat(key, self.owner)
-                except sqlite3.Error:
-                    pass  # a busy database skips one beat
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

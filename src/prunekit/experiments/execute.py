@@ -145,9 +145,9 @@ def execute(
         # counted there), and of all its rounds wherever they were trained
         extra = {"rounds": rounds, "history_epochs": result.epochs, "ticket_train_seconds": sum(r["train_seconds"] for r in rounds)}
         return Executed(model, masks, result, extra, sum(r["train_seconds"] for r in rounds if "shared_from" not in r))
-    model, masks = prepare(run, run_dir, ds, device, progress)
+    model, scored = prepare(run, run_dir, ds, device, progress)
     result = fit(
-        model, ds, run.train, masks=masks, device=device, seed=run.seed, checkpoint=run_dir / "checkpoint.pt",
+        model, ds, run.train, masks=scored, device=device, seed=run.seed, checkpoint=run_dir / "checkpoint.pt",
         callbacks=list(callbacks or []), progress=progress, desc=f"{run.method} {run.sparsity:.4g}",
     )
-    return Executed(model, masks, result, {"history_epochs": result.epochs})
+    return Executed(model, scored, result, {"history_epochs": result.epochs})

@@ -14,6 +14,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -117,7 +118,7 @@ def run_group(
                 continue
             by_epoch[checkpoint_epoch(run_dir / "checkpoint.pt")].append(Prepared(run, run_dir, model, masks))
         for group in by_epoch.values():
-            alone = dict(out_dir=out_dir, db=db, datasets=datasets, device=device, owner=owner, progress=progress, outcomes=outcomes)
+            alone: dict[str, Any] = dict(out_dir=out_dir, db=db, datasets=datasets, device=device, owner=owner, progress=progress, outcomes=outcomes)
             if len(group) == 1:
                 _release_and_run_alone(group, **alone)
                 continue

@@ -58,7 +58,7 @@ def result_fields(
     """The result fields of a finished run for the database; writes its per-layer report files."""
     extra = dict(extra or {})
     layers = None
-    effective = 1.0
+    effective: float | None = 1.0
     if masks is not None:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

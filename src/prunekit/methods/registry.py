@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +80,7 @@ class Method:
     @property
     def iterative(self) -> bool:
         """Whether the method runs a schedule of score -> top-k steps (its options have ``num_steps``)."""
-        return "num_steps" in self.options.__dataclass_fields__
+        return "num_steps" in {f.name for f in dataclasses.fields(self.options)}
 
 
 _METHODS: dict[str, Method] = {}

@@ -35,8 +35,10 @@ def initialize(model: nn.Module, scheme: str = "kaiming_normal", bn_gamma: str =
         if scheme == "torch":
             continue
         if isinstance(m, _CONV):
-            mode = "fan_out" if scheme == "grasp" else "fan_in"
-            nn.init.kaiming_normal_(m.weight, mode=mode, nonlinearity="relu")
+            if scheme == "grasp":
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            else:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
         elif isinstance(m, nn.Linear):
             if scheme == "grasp":
                 nn.init.normal_(m.weight, 0.0, 0.01)

@@ -217,7 +217,7 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
             if r.get("effective_density") is not None:
                 effective[label][r["sparsity"]].append(r["effective_density"])
         sparsities = sorted({s for row in cells.values() for s in row})
-        table_rows = {label: {s: Cell(v) for s, v in cells[label].items()} for label in sorted(cells, key=lambda l: sort_keys[l])}
+        table_rows = {label: {s: Cell(v) for s, v in cells[label].items()} for label in sorted(cells, key=lambda label: sort_keys[label])}
         tables.append(
             Table(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, sparsities, table_rows,
                   Cell(dense) if dense else None, dict(layers),

@@ -56,9 +56,13 @@ class StackedModel(nn.Module):
         self.__dict__["template"] = copy.deepcopy(base).to("meta")
         self.train(base.training)
 
+    @property
+    def _template(self) -> nn.Module:
+        return self.__dict__["template"]
+
     def train(self, mode: bool = True) -> StackedModel:
         super().train(mode)
-        self.template.train(mode)
+        self._template.train(mode)
         return self
 
     def _param_dict(self) -> dict[str, Tensor]:
@@ -69,7 +73,7 @@ class StackedModel(nn.Module):
 
     def forward(self, x: Tensor, shared: bool = False) -> Any:
         def one(params: dict[str, Tensor], buffers: dict[str, Tensor], xi: Tensor) -> Any:
-            return functional_call(self.template, (params, buffers), (xi,))
+            return functional_call(self._template, (params, buffers), (xi,))
 
         return vmap(one, in_dims=(0, 0, None if shared else 0), randomness="different")(self._param_dict(), self._buffer_dict(), x)
 

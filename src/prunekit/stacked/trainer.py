@@ -26,7 +26,14 @@ from ..masks import Masks
 from ..training import Callback, TrainConfig, TrainingDiverged, TrainResult, atomic_save, load_checkpoint, summarize
 from ..training.checkpoint import CheckpointError
 from ..training.core import (
-    check_resumable, checkpoint_state, epoch_metrics, make_optimizer, rng_state, set_rng_state, split_indices, train_epoch,
+    check_resumable,
+    checkpoint_state,
+    epoch_metrics,
+    make_optimizer,
+    rng_state,
+    set_rng_state,
+    split_indices,
+    train_epoch,
 )
 from .loader import StackedLoader
 from .model import StackedModel
@@ -108,9 +115,10 @@ class StackedTrainer:
             drop_last=n_train % config.batch_size == 1, dtype=dtype,
         )
         self.val_loader = None
-        if splits[0][1] is not None:
+        val_indices = [s[1] for s in splits]
+        if all(v is not None for v in val_indices):
             self.val_loader = StackedLoader(
-                images, labels, [s[1] for s in splits], [0] * self.n, config.eval_batch_size, scale=scale, shift=shift,
+                images, labels, [v for v in val_indices if v is not None], [0] * self.n, config.eval_batch_size, scale=scale, shift=shift,
                 shuffle=False, augment=False, dtype=dtype,
             )
         self.test_loader = DeviceLoader(
@@ -138,17 +146,18 @@ class StackedTrainer:
         self._optimizer_states = None
         if states[0] is None:
             return
-        for m, s in zip(self.members, states):
+        loaded = [s for s in states if s is not None]
+        for m, s in zip(self.members, loaded):
             check_resumable(s, self.config, m.seed)
             m.model.load_state_dict(s["model"])
             if s.get("masks") is not None:
                 m.masks = Masks(s["masks"], m.masks.meta if m.masks is not None else None)
         self.epoch = epochs.pop()
-        self.histories = [list(s["history"]) for s in states]
-        self.train_seconds = float(states[0]["train_seconds"])
-        self.images = int(states[0]["images"])
-        set_rng_state(states[0]["rng"], self.device)
-        self._optimizer_states = [s["optimizer"] for s in states]
+        self.histories = [list(s["history"]) for s in loaded]
+        self.train_seconds = float(loaded[0]["train_seconds"])
+        self.images = int(loaded[0]["images"])
+        set_rng_state(loaded[0]["rng"], self.device)
+        self._optimizer_states = [s["optimizer"] for s in loaded]
 
     def _load_optimizer_states(self, states: list[dict[str, Any]]) -> None:
         params = list(self.model.parameters())
@@ -179,7 +188,7 @@ class StackedTrainer:
 
     def _stack_masks(self) -> list[tuple[Tensor, Tensor]]:
         names = sorted({n for m in self.members if m.masks is not None for n in m.masks}, key=self.model.param_names.index)
-        pairs = []
+        pairs: list[tuple[Tensor, Tensor]] = []
         for name in names:
             p = self.model.stacked_parameter(name)
             rows = [m.masks[name] if m.masks is not None and name in m.masks else torch.ones(p.shape[1:], dtype=torch.bool) for m in self.members]
@@ -244,7 +253,7 @@ class StackedTrainer:
                     self.diverged[k] = f"training loss became {totals.loss[k]} in epoch {epoch + 1}; lower the learning rate"
                 self.histories[k].append(metrics)
                 for cb in member.callbacks:
-                    cb.on_epoch_end(views[k], epoch, metrics)
+                    cb.on_epoch_end(views[k], epoch, metrics)  # type: ignore[arg-type]  # a member's view stands for its trainer
                 if member.checkpoint is not None:
                     atomic_save(self.member_checkpoint(k), member.checkpoint)
             bar.set_postfix_str(f"test acc {sum(test_acc) / self.n:.4f} (mean)")

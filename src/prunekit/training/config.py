@@ -53,7 +53,7 @@ class TrainConfig:
 
     def milestone_epochs(self) -> list[int]:
         """Milestones in epochs (``round(fraction * epochs)``)."""
-        return [int(math.floor(m * self.epochs + 0.5)) for m in self.milestones]
+        return [math.floor(m * self.epochs + 0.5) for m in self.milestones]
 
     def lr_at(self, epoch: int, step: int, steps_per_epoch: int) -> float:
         """Learning rate for ``step`` (0-based) of ``epoch`` (0-based)."""

@@ -33,7 +33,7 @@ class Recipe:
         return replace(self.config, **self.model_overrides.get(model, {}))
 
 
-_CIFAR_160 = dict(epochs=160, batch_size=128, lr=0.1, momentum=0.9, schedule="multistep", milestones=(0.5, 0.75), gamma=0.1)
+_CIFAR_160: dict[str, Any] = dict(epochs=160, batch_size=128, lr=0.1, momentum=0.9, schedule="multistep", milestones=(0.5, 0.75), gamma=0.1)
 
 RECIPES: dict[str, Recipe] = {
     r.name: r

@@ -21,10 +21,18 @@ from .callbacks import Callback, Checkpoint, Evaluate, ProgressBar
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .core import (
-    check_resumable, checkpoint_state, epoch_metrics, make_optimizer, rng_state, set_lr, set_rng_state, split_indices, train_epoch,
+    check_resumable,
+    checkpoint_state,
+    epoch_metrics,
+    make_optimizer,
+    rng_state,
+    set_lr,
+    set_rng_state,
+    split_indices,
+    train_epoch,
 )
 
-__all__ = ["Trainer", "TrainingDiverged", "TrainResult", "build_loaders", "default_device", "fit", "make_optimizer", "set_lr", "summarize"]
+__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "build_loaders", "default_device", "fit", "make_optimizer", "set_lr", "summarize"]
 
 
 class TrainingDiverged(PrunekitError, RuntimeError):
@@ -187,7 +195,7 @@ def build_loaders(
     val = None if val_idx is None else dataset.train.subset(val_idx)
     channels_last = config.channels_last and device.type == "cuda"
     augment = info.augment if config.augment is None else config.augment
-    common = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last, dtype=dtype)
+    common: dict[str, Any] = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last, dtype=dtype)
     train_loader = DeviceLoader(
         train, config.batch_size, shuffle=True, augment=augment, crop_padding=info.crop_padding,
         seed=mix_seed(seed, 0x7EA1), drop_last=len(train) % config.batch_size == 1, **common,
@@ -239,7 +247,7 @@ def fit(
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
     if config.channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     train_loader, evals = build_loaders(dataset, config, device, seed, dtype)
     cbs: list[Callback] = [Evaluate(evals, amp=config.amp), *callbacks]
