@@ -76,3 +76,14 @@ def test_sweep_checks_dataset_and_metric_before_writing_anything(tmp_path, capsy
     argv[argv.index("--data-dir") + 1] = str(tmp_path)
     assert main([*argv, "--report", "--metric", "median"]) == 2
     assert "unknown metric 'median'" in capsys.readouterr().err and not out.exists()
+
+
+def test_the_main_job_shows_every_method_at_three_sparsities_against_dense():
+    from prunekit.cli import DEMO_CONFIG
+    from prunekit.experiments import load_sweep_file
+
+    spec = load_sweep_file(DEMO_CONFIG)
+    runs = spec.resolved()
+    assert {r.method for r in runs} == {"dense", *[m for m in prunekit.list_methods() if m != "grasp_abs"]}
+    assert sorted({r.sparsity for r in runs if r.method != "dense"}) == [0.9, 0.98, 0.995]
+    assert len(runs) == 28
