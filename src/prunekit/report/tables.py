@@ -134,23 +134,31 @@ class Table:
         first = next(iter(self.layer_runs.values()))
         names = next(iter(first.values()))[0]
         header = " / ".join(r["name"] for r in names)
+        def base_of(label: str) -> str:
+            return label.split(" [")[0].split(" (")[0]
+
+        variants = any(base_of(label) != label and base_of(label) in self.rows for label in self.rows)
         out = []
         for s in self.sparsities:
             rows = [label for label in self.rows if self.mean_kept(label, s)]
             if not rows:
                 continue
-            lines = [f"*Kept weights per layer at {100 * s:g} % ({header}), mean over seeds*", "",
-                     "| method | kept per layer | effective density | agreement with the plain method |", "|---|---|---:|---:|"]
+            head = "| method | kept per layer | effective density |" + (" agreement with the plain method |" if variants else "")
+            lines = [f"*Kept weights per layer at {100 * s:g} % ({header}), mean over seeds*", "", head,
+                     "|---|---|---:|" + ("---:|" if variants else "")]
             for label in rows:
                 _, _, kept = self.mean_kept(label, s)  # type: ignore[misc]
                 eff = self.effective.get(label, {}).get(s, [])
                 eff_text = f"{100 * statistics.fmean(eff):.2f} %" if eff else "n/a"
-                base = label.split(" [")[0].split(" (")[0]
-                agree = "–"
-                if base != label and self.mean_kept(base, s):
-                    _, _, ref = self.mean_kept(base, s)  # type: ignore[misc]
-                    agree = f"{sum(min(a, b) for a, b in zip(kept, ref)) / max(sum(kept), sum(ref)):.3f}"
-                lines.append(f"| {label} | {' / '.join(f'{k:.0f}' for k in kept)} | {eff_text} | {agree} |")
+                cells = [label, " / ".join(f"{k:.0f}" for k in kept), eff_text]
+                if variants:
+                    agree = "–"
+                    base = self.mean_kept(base_of(label), s) if base_of(label) != label else None
+                    if base is not None:
+                        ref = base[2]
+                        agree = f"{sum(min(a, b) for a, b in zip(kept, ref)) / max(sum(kept), sum(ref)):.3f}"
+                    cells.append(agree)
+                lines.append("| " + " | ".join(cells) + " |")
             out.append("\n".join(lines))
         return "\n\n".join(out)
 
