@@ -34,6 +34,10 @@ class Callback:
     def state_dict(self) -> dict[str, Any]:
         return {}
 
+    def on_load(self, trainer: Trainer, state: dict[str, Any]) -> None:
+        """Called when a checkpoint is resumed, *before* its weights are loaded: a callback that
+        changed the architecture (structured pruning) rebuilds it here so the weights fit."""
+
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 

@@ -126,8 +126,17 @@ class Trainer:
             seed=self.seed, masks=self.masks, callbacks=[cb.state_dict() for cb in self.callbacks],
         )
 
+    def replace_model(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Go on training ``model`` with ``optimizer`` (a structurally pruned model and its carried state)."""
+        if self.masks is not None:
+            raise ConfigError("a model with unstructured masks cannot be replaced by a structurally pruned one")
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         check_resumable(state, self.config, self.seed)
+        for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
+            cb.on_load(self, cb_state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])

@@ -1,0 +1,21 @@
+"""Structured pruning early in training: channel importance on coupled groups, the dominant
+sub-network under a MACs or parameter budget, physical channel removal, and the indicators that say
+when to prune (EPI, Early-Bird).
+
+    plan = prunekit.structured.plan_channels(model, budget="macs=0.5", importance="l1", data=batches)
+    smaller = prunekit.structured.remove_channels(model, plan, example_inputs=x)
+    fit(model, ds, cfg, callbacks=[prunekit.structured.EarlyPruning("macs=0.5", trigger="epi")])
+"""
+
+from .early import TRIGGERS, EarlyPruning
+from .graph import ChannelGraph, count_macs_params, parse_budget
+from .importance import ChannelImportance, get_importance, list_importances, register_importance
+from .indicator import EPI_THRESHOLDS, EarlyBirdTracker, EPITracker, epi, hamming, psi
+from .plan import ChannelPlan, plan_channels
+from .remove import remove_channels, remove_channels_and_carry
+
+__all__ = [
+    "EPI_THRESHOLDS", "TRIGGERS", "ChannelGraph", "ChannelImportance", "ChannelPlan", "EPITracker", "EarlyBirdTracker",
+    "EarlyPruning", "count_macs_params", "epi", "get_importance", "hamming", "list_importances", "parse_budget",
+    "plan_channels", "psi", "register_importance", "remove_channels", "remove_channels_and_carry",
+]

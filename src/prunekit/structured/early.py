@@ -1,0 +1,300 @@
+"""Early structured pruning during training: watch the dominant sub-network, prune when it settles.
+
+:class:`EarlyPruning` works two ways:
+
+* as a callback of prunekit's trainer (``fit(..., callbacks=[EarlyPruning(...)])``): it scores the
+  channels ``evals_per_epoch`` times per epoch, feeds the indicator, and at the end of the epoch in
+  which the indicator fired it removes the channels physically, carries the optimizer state of the
+  surviving channels over, and training goes on with the smaller model and the same schedule. The
+  checkpoint records the plan, so a resumed run rebuilds the smaller architecture first;
+* in your own loop: call :meth:`EarlyPruning.observe` whenever you want a look (it returns True
+  when the indicator fires) and :meth:`EarlyPruning.prune` to get the smaller model and optimizer.
+
+Triggers: ``"epi"`` (Early Pruning Indicator), ``"early_bird"``, ``"epoch"`` (a fixed epoch,
+``prune_at``; 0 prunes at initialisation) and ``"after_training"`` (train, prune, fine-tune: pruning
+at ``epochs - finetune_epochs``). An indicator that has not fired by ``latest`` (a fraction of the
+epochs) prunes there, and says so (``forced``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..training.callbacks import Callback
+from .graph import ChannelGraph, call, parse_budget
+from .importance import get_importance, group_importances
+from .indicator import EPI_THRESHOLDS, EarlyBirdTracker, EPITracker
+from .plan import ChannelPlan, _knapsack, check_min_keep
+from .remove import remove_channels, remove_channels_and_carry
+
+TRIGGERS = {
+    "epi": "prune when the Early Pruning Indicator says the sub-network's architecture has settled",
+    "early_bird": "prune when the Early-Bird channel masks stop changing",
+    "epoch": "prune at a fixed epoch (prune_at; 0: at initialisation)",
+    "after_training": "train, prune, fine-tune: prune at epochs - finetune_epochs",
+}
+
+
+class EarlyPruning(Callback):
+    """Structured pruning early in training (see the module docstring).
+
+    Args:
+        budget: ``"macs=F"`` or ``"params=F"``.
+        trigger: one of :data:`TRIGGERS`.
+        importance: channel importance of the sub-networks EPI watches and of the final pruning
+            (Early-Bird always watches ``bn_scale`` masks, and prunes with ``importance``).
+        prune_at: the epoch of ``trigger="epoch"``.
+        finetune_epochs: for ``"after_training"`` (default: a quarter of the epochs).
+        evals_per_epoch: how often the indicator looks, per epoch (default 4, so that a
+            20-epoch recipe gets enough looks for a 20-wide window).
+        tau, window: EPI's threshold (default by importance family) and window ``r``.
+        eb_threshold, eb_window: Early-Bird's distance threshold and window.
+        latest: the fraction of training by which pruning happens even if the indicator has not fired.
+        min_keep: every group keeps at least this fraction of its channels (and one).
+        example_inputs: one input batch for tracing (default: the first training batch).
+    """
+
+    def __init__(
+        self,
+        budget: str = "macs=0.5",
+        *,
+        trigger: str = "epi",
+        importance: str = "l1",
+        prune_at: int | None = None,
+        finetune_epochs: int | None = None,
+        evals_per_epoch: int = 4,
+        tau: float | None = None,
+        window: int = 20,
+        eb_threshold: float = 0.1,
+        eb_window: int = 5,
+        latest: float = 0.5,
+        min_keep: float = 0.1,
+        example_inputs: Any = None,
+    ):
+        self.budget = parse_budget(budget)
+        if trigger not in TRIGGERS:
+            raise ConfigError(f"unknown trigger {trigger!r}; valid triggers: {', '.join(TRIGGERS)}")
+        imp = get_importance(importance)
+        if trigger == "epoch" and (prune_at is None or isinstance(prune_at, bool) or not isinstance(prune_at, int) or prune_at < 0):
+            raise ConfigError(f"trigger 'epoch' needs prune_at= an epoch >= 0, got {prune_at!r}")
+        if isinstance(evals_per_epoch, bool) or not isinstance(evals_per_epoch, int) or evals_per_epoch < 1:
+            raise ConfigError(f"evals_per_epoch must be an integer >= 1, got {evals_per_epoch!r}")
+        if not 0.0 < latest <= 1.0:
+            raise ConfigError(f"latest must be a fraction of training in (0, 1], got {latest!r}")
+        self.trigger = trigger
+        self.importance = importance
+        self.prune_at = prune_at
+        self.finetune_epochs = finetune_epochs
+        self.evals_per_epoch = evals_per_epoch
+        self.latest = latest
+        self.min_keep = check_min_keep(min_keep)
+        self.example_inputs = example_inputs
+        tau = tau if tau is not None else EPI_THRESHOLDS["gradient" if imp.needs_gradients else "magnitude"]
+        self.epi = EPITracker(tau, window)
+        self.early_bird = EarlyBirdTracker(eb_threshold, eb_window)
+        self.looks: list[dict[str, Any]] = []  # (epoch, step) of every look
+        self.plan: ChannelPlan | None = None  # set when pruned
+        self.pruned_epoch: int | None = None
+        self.forced = False
+        self.seconds_before: float | None = None
+        self._fired = False
+        self._graph: ChannelGraph | None = None
+        self._grads: dict[str, Tensor] = {}
+        self._interval = 1
+
+    # -- the indicator -------------------------------------------------------------------------
+    def _ensure_graph(self, model: nn.Module, example_inputs: Any) -> ChannelGraph:
+        if self._graph is None:
+            self.example_inputs = example_inputs
+            with torch.random.fork_rng(devices=[]):  # tracing must not move the training's random stream
+                self._graph = ChannelGraph(copy.deepcopy(model).eval(), example_inputs)
+        return self._graph
+
+    def _plan(self, model: nn.Module, importance: str, grads: dict[str, Tensor] | None) -> ChannelPlan:
+        graph = self._graph
+        assert graph is not None
+        graph.model.load_state_dict(model.state_dict())
+        if get_importance(importance).needs_gradients:
+            params = dict(graph.model.named_parameters())
+            for name, p in params.items():
+                p.grad = None if not grads or name not in grads else grads[name].clone()
+        scores = group_importances(graph, importance)
+        kind, frac = self.budget
+        return _knapsack(graph, scores, kind, frac, self.min_keep, importance)
+
+    def observe(self, model: nn.Module, example_inputs: Any = None, grads: dict[str, Tensor] | None = None) -> bool:
+        """Score the current weights, feed the indicator; True when it fires (once).
+
+        Args:
+            model: the full-width model being trained.
+            example_inputs: one input batch (needed at the first call unless given to the constructor).
+            grads: for gradient importance, ``{param_name: accumulated gradient}`` (default: the
+                model's current ``.grad``).
+        """
+        if self.plan is not None:
+            raise ConfigError("the model has already been pruned")
+        self._ensure_graph(model, example_inputs if example_inputs is not None else self.example_inputs)
+        if grads is None and get_importance(self.importance).needs_gradients:
+            grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        fired = False
+        if self.trigger == "epi":
+            fired = self.epi.update(self._plan(model, self.importance, grads).counts)
+        elif self.trigger == "early_bird":
+            fired = self.early_bird.update(self._plan(model, "bn_scale", None).mask)
+        self._fired = self._fired or fired
+        return fired
+
+    def prune(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
+              grads: dict[str, Tensor] | None = None) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+        """The smaller model (and optimizer, with the surviving channels' state) under the budget, now."""
+        if self.example_inputs is None:
+            raise ConfigError("EarlyPruning needs example_inputs= (one input batch) to trace the model")
+        self._ensure_graph(model, self.example_inputs)
+        if grads is None and get_importance(self.importance).needs_gradients:
+            grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        self.plan = self._plan(model, self.importance, grads)
+        if optimizer is None:
+            return remove_channels(model, self.plan, self.example_inputs), None
+        return remove_channels_and_carry(model, optimizer, self.plan, self.example_inputs)
+
+    # -- prunekit's trainer ----------------------------------------------------------------------
+    def _prune_epoch(self, epochs: int) -> int | None:
+        if self.trigger == "epoch":
+            return self.prune_at
+        if self.trigger == "after_training":
+            finetune = self.finetune_epochs if self.finetune_epochs is not None else max(1, epochs // 4)
+            if not 0 < finetune < epochs:
+                raise ConfigError(f"finetune_epochs must be in (0, {epochs}), got {finetune}")
+            return epochs - finetune
+        return None
+
+    def on_fit_start(self, trainer: Any) -> None:
+        if trainer.masks is not None:
+            raise ConfigError("structured early pruning trains a dense network; do not pass masks= as well")
+        if self.example_inputs is None:
+            x, _ = next(iter(trainer.train_loader))
+            self.example_inputs = x[:1].detach().clone()
+        self._interval = max(1, len(trainer.train_loader) // self.evals_per_epoch)
+        target = self._prune_epoch(trainer.config.epochs)
+        if target is not None and not 0 <= target < trainer.config.epochs:
+            raise ConfigError(f"prune_at must be in [0, {trainer.config.epochs}), got {target}")
+        if target == 0 and self.plan is None and trainer.epoch == 0:
+            grads = None
+            if get_importance(self.importance).needs_gradients:  # at initialisation: a few batches' gradients
+                grads = _batch_gradients(trainer.model, trainer.train_loader, 4)
+            self._do_prune(trainer, 0, grads)
+
+    def on_batch_end(self, trainer: Any, step: int) -> None:
+        if self.plan is not None or self.trigger not in ("epi", "early_bird"):
+            return
+        if get_importance(self.importance).needs_gradients and self.trigger == "epi":
+            for n, p in trainer.model.named_parameters():
+                if p.grad is not None:
+                    if n in self._grads:
+                        self._grads[n].add_(p.grad)
+                    else:
+                        self._grads[n] = p.grad.detach().clone()
+        if (step + 1) % self._interval == 0:
+            self.observe(trainer.model, grads=self._grads or None)
+            self.looks.append({"epoch": trainer.epoch, "step": step + 1})
+            self._grads = {}
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, Any]) -> None:
+        if self.plan is not None:
+            return
+        epochs = trainer.config.epochs
+        due = self._prune_epoch(epochs)
+        if due is not None and epoch + 1 == due:
+            self._do_prune(trainer, epoch + 1, None)
+        elif due is None and (self._fired or epoch + 1 >= math.ceil(self.latest * epochs)):
+            self.forced = not self._fired
+            self._do_prune(trainer, epoch + 1, self._grads or None)
+        if self.plan is not None:
+            metrics["structured_pruned"] = True
+
+    def _do_prune(self, trainer: Any, epoch: int, grads: dict[str, Tensor] | None) -> None:
+        start = time.perf_counter()
+        model, optimizer = self.prune(trainer.model, trainer.optimizer, grads)
+        assert optimizer is not None
+        trainer.replace_model(model, optimizer)
+        self.pruned_epoch = epoch
+        self.seconds_before = trainer.train_seconds
+        self.prune_seconds = time.perf_counter() - start
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "plan": None if self.plan is None else self.plan.to_dict(),
+            "pruned_epoch": self.pruned_epoch,
+            "forced": self.forced,
+            "seconds_before": self.seconds_before,
+            "fired": self._fired,
+            "epi": {"history": self.epi.history, "trace": self.epi.trace, "fired_at": self.epi.fired_at},
+            "early_bird": {"masks": list(self.early_bird.masks), "trace": self.early_bird.trace, "fired_at": self.early_bird.fired_at},
+            "looks": self.looks,
+            "grads": dict(self._grads),
+            "example_inputs": self.example_inputs,
+        }
+
+    def on_load(self, trainer: Any, state: dict[str, Any]) -> None:
+        """Before the checkpoint's weights are loaded: rebuild the pruned architecture they belong to."""
+        self.example_inputs = state.get("example_inputs", self.example_inputs)
+        if state.get("plan") is not None:
+            plan = ChannelPlan.from_dict(state["plan"])
+            model, optimizer = remove_channels_and_carry(trainer.model, trainer.optimizer, plan, self.example_inputs)
+            trainer.replace_model(model, optimizer)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.plan = None if state["plan"] is None else ChannelPlan.from_dict(state["plan"])
+        self.pruned_epoch = state["pruned_epoch"]
+        self.forced = state["forced"]
+        self.seconds_before = state["seconds_before"]
+        self._fired = state["fired"]
+        self.epi.history, self.epi.trace, self.epi.fired_at = [list(h) for h in state["epi"]["history"]], list(state["epi"]["trace"]), state["epi"]["fired_at"]
+        self.early_bird.masks.clear()
+        self.early_bird.masks.extend(state["early_bird"]["masks"])
+        self.early_bird.trace, self.early_bird.fired_at = list(state["early_bird"]["trace"]), state["early_bird"]["fired_at"]
+        self.looks = list(state["looks"])
+        self._grads = dict(state["grads"])
+
+    def summary(self) -> dict[str, Any]:
+        """What happened, for the results database: trigger epoch, indicator trace, channels, costs."""
+        plan = self.plan
+        return {
+            "trigger": self.trigger,
+            "importance": self.importance,
+            "budget": f"{self.budget[0]}={self.budget[1]:g}",
+            "pruned_epoch": self.pruned_epoch,
+            "forced": self.forced,
+            "fired_at_look": self.epi.fired_at if self.trigger == "epi" else self.early_bird.fired_at,
+            "trace": self.epi.trace if self.trigger == "epi" else self.early_bird.trace,
+            "looks": self.looks,
+            "channels": None if plan is None else dict(zip(plan.groups, plan.counts)),
+            "layer_channels": None if plan is None else dict(plan.layers),
+            "macs_before": None if plan is None else plan.macs_before,
+            "macs_after": None if plan is None else plan.macs_after,
+            "params_before": None if plan is None else plan.params_before,
+            "params_after": None if plan is None else plan.params_after,
+            "train_seconds_before_pruning": self.seconds_before,
+        }
+
+
+def _batch_gradients(model: nn.Module, loader: Any, batches: int) -> dict[str, Tensor]:
+    """Gradients of ``batches`` training batches summed, on a copy (the model is not touched)."""
+    from ..methods.context import default_loss
+    from ..outputs import logits_of
+
+    work = copy.deepcopy(model).train()
+    with torch.random.fork_rng(devices=[]):
+        for i, (x, y) in enumerate(loader):
+            if i == batches:
+                break
+            default_loss(logits_of(call(work, x)), y).backward()
+    return {n: p.grad.detach().clone() for n, p in work.named_parameters() if p.grad is not None}

@@ -1,0 +1,229 @@
+"""The dominant sub-network under a budget: which channels a structured pruner would keep now.
+
+:func:`plan_channels` scores every channel group (:mod:`.importance`) and runs a deterministic greedy
+knapsack: starting from the full network, it removes the channel with the lowest importance per unit
+of budget it frees (MACs or parameters, recomputed as channels go), one at a time, until the network
+fits the budget, never taking a group below ``min_keep`` of its channels (and never below one). The result, a :class:`ChannelPlan`, is
+the channels kept per group (and per layer), with MACs and parameters before and after; the model is
+not modified. :func:`~prunekit.structured.remove_channels` applies a plan physically.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..batches import BatchStream
+from ..errors import ConfigError
+from ..methods.context import default_loss, model_device, model_dtype
+from ..outputs import logits_of
+from .graph import ChannelGraph, call, parse_budget
+from .importance import get_importance, group_importances
+
+
+@dataclass(frozen=True)
+class ChannelPlan:
+    """Channels to keep, per coupled group; JSON-serialisable through :meth:`to_dict`.
+
+    Attributes:
+        groups: each group's name (its root layer) in the model's run order.
+        sizes: each group's channels at full width.
+        kept: the kept channel indices of each group (sorted).
+        layers: output channels kept per convolution / linear layer.
+        budget: ``(kind, fraction)``, e.g. ``("macs", 0.5)``.
+        importance: the criterion that ranked the channels.
+        macs_before, macs_after, params_before, params_after: per-sample conv + linear MACs and
+            parameter counts at full width and after pruning.
+    """
+
+    groups: tuple[str, ...]
+    sizes: tuple[int, ...]
+    kept: tuple[tuple[int, ...], ...]
+    layers: Mapping[str, int]
+    budget: tuple[str, float]
+    importance: str
+    macs_before: float
+    macs_after: float
+    params_before: float
+    params_after: float
+
+    @property
+    def counts(self) -> list[int]:
+        """Channels kept in each group: the sub-network's architecture (what EPI compares)."""
+        return [len(k) for k in self.kept]
+
+    def removed(self, index: int) -> list[int]:
+        keep = set(self.kept[index])
+        return [i for i in range(self.sizes[index]) if i not in keep]
+
+    @property
+    def mask(self) -> Tensor:
+        """A bool vector over every channel of every group (kept = True), for Hamming distances."""
+        parts = []
+        for size, kept in zip(self.sizes, self.kept):
+            m = torch.zeros(size, dtype=torch.bool)
+            m[list(kept)] = True
+            parts.append(m)
+        return torch.cat(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "groups": list(self.groups), "sizes": list(self.sizes), "kept": [list(k) for k in self.kept],
+            "layers": dict(self.layers), "budget": [self.budget[0], self.budget[1]], "importance": self.importance,
+            "macs_before": self.macs_before, "macs_after": self.macs_after,
+            "params_before": self.params_before, "params_after": self.params_after,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ChannelPlan:
+        return cls(
+            tuple(d["groups"]), tuple(d["sizes"]), tuple(tuple(k) for k in d["kept"]), dict(d["layers"]),
+            (d["budget"][0], float(d["budget"][1])), d["importance"], float(d["macs_before"]), float(d["macs_after"]),
+            float(d["params_before"]), float(d["params_after"]),
+        )
+
+    def __str__(self) -> str:
+        kind, frac = self.budget
+        lines = [f"channel plan ({self.importance}, {kind} <= {frac:g}): MACs {self.macs_before:,.0f} -> {self.macs_after:,.0f} "
+                 f"({self.macs_after / self.macs_before:.1%}), parameters {self.params_before:,.0f} -> {self.params_after:,.0f} "
+                 f"({self.params_after / self.params_before:.1%})"]
+        for name, size, kept in zip(self.groups, self.sizes, self.kept):
+            lines.append(f"  {name}: {len(kept)}/{size}")
+        return "\n".join(lines)
+
+
+def example_inputs_of(data: Iterable | None, example_inputs: Any, model: nn.Module) -> Any:
+    """One input for tracing: ``example_inputs`` as given, or the first sample of ``data``."""
+    if example_inputs is not None:
+        return example_inputs
+    if data is None:
+        raise ConfigError("structured pruning traces the model: pass example_inputs= (one input batch) or data=")
+    x, _ = BatchStream(data, model_device(model), model_dtype(model)).peek()
+    return x[:1]
+
+
+def accumulate_gradients(model: nn.Module, data: Iterable, batches: int, loss_fn: Any = None) -> None:
+    """Fill ``.grad`` of ``model`` with the sum of ``batches`` batches' mean-loss gradients (train mode)."""
+    stream = BatchStream(data, model_device(model), model_dtype(model))
+    model.zero_grad(set_to_none=True)
+    model.train()
+    for x, y in stream.take(batches):
+        (loss_fn or default_loss)(logits_of(call(model, x)), y).backward()
+
+
+def plan_channels(
+    model: nn.Module,
+    budget: str | Mapping[str, float] = "macs=0.5",
+    importance: str = "l1",
+    data: Iterable | None = None,
+    *,
+    example_inputs: Any = None,
+    ignore: Sequence[str] = (),
+    min_keep: float = 0.1,
+    taylor_batches: int = 4,
+    graph: ChannelGraph | None = None,
+    scores: Sequence[Tensor] | None = None,
+) -> ChannelPlan:
+    """The dominant sub-network of ``model`` under ``budget``; the model is not modified.
+
+    Args:
+        model: any ``nn.Module`` Torch-Pruning can trace.
+        budget: ``"macs=F"`` or ``"params=F"``: the fraction of MACs (or parameters) kept.
+        importance: a name from :func:`~prunekit.structured.list_importances`.
+        data: batches of ``(inputs, targets)``: the example input for tracing, and the gradients
+            of ``taylor`` (summed over ``taylor_batches`` batches, on a copy).
+        example_inputs: one input batch for tracing (instead of ``data``).
+        ignore: module names never pruned (the classifier never is).
+        min_keep: every group keeps at least ``max(1, ceil(min_keep * size))`` channels: a layer is
+            never removed, and (by default) never thinned below a tenth, which a MACs budget would
+            otherwise do to the high-resolution early layers first.
+        graph, scores: an already built graph of ``model`` and its group importances (used by
+            :class:`~prunekit.structured.EarlyPruning`, which scores as training goes).
+
+    Raises:
+        ConfigError: a bad budget, importance or option; a model Torch-Pruning cannot trace; a budget
+            that cannot be met without emptying a group.
+    """
+    kind, fraction = parse_budget(budget)
+    imp = get_importance(importance)
+    check_min_keep(min_keep)
+    if graph is None:
+        work = copy.deepcopy(model)
+        graph = ChannelGraph(work, example_inputs_of(data, example_inputs, work), ignore)
+    if scores is None:
+        if imp.needs_gradients:
+            if data is None:
+                raise ConfigError(f"importance {importance!r} needs data= to compute gradients")
+            accumulate_gradients(graph.model, data, taylor_batches)
+        scores = group_importances(graph, importance)
+    return _knapsack(graph, [s.double() for s in scores], kind, fraction, min_keep, importance)
+
+
+def check_min_keep(min_keep: float) -> float:
+    if isinstance(min_keep, bool) or not isinstance(min_keep, (int, float)) or not 0.0 <= min_keep < 1.0:
+        raise ConfigError(f"min_keep must be a fraction in [0, 1) (0: at least one channel per group), got {min_keep!r}")
+    return float(min_keep)
+
+
+def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: float, min_keep: float, importance: str) -> ChannelPlan:
+    full = graph.full_counts
+    counts = list(full)
+    floor = [max(1, math.ceil(min_keep * n)) for n in full]
+    before = graph.cost(kind, full)
+    target = fraction * before
+    # channels of each group from least to most important (ties: lower index first)
+    values: list[list[float]] = [s.tolist() for s in scores]
+    order = [sorted(range(len(v)), key=lambda i, v=v: (v[i], i)) for v in values]  # type: ignore[misc]
+    removed: list[list[int]] = [[] for _ in full]
+    touching: list[list[Any]] = [[] for _ in full]
+    for layer in graph.layers:
+        for g in {layer.in_group, layer.out_group} - {None}:
+            touching[g].append(layer)  # type: ignore[index]
+    neighbours = [{h for layer in touching[g] for h in (layer.in_group, layer.out_group) if h is not None} for g in range(len(full))]
+    def cost_at(layer: Any, c: list[int]) -> float:
+        return layer.macs_at(c) if kind == "macs" else layer.params_at(c)
+
+    def saving(g: int) -> float:
+        total = 0.0 if kind == "macs" else float(graph.groups[g].norm_params)
+        for layer in touching[g]:
+            now = cost_at(layer, counts)
+            counts[g] -= 1
+            total += now - cost_at(layer, counts)
+            counts[g] += 1
+        return total
+
+    gains = [saving(g) for g in range(len(full))]
+    current = before
+    while current > target:
+        best: tuple[float, int, int] | None = None
+        for g in range(len(full)):
+            if counts[g] <= floor[g] or gains[g] <= 0:
+                continue
+            channel = order[g][len(removed[g])]
+            key = (values[g][channel] / gains[g], g, channel)
+            if best is None or key < best:
+                best = key
+        if best is None:
+            least = graph.cost(kind, floor)
+            raise ConfigError(
+                f"budget {kind}={fraction:g} cannot be met without emptying layers: keeping at least "
+                f"max(1, {min_keep:g} x size) channels per group, the network keeps {least / before:.2%} of its {kind}"
+            )
+        _, g, channel = best
+        removed[g].append(channel)
+        counts[g] -= 1
+        current = graph.cost(kind, counts)
+        for h in neighbours[g] | {g}:
+            gains[h] = saving(h)
+    kept = tuple(tuple(sorted(set(range(n)) - set(r))) for n, r in zip(full, removed))
+    layer_out = {layer.name: layer.out_channels if layer.out_group is None else counts[layer.out_group] for layer in graph.layers}
+    return ChannelPlan(
+        tuple(g.name for g in graph.groups), tuple(full), kept, layer_out, (kind, fraction), importance,
+        graph.macs(full), graph.macs(counts), graph.params(full), graph.params(counts),
+    )

@@ -1,0 +1,275 @@
+"""Structured pruning: the indicators on hand-made vectors, the knapsack budget, physical removal equal
+to zeroing, optimizer state carried across, early pruning in training, exact resume after pruning."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit
+from prunekit import models, structured, training
+from prunekit.errors import ConfigError
+from resume_worker import toy_dataset
+
+
+# -- the indicators ------------------------------------------------------------------------------
+def test_psi_and_epi_by_hand():
+    a, b = [16, 32, 64], [8, 32, 48]
+    # d = |16-8|/24, 0, |64-48|/112 -> psi = 1 - (1/3 + 0 + 1/7) / 3
+    assert structured.psi(a, b) == pytest.approx(1 - (1 / 3 + 1 / 7) / 3)
+    assert structured.psi(a, a) == 1.0
+    history = [[10, 10], [10, 20], [10, 10], [10, 10]]
+    assert structured.epi(history, 3) is not None
+    # EPI_t over the last 3: psi(N3, N2) = 1, psi(N3, N1) = 1 - (0 + 10/30)/2, psi(N3, N0) = 1
+    assert structured.epi(history, 3) == pytest.approx((1 + (1 - (10 / 30) / 2) + 1) / 3)
+    assert structured.epi(history[:3], 3) is None  # needs r earlier sub-networks
+    with pytest.raises(ConfigError):
+        structured.psi([1, 2], [1])
+
+
+def test_epi_tracker_fires_once_when_stable_and_no_longer_rising():
+    t = structured.EPITracker(threshold=0.95, window=2)
+    fired = [t.update(c) for c in ([4, 8], [8, 8], [7, 8], [8, 8], [8, 8], [8, 8], [8, 8])]
+    # EPI: -, -, (psi(78,88)+psi(78,48))/2, ..., the first value >= 0.95 that is not above the previous
+    assert t.trace[:2] == [None, None]
+    assert fired.count(True) == 1 and t.fired_at == fired.index(True)
+    v = t.trace[t.fired_at]
+    assert v >= 0.95 and (t.trace[t.fired_at - 1] is None or v <= t.trace[t.fired_at - 1])
+
+
+def test_early_bird_fires_when_masks_stop_changing():
+    t = structured.EarlyBirdTracker(threshold=0.1, window=2)
+    m = torch.tensor([True] * 8 + [False] * 2)
+    moved = m.clone()
+    moved[[0, 1, 8, 9]] = ~moved[[0, 1, 8, 9]]  # distance 0.4
+    assert not t.update(moved) and not t.update(m)
+    assert t.trace[-1] is None  # fewer than `window` earlier masks
+    assert not t.update(m)  # max(d(m, moved), d(m, m)) = 0.4
+    assert t.update(m)  # the last two are m: distance 0
+    assert structured.hamming(m, moved) == pytest.approx(0.4)
+
+
+# -- the plan ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["resnet20", "vgg11_bn"])
+@pytest.mark.parametrize("budget", ["macs=0.5", "params=0.3"])
+def test_knapsack_meets_the_budget_exactly_and_never_empties_a_group(arch, budget):
+    model = models.create(arch, 10, (3, 16, 16), seed=0)
+    x = torch.randn(1, 3, 16, 16)
+    plan = structured.plan_channels(model, budget, "l1", example_inputs=x)
+    kind, frac = structured.parse_budget(budget)
+    before, after = (plan.macs_before, plan.macs_after) if kind == "macs" else (plan.params_before, plan.params_after)
+    assert after <= frac * before
+    assert all(c >= max(1, math.ceil(0.1 * n)) for c, n in zip(plan.counts, plan.sizes))
+    # the measured cost of the physically smaller model is the plan's
+    smaller = structured.remove_channels(model, plan, x)
+    macs, params = structured.count_macs_params(smaller, x)
+    assert macs == plan.macs_after and params == plan.params_after
+    assert structured.count_macs_params(model, x) == (plan.macs_before, plan.params_before)
+    # it stopped at the first removal that met the budget: undoing the last one (some group) breaks it
+    graph = structured.ChannelGraph(copy.deepcopy(model), x)
+    counts = plan.counts
+    undone = [counts[:g] + [counts[g] + 1] + counts[g + 1:] for g in range(len(counts)) if counts[g] < plan.sizes[g]]
+    assert any(graph.cost(kind, more) > frac * before for more in undone)
+    assert not any(p.grad is not None for p in model.parameters())  # the model was not touched
+
+
+def test_plan_errors_are_clear():
+    model = models.create("resnet20", 10, (3, 16, 16), seed=0)
+    x = torch.randn(1, 3, 16, 16)
+    for budget, match in [("flops=0.5", "macs, params"), ("macs=1.5", "fraction"), ("macs", "macs=F"), ("macs=abc", "number")]:
+        with pytest.raises(ConfigError, match=match):
+            structured.plan_channels(model, budget, example_inputs=x)
+    with pytest.raises(ConfigError, match="unknown importance"):
+        structured.plan_channels(model, "macs=0.5", "l3", example_inputs=x)
+    with pytest.raises(ConfigError, match="needs data"):
+        structured.plan_channels(model, "macs=0.5", "taylor", example_inputs=x)
+    with pytest.raises(ConfigError, match="cannot be met"):
+        structured.plan_channels(model, "macs=0.001", example_inputs=x)
+    with pytest.raises(ConfigError, match="example_inputs"):
+        structured.plan_channels(model, "macs=0.5")
+    assert set(structured.list_importances()) == {"l1", "l2", "bn_scale", "taylor"}
+
+
+def _zero_removed(model: nn.Module, plan, x) -> nn.Module:
+    """The dense model with the plan's removed channels zeroed: every out-channel of every coupled
+    layer (conv/linear rows and biases, BN weight and bias)."""
+    masked = copy.deepcopy(model).eval()
+    graph = structured.ChannelGraph(masked, x)
+    with torch.no_grad():
+        for i in range(len(graph.groups)):
+            removed = plan.removed(i)
+            if not removed:
+                continue
+            for dep, idxs in graph.tp_group(i, removed):
+                target = dep.target.module
+                if not isinstance(target, nn.Module) or "out_channels" not in dep.handler.__name__:
+                    continue
+                idx = torch.tensor([int(j) for j in idxs])
+                if isinstance(target, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+                    target.weight[idx] = 0
+                    if target.bias is not None:
+                        target.bias[idx] = 0
+    return masked
+
+
+@pytest.mark.parametrize("arch", ["resnet20", "vgg11_bn"])
+@pytest.mark.parametrize("importance", ["l1", "bn_scale"])
+def test_removing_channels_equals_zeroing_them(arch, importance):
+    torch.manual_seed(0)
+    model = models.create(arch, 10, (3, 16, 16), seed=0)
+    for m in model.modules():  # non-trivial BN statistics and scales
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(m.weight, 0.2, 1.5)
+            nn.init.uniform_(m.bias, -0.3, 0.3)
+    x = torch.randn(4, 3, 16, 16)
+    plan = structured.plan_channels(model, "macs=0.4", importance, example_inputs=x[:1])
+    smaller = structured.remove_channels(model, plan, x[:1]).eval()
+    masked = _zero_removed(model, plan, x[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(smaller(x), masked(x), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(model.eval()(x), masked(x), atol=1e-3)  # something was really removed
+
+
+def test_optimizer_state_of_surviving_channels_is_carried():
+    torch.manual_seed(1)
+    model = models.create("resnet20", 10, (3, 16, 16), seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    plan = structured.plan_channels(model, "macs=0.5", "l1", example_inputs=x[:1])
+    before = {n: opt.state[p]["momentum_buffer"].clone() for n, p in model.named_parameters()}
+    smaller, new_opt = structured.remove_channels_and_carry(model, opt, plan, x[:1])
+    groups = {name: i for i, name in enumerate(plan.groups)}
+    conv = "layers.0.0.conv2.weight"  # in: block 0.0's internal group, out: stage 1's residual group
+    p_small = dict(smaller.named_parameters())[conv]
+    buf = new_opt.state[p_small]["momentum_buffer"]
+    kept_in = list(plan.kept[groups["layers.0.0.conv1"]])
+    kept_out = list(plan.kept[groups["conv1"]])
+    assert len(kept_in) < 16  # this layer lost input channels
+    expected = before[conv][kept_out][:, kept_in]
+    assert torch.equal(buf, expected)
+    assert new_opt.param_groups[0]["momentum"] == 0.9 and new_opt.param_groups[0]["weight_decay"] == 5e-4
+    # and the next step continues exactly as the full model's step on the surviving entries would
+    full_next = copy.deepcopy(model)
+    full_opt = torch.optim.SGD(full_next.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    full_opt.load_state_dict(opt.state_dict())
+    masked = _zero_removed(full_next, plan, x[:1]).train()
+    del masked  # (zeroing is checked above; here only the carried buffers matter)
+    w_before = p_small.detach().clone()
+    new_opt.zero_grad()
+    nn.functional.cross_entropy(smaller(x), y).backward()
+    g = p_small.grad.detach().clone()
+    new_opt.step()
+    by_hand = w_before - 0.1 * (0.9 * expected + g + 5e-4 * w_before)
+    torch.testing.assert_close(p_small.detach(), by_hand)
+
+
+# -- early pruning in training -------------------------------------------------------------------
+def _cfg(**kw):
+    return training.TrainConfig(**{**dict(epochs=4, batch_size=50, lr=0.05, weight_decay=5e-4, schedule="cosine", val_size=50), **kw})
+
+
+@pytest.mark.parametrize("trigger, extra", [("epoch", {"prune_at": 1}), ("epi", {"window": 2, "tau": 0.5, "evals_per_epoch": 2}),
+                                            ("early_bird", {"eb_window": 2, "eb_threshold": 0.5}), ("after_training", {})])
+def test_early_pruning_prunes_and_training_goes_on_smaller(trigger, extra):
+    ds = toy_dataset()
+    model = models.create("resnet20", 10, (1, 28, 28), seed=0)
+    ep = structured.EarlyPruning("macs=0.5", trigger=trigger, **extra)
+    result = training.fit(model, ds, _cfg(), callbacks=[ep], device="cpu", seed=0)
+    s = ep.summary()
+    assert ep.plan is not None and s["pruned_epoch"] is not None and 0 < s["pruned_epoch"] < 4
+    assert s["macs_after"] <= 0.5 * s["macs_before"]
+    assert result.best_test_acc > 0.25  # chance: 0.1
+    if trigger != "after_training":  # (train-prune-finetune fine-tunes one epoch at a near-zero learning rate here)
+        assert result.final_test_acc > 0.2  # still learns after pruning
+    if trigger in ("epi", "early_bird"):
+        assert s["trace"] and not s["forced"]
+    if trigger == "after_training":
+        assert s["pruned_epoch"] == 3
+
+
+def test_prune_at_initialisation_with_taylor():
+    ds = toy_dataset()
+    model = models.create("resnet20", 10, (1, 28, 28), seed=0)
+    ep = structured.EarlyPruning("macs=0.5", trigger="epoch", prune_at=0, importance="taylor")
+    training.fit(model, ds, _cfg(epochs=1), callbacks=[ep], device="cpu", seed=0)
+    assert ep.pruned_epoch == 0 and ep.summary()["macs_after"] <= 0.5 * ep.summary()["macs_before"]
+
+
+class _StopAt(training.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_after_pruning_is_bit_exact(tmp_path):
+    ds = toy_dataset()
+
+    def run(ckpt, stop=None):
+        model = models.create("resnet20", 10, (1, 28, 28), seed=0)
+        ep = structured.EarlyPruning("macs=0.5", trigger="epoch", prune_at=1)
+        cbs = [ep] if stop is None else [ep, _StopAt(stop)]
+        return training.fit(model, ds, _cfg(), callbacks=cbs, device="cpu", seed=0, checkpoint=ckpt), model, ep
+
+    ref, _, _ = run(tmp_path / "ref.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "run.pt", stop=2)  # stopped after the pruned model's first checkpoint
+    assert training.load_checkpoint(tmp_path / "run.pt")["epoch"] == 2
+    resumed, _, ep = run(tmp_path / "run.pt")
+    assert ep.pruned_epoch == 1
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in ref.history]
+    a = training.load_checkpoint(tmp_path / "ref.pt")["model"]
+    b = training.load_checkpoint(tmp_path / "run.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_your_own_loop_observe_and_prune():
+    torch.manual_seed(2)
+    model = models.create("vgg11_bn", 10, (3, 16, 16), seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 10, (16,))
+    ep = structured.EarlyPruning("params=0.5", trigger="epi", window=2, tau=0.9, example_inputs=x[:1])
+    fired = False
+    for _ in range(12):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        if ep.observe(model):
+            fired = True
+            break
+    assert fired
+    model, opt = ep.prune(model, opt)
+    assert structured.count_macs_params(model, x[:1])[1] <= 0.5 * ep.plan.params_before
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()  # the smaller model trains with the carried optimizer
+
+
+def test_a_model_it_cannot_trace_is_one_clear_error():
+    class Weird(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.b = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(self.a(x).numpy() if False else self.a(x))  # fine
+
+    model = Weird()
+    plan = structured.plan_channels(model, "macs=0.6", example_inputs=torch.randn(1, 4))
+    assert plan.groups == ("a",)
+    with pytest.raises(ConfigError, match="no convolution or linear"):
+        structured.plan_channels(nn.Sequential(nn.ReLU()), "macs=0.5", example_inputs=torch.randn(1, 4))
+    assert prunekit.structured is structured
