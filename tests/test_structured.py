@@ -273,3 +273,51 @@ def test_a_model_it_cannot_trace_is_one_clear_error():
     with pytest.raises(ConfigError, match="no convolution or linear"):
         structured.plan_channels(nn.Sequential(nn.ReLU()), "macs=0.5", example_inputs=torch.randn(1, 4))
     assert prunekit.structured is structured
+
+
+# -- runs, sweeps, the database ------------------------------------------------------------------
+def test_structured_run_is_recorded_with_trigger_trace_costs_and_latency(tmp_path, tiny_mnist):
+    from prunekit.experiments import RunSpec, run_one
+    from prunekit.experiments.execute import DatasetCache
+
+    spec = RunSpec("vgg11_bn", "mnist", "dense", 0.0, 0, recipe="lenet-fmnist", epochs=3,
+                   train={"val_size": 40.0, "batch_size": 50}, structured="epi:window=2,tau=0.5,evals_per_epoch=2", budget="macs=0.4")
+    out = run_one(spec, tmp_path / "o", datasets=DatasetCache(str(tiny_mnist)), device=torch.device("cpu"))
+    assert out.status == "done", out.row.get("error")
+    info = out.row["extra"]["structured"]
+    assert info["trigger"] == "epi" and info["pruned_epoch"] in (1, 2) and info["trace"]
+    assert info["macs_after"] <= 0.4 * info["macs_before"] and info["params_after"] < info["params_before"]
+    assert info["latency_before_ms"] > 0 and info["latency_after_ms"] > 0
+    assert info["train_seconds_before_pruning"] > 0 and info["train_seconds_after_pruning"] > 0
+    assert set(info["layer_channels"]) and out.row["config"]["structured"]["budget"] == "macs=0.4"
+    again = run_one(spec, tmp_path / "o", datasets=DatasetCache(str(tiny_mnist)))
+    assert again.status == "skipped"
+    with pytest.raises(ConfigError, match="dense"):
+        run_one(RunSpec("vgg11_bn", "mnist", "snip", 0.5, 0, structured="epi"), tmp_path / "o")
+    with pytest.raises(ConfigError, match="structured="):
+        run_one(RunSpec("vgg11_bn", "mnist", "dense", 0.0, 0, budget="macs=0.5"), tmp_path / "o")
+
+
+def test_structured_sweep_and_report(tmp_path, tiny_mnist):
+    from prunekit.experiments import run_sweep, sweep_from_mapping
+    from prunekit.report import write_report
+
+    spec = sweep_from_mapping({
+        "models": ["vgg11_bn"], "dataset": "mnist", "recipe": "lenet-fmnist", "epochs": 2, "seeds": [0],
+        "train": {"val_size": 40.0, "batch_size": 50}, "data_dir": str(tiny_mnist),
+        "structured": ["epoch:prune_at=1", "early_bird:eb_window=2,eb_threshold=0.5,evals_per_epoch=4,latest=1.0", "after_training"],
+        "budgets": ["macs=0.5", "params=0.3"],
+    })
+    runs = spec.resolved()
+    assert len(runs) == 1 + 3 * 2 and runs[0].structured is None and all(r.structured for r in runs[1:])
+    summary = run_sweep(spec, tmp_path / "o", device=torch.device("cpu"), progress=False, log=False)
+    assert summary.counts["done"] == 7, [o.row.get("error") for o in summary.outcomes if o.status == "failed"]
+    tables, files = write_report(tmp_path / "o", "final")
+    (t,) = tables
+    md = t.to_markdown()
+    assert "early structured pruning" in md and "| dense | – |" in md and "| epoch:prune_at=1 | macs=0.5 |" in md
+    assert "| after_training | params=0.3 |" in md
+    names = {f.name for f in files}
+    assert any(n.endswith("_structured_indicator.png") for n in names) and any(n.endswith("_structured_cost.png") for n in names)
+    with pytest.raises(ConfigError, match="methods"):
+        sweep_from_mapping({"models": ["vgg11_bn"], "dataset": "mnist"})

@@ -199,16 +199,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .experiments.run import describe_outcome
     from .options import parse_value
 
+    method = args.method or ("dense" if args.structured else None)
+    if method is None:
+        raise ConfigError("--method is required (or --structured for early structured pruning of a dense run)")
     opts = {}
     for pair in args.opt:
         if "=" not in pair:
             raise ConfigError(f"--opt takes name=value, got {pair!r}")
         k, v = pair.split("=", 1)
-        opts[k] = parse_value(method_options_class(args.method), k, v, f"method {args.method!r}")
-    sparsity = 0.0 if args.method == "dense" else (args.sparsity if args.density is None else 1.0 - args.density)
+        opts[k] = parse_value(method_options_class(method), k, v, f"method {method!r}")
+    sparsity = 0.0 if method == "dense" else (args.sparsity if args.density is None else 1.0 - args.density)
     spec = RunSpec(
-        args.model, args.dataset, args.method, sparsity, args.seed, recipe=args.recipe, epochs=args.epochs,
+        args.model, args.dataset, method, sparsity, args.seed, recipe=args.recipe, epochs=args.epochs,
         ablation=args.ablation, allocation=args.allocation, method_options=opts, train=_train_overrides(args.train),
+        structured=args.structured, budget=args.budget,
     )
     outcome = run_one(spec, args.out, datasets=DatasetCache(args.data_dir), device=_device(args.device), force=args.force,
                       retry_failed=args.retry_failed, progress=None if not args.no_progress else False)
@@ -238,6 +242,8 @@ def _sweep_spec(args: argparse.Namespace) -> Any:
         "models": _csv(args.models), "dataset": args.dataset, "methods": _csv(args.methods), "sparsities": _csv(args.sparsities, float),
         "seeds": _csv(args.seeds, int), "recipe": args.recipe, "epochs": args.epochs, "ablations": _csv(args.ablations),
         "allocation": args.allocation, "data_dir": args.data_dir,
+        "structured": None if args.structured is None else tuple(s for s in args.structured.split(";") if s),
+        "budgets": _csv(args.budgets),
     }
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.methods == "all":
@@ -339,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="score, mask, train, evaluate and store one run")
     r.add_argument("--model", required=True)
     r.add_argument("--dataset", required=True)
-    r.add_argument("--method", required=True, help="dense, a pruning method, or imp")
+    r.add_argument("--method", default=None, help="dense, a pruning method, or imp (dense with --structured)")
     r.add_argument("--sparsity", type=float, default=0.9)
     r.add_argument("--density", type=float, default=None)
     r.add_argument("--seed", type=int, default=0)
@@ -347,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--epochs", type=int, default=None, help="shorten/lengthen the recipe (milestones scale)")
     r.add_argument("--ablation", default=None, choices=["shuffle", "reinit", "invert"])
     r.add_argument("--allocation", default=None)
+    r.add_argument("--structured", default=None, metavar="TRIGGER[:NAME=VALUE,...]",
+                   help="early structured pruning of a dense run: epi, early_bird, epoch:prune_at=N, after_training")
+    r.add_argument("--budget", default=None, help="structured budget: macs=F or params=F (the fraction kept; default macs=0.5)")
     r.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE", help="method option, repeatable")
     r.add_argument("--train", action="append", default=[], metavar="NAME=VALUE", help="training option, repeatable")
     r.add_argument("--force", action="store_true", help="discard an earlier result and run again")
@@ -365,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--epochs", type=int, default=None)
     w.add_argument("--ablations", default=None, help="comma-separated: shuffle,reinit,invert")
     w.add_argument("--allocation", default=None)
+    w.add_argument("--structured", default=None, help="early structured pruning specs, separated by ';' (e.g. 'epi;epoch:prune_at=5')")
+    w.add_argument("--budgets", default=None, help="structured budgets, comma-separated, e.g. macs=0.5,macs=0.3")
     w.add_argument("--no-dense", action="store_true", help="no dense baseline runs")
     w.add_argument("--opt", action="append", default=[], metavar="[METHOD.]NAME=VALUE")
     w.add_argument("--train", action="append", default=[], metavar="NAME=VALUE")

@@ -89,6 +89,8 @@ class RunSpec:
     train: Mapping[str, Any] = field(default_factory=dict)
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scoring_batch_size: int | None = None
+    structured: str | None = None  # early structured pruning: "epi", "epoch:prune_at=3", ... (method dense)
+    budget: str | None = None  # its budget, e.g. "macs=0.5"
 
 
 def _check_sparsity(method: str, sparsity: Any) -> float:
@@ -127,6 +129,7 @@ class ResolvedRun:
     bn_gamma: str
     scoring_batch_size: int
     headline: str
+    structured: Mapping[str, Any] | None = None  # {"trigger", "budget", "options"} of early structured pruning
 
     @property
     def config(self) -> dict[str, Any]:
@@ -147,6 +150,8 @@ class ResolvedRun:
             "bn_gamma": self.bn_gamma,
             "scoring_batch_size": self.scoring_batch_size,
             "headline": self.headline,
+            # present only for structured runs, so that every other run keeps its key
+            **({} if self.structured is None else {"structured": dict(self.structured)}),
         }
 
     @functools.cached_property
@@ -157,7 +162,7 @@ class ResolvedRun:
     @property
     def group(self) -> str | None:
         """Runs with the same group can train stacked as one network (``None``: never, e.g. IMP)."""
-        if self.method == IMP:
+        if self.method == IMP or self.structured is not None:
             return None
         c = self.config
         return json.dumps({k: c[k] for k in ("model", "dataset", "recipe", "train", "model_kwargs", "init", "bn_gamma")}, sort_keys=True)
@@ -171,7 +176,19 @@ class ResolvedRun:
     def label(self) -> str:
         """``method @ sparsity seed s (ablation)`` for messages."""
         head = f"{self.method} @ {self.sparsity:.4g} seed {self.seed}"
+        if self.structured is not None:
+            head = f"structured {structured_label(self.structured)} {self.structured['budget']} seed {self.seed}"
         return head + (f" ({self.ablation})" if self.ablation else "")
+
+
+def structured_label(structured: Mapping[str, Any]) -> str:
+    """``trigger`` or ``trigger:name=value,...`` with the options that differ from their defaults."""
+    from ..options import as_dict
+    from ..structured import StructuredOptions
+
+    defaults = as_dict(StructuredOptions())
+    diff = [f"{k}={v}" for k, v in structured["options"].items() if defaults.get(k) != v]
+    return structured["trigger"] + (":" + ",".join(diff) if diff else "")
 
 
 def resolve(spec: RunSpec) -> ResolvedRun:
@@ -214,6 +231,19 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     if not isinstance(spec.model_kwargs, Mapping):
         raise ConfigError(f"model_kwargs must be a table of keyword arguments, got {spec.model_kwargs!r}")
     model_kwargs = {**recipe.model_kwargs.get(spec.model, {}), **dict(spec.model_kwargs)}
+    structured = None
+    if spec.structured is not None:
+        from ..structured import parse_budget, parse_structured
+
+        if spec.method != DENSE or spec.ablation is not None:
+            raise ConfigError(f"structured pruning trains a dense network: use method 'dense' with it, not {spec.method!r}")
+        trigger, options = parse_structured(spec.structured)
+        kind, fraction = parse_budget(spec.budget or "macs=0.5")
+        if options["prune_at"] is not None and options["prune_at"] >= train_cfg.epochs:
+            raise ConfigError(f"prune_at ({options['prune_at']}) must be below the number of epochs ({train_cfg.epochs})")
+        structured = MappingProxyType({"trigger": trigger, "budget": f"{kind}={fraction:g}", "options": options})
+    elif spec.budget is not None:
+        raise ConfigError("budget= applies to structured runs; pass structured= too (e.g. 'epi')")
     return ResolvedRun(
         model=spec.model,
         dataset=info.name,
@@ -230,6 +260,7 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         bn_gamma=recipe.bn_gamma,
         scoring_batch_size=scoring_bs,
         headline=recipe.headline,
+        structured=structured,
     )
 
 
@@ -243,12 +274,13 @@ def run_key(resolved: ResolvedRun | Mapping[str, Any]) -> str:
 # -- sweeps --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SweepSpec:
-    """A grid of runs: models x methods x sparsities x seeds (x ablations), plus dense baselines."""
+    """A grid of runs: models x methods x sparsities x seeds (x ablations), plus dense baselines, plus
+    early structured pruning: models x structured triggers x budgets x seeds."""
 
     models: tuple[str, ...]
     dataset: str
-    methods: tuple[str, ...]
-    sparsities: tuple[float, ...]
+    methods: tuple[str, ...] = ()
+    sparsities: tuple[float, ...] = ()
     seeds: tuple[int, ...] = (0,)
     recipe: str = DEFAULT_RECIPE
     epochs: int | None = None
@@ -260,6 +292,8 @@ class SweepSpec:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     scoring_batch_size: int | None = None
     data_dir: str | None = None
+    structured: tuple[str, ...] = ()  # early structured pruning specs ("epi", "epoch:prune_at=5", ...)
+    budgets: tuple[str, ...] = ("macs=0.5",)
 
     def resolved(self) -> list[ResolvedRun]:
         """Every run of the grid, resolved once (dense baselines first)."""
@@ -288,11 +322,13 @@ class SweepSpec:
                         method_options=self.method_options.get(method, {}), model_kwargs=self.model_kwargs, **common,
                     )
                 )
+            for spec, budget, seed in itertools.product(self.structured, self.budgets, self.seeds):
+                out.append(RunSpec(model, self.dataset, DENSE, 0.0, seed, model_kwargs=self.model_kwargs, structured=spec, budget=budget, **common))
         return out
 
 
 _SWEEP_KEYS = {f.name for f in fields(SweepSpec)} - {"method_options"}  # options come from [options.*]
-_LIST_KEYS = {"models", "methods", "sparsities", "seeds", "ablations"}
+_LIST_KEYS = {"models", "methods", "sparsities", "seeds", "ablations", "structured", "budgets"}
 
 
 def sweep_from_mapping(values: Mapping[str, Any], where: str = "sweep config") -> SweepSpec:
@@ -324,7 +360,8 @@ def sweep_from_mapping(values: Mapping[str, Any], where: str = "sweep config") -
     for key in values:
         if key not in _SWEEP_KEYS:
             raise ConfigError(f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(_SWEEP_KEYS | {'model', 'options'}))}")
-    for key in ("models", "dataset", "methods", "sparsities"):
+    required = ("models", "dataset") if values.get("structured") else ("models", "dataset", "methods", "sparsities")
+    for key in required:
         if key not in values:
             raise ConfigError(f"{where} needs {key!r}")
     for key in _LIST_KEYS & values.keys():

@@ -10,7 +10,10 @@ interrupted run continues from its checkpoint (its masks are read back, not reco
 
 from __future__ import annotations
 
+import copy
 import json
+import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +27,7 @@ from ..masks import Masks
 from ..models import create
 from ..prunable import prunable_parameters
 from ..pruning import prune
+from ..structured import EarlyPruning
 from ..training import Callback, TrainResult, fit
 from .ablations import reinit_seed, shuffle_masks
 from .config import DENSE, IMP, ResolvedRun
@@ -143,11 +147,47 @@ def execute(
         masks.save(run_dir / "masks.pt")
         # the cost of the ticket: every round this run trained (rounds taken over from another run are
         # counted there), and of all its rounds wherever they were trained
-        extra = {"rounds": rounds, "history_epochs": result.epochs, "ticket_train_seconds": sum(r["train_seconds"] for r in rounds)}
-        return Executed(model, masks, result, extra, sum(r["train_seconds"] for r in rounds if "shared_from" not in r))
+        ticket = {"rounds": rounds, "history_epochs": result.epochs, "ticket_train_seconds": sum(r["train_seconds"] for r in rounds)}
+        return Executed(model, masks, result, ticket, sum(r["train_seconds"] for r in rounds if "shared_from" not in r))
     model, scored = prepare(run, run_dir, ds, device, progress)
+    early = None
+    structured = run.structured
+    if structured is not None:
+        early = EarlyPruning(structured["budget"], trigger=structured["trigger"], **dict(structured["options"]))
+        full = copy.deepcopy(model)
     result = fit(
         model, ds, run.train, masks=scored, device=device, seed=run.seed, checkpoint=run_dir / "checkpoint.pt",
-        callbacks=list(callbacks or []), progress=progress, desc=f"{run.method} {run.sparsity:.4g}",
+        callbacks=[*(callbacks or []), *([early] if early else [])], progress=progress,
+        desc=f"{run.method} {run.sparsity:.4g}" if structured is None else f"structured {structured['trigger']}",
     )
-    return Executed(model, scored, result, {"history_epochs": result.epochs})
+    extra: dict[str, Any] = {"history_epochs": result.epochs}
+    if early is not None:
+        final = early.pruned_model if early.pruned_model is not None else model
+        summary = early.summary()
+        g = torch.Generator().manual_seed(0)  # the global random stream is not touched
+        batch = torch.randint(0, 256, (run.train.batch_size, *ds.input_shape), dtype=torch.uint8, generator=g)
+        x = ((batch.float() / 255.0) - 0.5).to(device)
+        summary["latency_before_ms"] = measure_latency(full, x)
+        summary["latency_after_ms"] = measure_latency(final, x)
+        before = summary["train_seconds_before_pruning"]
+        summary["train_seconds_after_pruning"] = None if before is None else result.train_seconds - before
+        extra["structured"] = summary
+        model = final
+    return Executed(model, scored, result, extra)
+
+
+def measure_latency(model: torch.nn.Module, x: torch.Tensor, repeats: int = 10) -> float:
+    """Median wall-clock milliseconds of one inference forward of ``x`` (eval mode, after a warm-up)."""
+    model = model.eval()
+    times = []
+    with torch.no_grad():
+        for i in range(repeats + 3):
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            start = time.perf_counter()
+            model(x)
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            if i >= 3:
+                times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)

@@ -104,13 +104,23 @@ def run_one(
 def describe_outcome(outcome: RunOutcome) -> str:
     row = outcome.row or {}
     head = f"{row.get('method')} @ {row.get('sparsity', 0):.4g} seed {row.get('seed')}"
+    structured = (row.get("config") or {}).get("structured")
+    if structured:
+        from .config import structured_label
+
+        head = f"structured {structured_label(structured)} {structured['budget']} seed {row.get('seed')}"
     if row.get("ablation"):
         head += f" ({row['ablation']})"
     if outcome.status in ("done", "skipped"):
         acc = row.get("final_acc")
         best = row.get("best_acc")
         took = (row.get("train_seconds") or 0) + (row.get("scoring_seconds") or 0)
-        return f"{head}: {outcome.status}, final {acc:.2%}, best {best:.2%} ({took:.0f} s)"
+        line = f"{head}: {outcome.status}, final {acc:.2%}, best {best:.2%} ({took:.0f} s)"
+        info = (row.get("extra") or {}).get("structured")
+        if info and info.get("macs_after"):
+            line += (f"; pruned at epoch {info['pruned_epoch']}{' (forced)' if info.get('forced') else ''}, "
+                     f"MACs {info['macs_after'] / info['macs_before']:.0%}")
+        return line
     if outcome.status == "failed":
         return f"{head}: FAILED: {(row.get('error') or '').splitlines()[0] if row.get('error') else ''}"
     return f"{head}: running in another process"

@@ -197,7 +197,8 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
         raise ConfigError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in db.runs(status="done", **filters):
-        groups[_group_key(row)].append(row)
+        if not row["config"].get("structured"):  # structured runs have their own tables (report.structured)
+            groups[_group_key(row)].append(row)
     order = {m: i for i, m in enumerate(known_methods())}
     tables = []
     for (model, dataset, recipe, train_json), rows in sorted(groups.items()):

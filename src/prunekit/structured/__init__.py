@@ -7,7 +7,7 @@ when to prune (EPI, Early-Bird).
     fit(model, ds, cfg, callbacks=[prunekit.structured.EarlyPruning("macs=0.5", trigger="epi")])
 """
 
-from .early import TRIGGERS, EarlyPruning
+from .early import TRIGGERS, EarlyPruning, StructuredOptions, parse_structured
 from .graph import ChannelGraph, count_macs_params, parse_budget
 from .importance import ChannelImportance, get_importance, list_importances, register_importance
 from .indicator import EPI_THRESHOLDS, EarlyBirdTracker, EPITracker, epi, hamming, psi
@@ -15,7 +15,25 @@ from .plan import ChannelPlan, plan_channels
 from .remove import remove_channels, remove_channels_and_carry
 
 __all__ = [
-    "EPI_THRESHOLDS", "TRIGGERS", "ChannelGraph", "ChannelImportance", "ChannelPlan", "EPITracker", "EarlyBirdTracker",
-    "EarlyPruning", "count_macs_params", "epi", "get_importance", "hamming", "list_importances", "parse_budget",
-    "plan_channels", "psi", "register_importance", "remove_channels", "remove_channels_and_carry",
+    "EPI_THRESHOLDS",
+    "TRIGGERS",
+    "ChannelGraph",
+    "ChannelImportance",
+    "ChannelPlan",
+    "EPITracker",
+    "EarlyBirdTracker",
+    "EarlyPruning",
+    "StructuredOptions",
+    "count_macs_params",
+    "epi",
+    "get_importance",
+    "hamming",
+    "list_importances",
+    "parse_budget",
+    "parse_structured",
+    "plan_channels",
+    "psi",
+    "register_importance",
+    "remove_channels",
+    "remove_channels_and_carry",
 ]

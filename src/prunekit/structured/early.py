@@ -21,12 +21,14 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..options import option
 from ..training.callbacks import Callback
 from .graph import ChannelGraph, call, parse_budget
 from .importance import get_importance, group_importances
@@ -101,6 +103,7 @@ class EarlyPruning(Callback):
         self.early_bird = EarlyBirdTracker(eb_threshold, eb_window)
         self.looks: list[dict[str, Any]] = []  # (epoch, step) of every look
         self.plan: ChannelPlan | None = None  # set when pruned
+        self.pruned_model: nn.Module | None = None  # the smaller model training went on with
         self.pruned_epoch: int | None = None
         self.forced = False
         self.seconds_before: float | None = None
@@ -224,6 +227,7 @@ class EarlyPruning(Callback):
         model, optimizer = self.prune(trainer.model, trainer.optimizer, grads)
         assert optimizer is not None
         trainer.replace_model(model, optimizer)
+        self.pruned_model = model
         self.pruned_epoch = epoch
         self.seconds_before = trainer.train_seconds
         self.prune_seconds = time.perf_counter() - start
@@ -250,6 +254,7 @@ class EarlyPruning(Callback):
             plan = ChannelPlan.from_dict(state["plan"])
             model, optimizer = remove_channels_and_carry(trainer.model, trainer.optimizer, plan, self.example_inputs)
             trainer.replace_model(model, optimizer)
+            self.pruned_model = model
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.plan = None if state["plan"] is None else ChannelPlan.from_dict(state["plan"])
@@ -298,3 +303,41 @@ def _batch_gradients(model: nn.Module, loader: Any, batches: int) -> dict[str, T
                 break
             default_loss(logits_of(call(work, x)), y).backward()
     return {n: p.grad.detach().clone() for n, p in work.named_parameters() if p.grad is not None}
+
+
+@dataclass(frozen=True)
+class StructuredOptions:
+    """Options of a structured early-pruning run (the ``--structured`` spec of ``prunekit run``)."""
+
+    importance: str = option("l1", "channel importance: l1, l2, bn_scale or taylor")
+    prune_at: int | None = option(None, "trigger epoch: the epoch to prune at (0: at initialisation)", min=0)
+    finetune_epochs: int | None = option(None, "trigger after_training: epochs of fine-tuning (default: a quarter)", min=1)
+    evals_per_epoch: int = option(4, "looks of the indicator per epoch", min=1)
+    tau: float | None = option(None, "EPI threshold (default 0.983 magnitude, 0.944 taylor)", min=0.0, max=1.0)
+    window: int = option(20, "EPI window r: sub-networks compared", min=1)
+    eb_threshold: float = option(0.1, "Early-Bird: largest mask distance that counts as settled", min=0.0, max=1.0)
+    eb_window: int = option(5, "Early-Bird: masks compared", min=1)
+    latest: float = option(0.5, "prune by this fraction of training even if the indicator has not fired", min=0.0, max=1.0, min_exclusive=True)
+    min_keep: float = option(0.1, "every group keeps at least this fraction of its channels (and one)", min=0.0, max=0.99)
+
+
+def parse_structured(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"epi"`` or ``"epoch:prune_at=3,importance=taylor"`` -> ``(trigger, validated options)``."""
+    from ..options import as_dict, build, parse_value
+
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f"structured must be a trigger ({', '.join(TRIGGERS)}), optionally with ':name=value,...'; got {spec!r}")
+    trigger, _, rest = spec.partition(":")
+    if trigger not in TRIGGERS:
+        raise ConfigError(f"unknown structured trigger {trigger!r}; valid triggers: {', '.join(TRIGGERS)}")
+    values: dict[str, Any] = {}
+    for pair in filter(None, rest.split(",")):
+        if "=" not in pair:
+            raise ConfigError(f"structured option {pair!r} must be name=value")
+        name, _, text = pair.partition("=")
+        values[name.strip()] = parse_value(StructuredOptions, name.strip(), text.strip(), f"structured trigger {trigger!r}")
+    opts = as_dict(build(StructuredOptions, values, f"structured trigger {trigger!r}"))
+    get_importance(opts["importance"])
+    if trigger == "epoch" and opts["prune_at"] is None:
+        raise ConfigError("structured trigger 'epoch' needs prune_at=N (e.g. 'epoch:prune_at=5')")
+    return trigger, opts

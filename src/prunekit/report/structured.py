@@ -1,0 +1,158 @@
+"""Reports of early structured pruning runs: accuracy, trigger epoch, cost and training time per
+trigger and budget; the indicator over training with the pruning point; accuracy against training cost.
+
+Reads only the results database. One table per (model, dataset, recipe, training config); dense runs
+of the same configuration are the baseline of the time ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+
+from ..experiments.config import DENSE, structured_label
+from ..experiments.db import ResultsDB
+from ..files import atomic_savefig
+from .tables import _COLUMN, _METRIC_NAMES, METRICS, Cell
+
+
+@dataclass
+class StructuredTable:
+    model: str
+    dataset: str
+    recipe: str
+    epochs: int
+    metric: str
+    budgets: list[str]
+    rows: dict[str, dict[str, list[dict[str, Any]]]]  # label -> budget -> runs
+    dense: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def slug(self) -> str:
+        return f"{self.model}_{self.dataset}_{self.recipe}_{self.epochs}ep_structured"
+
+    def _acc(self, runs: list[dict[str, Any]]) -> Cell:
+        return Cell([r[_COLUMN[self.metric]] for r in runs if r.get(_COLUMN[self.metric]) is not None])
+
+    @property
+    def dense_seconds(self) -> float | None:
+        return statistics.fmean(r["train_seconds"] for r in self.dense) if self.dense else None
+
+    def to_markdown(self) -> str:
+        dense = self._acc(self.dense) if self.dense else None
+        lines = [
+            f"**{self.model} on {self.dataset}, recipe {self.recipe} ({self.epochs} epochs): early structured pruning, "
+            f"{_METRIC_NAMES[self.metric]} (%)**",
+            "",
+            "| trigger | budget | accuracy | pruned at epoch | MACs kept | params kept | training time vs dense | inference latency |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        if dense is not None and dense.n:
+            lines.append(f"| dense | – | {dense.text()} | – | 100 % | 100 % | 1.00x | – |")
+        for label, by_budget in self.rows.items():
+            for budget in self.budgets:
+                runs = by_budget.get(budget)
+                if not runs:
+                    continue
+                infos = [r["extra"]["structured"] for r in runs]
+                epochs = ", ".join(f"{i['pruned_epoch']}{'*' if i.get('forced') else ''}" for i in infos)
+                macs = statistics.fmean(i["macs_after"] / i["macs_before"] for i in infos)
+                params = statistics.fmean(i["params_after"] / i["params_before"] for i in infos)
+                secs = statistics.fmean(r["train_seconds"] for r in runs)
+                ratio = f"{secs / self.dense_seconds:.2f}x" if self.dense_seconds else "–"
+                lat = statistics.fmean(i["latency_after_ms"] / i["latency_before_ms"] for i in infos)
+                lines.append(f"| {label} | {budget} | {self._acc(runs).text()} | {epochs} | {macs:.1%} | {params:.1%} | {ratio} | {lat:.2f}x |")
+        lines += ["", "Pruned at: the epoch whose end removed the channels (0: at initialisation; * : the indicator had not "
+                  "fired and the run pruned at its latest allowed epoch). Training time: measured wall-clock against the "
+                  "dense runs of the same configuration. Inference latency: the pruned model's forward time over the full one's."]
+        return "\n".join(lines)
+
+
+def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[StructuredTable]:
+    if metric not in METRICS:
+        from ..errors import unknown
+
+        raise unknown("metric", metric, METRICS)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in db.runs(status="done", **filters):
+        cfg = row["config"]
+        if cfg["method"] == DENSE:
+            key = (cfg["model"], cfg["dataset"], cfg["recipe"], json.dumps(cfg["train"], sort_keys=True))
+            groups[key].append(row)
+    tables = []
+    for (model, dataset, recipe, train_json), rows in sorted(groups.items()):
+        structured = [r for r in rows if r["config"].get("structured")]
+        if not structured:
+            continue
+        chosen = metric if metric != "auto" else rows[0]["config"].get("headline", "final")
+        by_label: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        for r in structured:
+            s = r["config"]["structured"]
+            by_label[structured_label(s)][s["budget"]].append(r)
+        budgets = sorted({b for v in by_label.values() for b in v}, key=lambda b: (b.split("=")[0], -float(b.split("=")[1])))
+        dense = [r for r in rows if not r["config"].get("structured")]
+        tables.append(StructuredTable(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, budgets,
+                                      {k: dict(v) for k, v in sorted(by_label.items())}, dense))
+    return tables
+
+
+def plot_indicator(table: StructuredTable, path: str | Path) -> Path | None:
+    """The indicator (EPI, or Early-Bird's mask distance) over training, the pruning point marked."""
+    series = [(label, budget, r) for label, bb in table.rows.items() for budget, runs in bb.items() for r in runs[:1]
+              if r["extra"]["structured"]["trigger"] in ("epi", "early_bird")]
+    if not series:
+        return None
+    fig = Figure(figsize=(7.5, 4.5), dpi=120)
+    ax = fig.subplots()
+    drawn = 0
+    for label, budget, r in series:
+        info = r["extra"]["structured"]
+        looks = info["looks"]
+        xs = [lk["epoch"] + lk["step"] / max(1, max(x["step"] for x in looks)) for lk in looks]
+        ys = info["trace"][: len(xs)]
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+        if not pts:
+            continue
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.3, marker=".", label=f"{label}, {budget}")
+        drawn += 1
+        if info["pruned_epoch"] is not None:
+            ax.axvline(info["pruned_epoch"], color=line.get_color(), linestyle="--", linewidth=0.9)
+    if not drawn:
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("EPI (architecture similarity) / Early-Bird mask distance")
+    ax.set_title(f"Indicators over training: {table.model} on {table.dataset} (dashed: pruned)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return atomic_savefig(fig, path)
+
+
+def plot_cost(table: StructuredTable, path: str | Path) -> Path | None:
+    """Accuracy against measured training time, one point per trigger and budget (mean over seeds)."""
+    if not table.rows:
+        return None
+    fig = Figure(figsize=(7.0, 4.5), dpi=120)
+    ax = fig.subplots()
+    if table.dense and table.dense_seconds is not None:
+        ax.scatter([table.dense_seconds], [100 * statistics.fmean(r[_COLUMN[table.metric]] for r in table.dense)],
+                   marker="*", s=120, color="black", label="dense")
+    for label, by_budget in table.rows.items():
+        pts = [(statistics.fmean(r["train_seconds"] for r in runs), 100 * statistics.fmean(r[_COLUMN[table.metric]] for r in runs), b)
+               for b, runs in by_budget.items()]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=label, s=25)
+        for x, y, b in pts:
+            ax.annotate(b, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("training wall-clock (s)")
+    ax.set_ylabel(f"{_METRIC_NAMES[table.metric]} (%)")
+    ax.set_title(f"Accuracy vs training cost: {table.model} on {table.dataset}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return atomic_savefig(fig, path)
