@@ -131,3 +131,18 @@ def test_pruned_lenet_learns_fashion_mnist():
     res = training.fit(model, small, cfg, masks=masks, device="cpu")
     assert res.final_test_acc > 0.7  # chance is 0.1
     assert masks.is_applied(model)
+
+
+def test_train_subset_is_a_seeded_subset_of_the_training_split_and_keys_do_not_move():
+    from prunekit.training.core import split_indices
+
+    cfg = training.TrainConfig(val_size=100, train_subset=300)
+    a_train, a_val = split_indices(1000, cfg, seed=3)
+    b_train, b_val = split_indices(1000, cfg, seed=3)
+    full_train, full_val = split_indices(1000, replace(cfg, train_subset=None), seed=3)
+    assert torch.equal(a_train, b_train) and len(a_train) == 300 and torch.equal(a_val, full_val)
+    assert set(a_train.tolist()) <= set(full_train.tolist())
+    assert not torch.equal(a_train, split_indices(1000, cfg, seed=4)[0])
+    from prunekit.options import key_dict
+
+    assert "train_subset" not in key_dict(replace(cfg, train_subset=None)) and key_dict(cfg)["train_subset"] == 300

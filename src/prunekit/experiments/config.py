@@ -144,7 +144,7 @@ class ResolvedRun:
             "ablation": self.ablation,
             "allocation": self.allocation,
             "method_options": dict(self.method_options),
-            "train": as_dict(self.train),
+            "train": key_dict(self.train),
             "model_kwargs": dict(self.model_kwargs),
             "init": self.init,
             "bn_gamma": self.bn_gamma,

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..data import Dataset, load_dataset, scoring_batches, split_validation
+from ..data import Dataset, load_dataset, scoring_batches
 from ..files import atomic_write_json
 from ..masks import Masks
 from ..models import create
@@ -29,6 +29,7 @@ from ..prunable import prunable_parameters
 from ..pruning import prune
 from ..structured import EarlyPruning
 from ..training import Callback, TrainResult, fit
+from ..training.core import split_indices
 from .ablations import reinit_seed, shuffle_masks
 from .config import DENSE, IMP, ResolvedRun
 from .imp import run_imp
@@ -66,10 +67,9 @@ def prepare(run: ResolvedRun, run_dir: Path, ds: Dataset, device: torch.device, 
     if mask_path.is_file():
         masks = Masks.load(mask_path, model=model)
     else:
-        train_part = ds.train
-        if run.train.val_size > 0:
-            size = int(run.train.val_size) if run.train.val_size >= 1 else float(run.train.val_size)
-            train_part, _ = split_validation(ds.train, size, run.seed)  # the split training uses: never score on validation data
+        # the training part training uses: never score on validation data
+        idx = split_indices(len(ds.train), run.train, run.seed)[0]
+        train_part = ds.train if len(idx) == len(ds.train) else ds.train.subset(idx)
         batches = scoring_batches(
             train_part, batch_size=run.scoring_batch_size, mean=ds.info.mean, std=ds.info.std, device=device, seed=run.seed
         )

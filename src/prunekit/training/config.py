@@ -33,6 +33,9 @@ class TrainConfig:
     warmup_epochs: float = option(0.0, "linear warm-up epochs (multistep, cosine)", min=0.0)
     val_size: float = option(0.0, "validation samples held out from train: a count (>= 1) or a fraction (< 1)", min=0.0)
     augment: bool | None = option(None, "random crop + flip (None: the dataset's default)")
+    train_subset: int | None = option(
+        None, "train on a seeded random subset of this many training images (after the validation hold-out)", min=1, since="0.2"
+    )
     eval_batch_size: int = option(1000, "batch size for evaluation", min=1)
     amp: bool = option(True, "bf16 autocast on CUDA (ignored on the CPU)")
     channels_last: bool = option(True, "channels-last memory format on CUDA (ignored on the CPU)")

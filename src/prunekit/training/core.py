@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data.loader import validation_indices
-from ..options import as_dict
+from ..data.loader import mix_seed, validation_indices
+from ..options import key_dict
 from .checkpoint import FORMAT, CheckpointError
 from .config import TrainConfig
 
@@ -29,10 +29,16 @@ StepFn = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor, int]"]
 
 def split_indices(n: int, config: TrainConfig, seed: int) -> tuple[Tensor, Tensor | None]:
     """``(train, validation)`` indices of a training set of ``n`` samples (validation ``None`` when
-    the config holds nothing out). The same seed gives the same split in every trainer."""
+    the config holds nothing out), the training part cut to ``config.train_subset`` images (a seeded
+    random subset, sorted). The same seed gives the same split in every trainer and in scoring."""
     if config.holdout is None:
-        return torch.arange(n), None
-    return validation_indices(n, config.holdout, seed)
+        train, val = torch.arange(n), None
+    else:
+        train, val = validation_indices(n, config.holdout, seed)
+    if config.train_subset is not None and config.train_subset < len(train):
+        g = torch.Generator().manual_seed(mix_seed(seed, 0x5B5E7))
+        train = train[torch.randperm(len(train), generator=g)[: config.train_subset]].sort().values
+    return train, val
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -88,7 +94,7 @@ def checkpoint_state(
         "rng": rng,
         "train_seconds": train_seconds,
         "images": images,
-        "config": as_dict(config),
+        "config": key_dict(config),
         "seed": seed,
         "masks": None if masks is None else dict(masks.items()),
         "callbacks": callbacks,
@@ -97,7 +103,7 @@ def checkpoint_state(
 
 def check_resumable(state: Mapping[str, Any], config: TrainConfig, seed: int) -> None:
     """Refuse a checkpoint written by a run with another config or seed."""
-    if state.get("config") != as_dict(config) or state.get("seed") != seed:
+    if state.get("config") != key_dict(config) or state.get("seed") != seed:
         raise CheckpointError("the checkpoint was written by a run with a different config or seed")
 
 
