@@ -52,6 +52,11 @@ class BatchStream:
         return x, y.to(self.device, non_blocking=True)
 
     @property
+    def source(self) -> Iterable:
+        """The iterable the stream draws from (as the caller passed it)."""
+        return self._data
+
+    @property
     def length(self) -> int | None:
         """Number of batches in one pass over ``data``, if it has a length."""
         try:

@@ -315,6 +315,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 1 if summary.counts["failed"] else 0
 
 
+def cmd_autosparse_list(args: argparse.Namespace) -> int:
+    from .autosparse import list_scorers, load_scorer
+
+    for name, path in list_scorers().items():
+        meta = load_scorer(path).meta
+        taught = meta.get("taught_on", {})
+        print(f"{name:20s} {meta.get('arch')} taught on {taught.get('model')} / {taught.get('dataset')} "
+              f"(IRP to density {taught.get('final_density', float('nan')):.3g}, {taught.get('rounds')} rounds); "
+              f"held-out Spearman {meta.get('heldout_spearman', float('nan')):.3f}")
+    return 0
+
+
+def cmd_autosparse_teach(args: argparse.Namespace) -> int:
+    from .autosparse import table_from_imp_run, teach
+    from .experiments.config import resolve_config
+    from .experiments.db import ResultsDB
+    from .experiments.execute import DatasetCache, _scoring_data, make_model
+
+    db_path = Path(args.out) / "results.db"
+    if not db_path.is_file():
+        raise ConfigError(f"no results database at {db_path}; pass --out of the IRP run")
+    with ResultsDB(db_path) as db:
+        rows = [r for r in db.runs(status="done") if r["key"].startswith(args.from_run)]
+    if len(rows) != 1:
+        raise ConfigError(f"--from-run {args.from_run!r} matches {len(rows)} finished runs in {db_path}; give a longer key")
+    row = rows[0]
+    if row["method"] != "imp":
+        raise ConfigError(f"run {row['key']} is a {row['method']!r} run; a scorer is taught from an IMP/IRP run (--method imp)")
+    run = resolve_config(row["config"])
+    device = _device(args.device)
+    ds = DatasetCache(args.data_dir).get(run.dataset)
+    model = make_model(run, ds, device)
+    print(f"features: initial weights and a full-pass gradient of {run.model} on {run.dataset} ...", file=sys.stderr)
+    table = table_from_imp_run(row["run_dir"], model, _scoring_data(run, ds, device))
+    meta = {"taught_on": {"model": run.model, "dataset": run.dataset, "run": row["key"], "sparsity": run.sparsity,
+                          "final_density": table.source["final_density"], "rounds": table.source["rounds"],
+                          "irp": {**dict(run.method_options)}, "recipe": run.recipe, "epochs_per_round": run.train.epochs}}
+    scorer = teach(table.features, table.targets, arch=args.arch, epochs=args.epochs, seed=args.seed, meta=meta,
+                   progress=not args.no_progress)
+    path = scorer.save(args.save)
+    print(f"scorer: {scorer.meta['arch']}, {len(table.targets):,} weights, held-out Spearman {scorer.meta['heldout_spearman']:.4f} "
+          f"(MSE {scorer.meta['heldout_mse']:.5f}, best epoch {scorer.meta['best_epoch']}); wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prunekit", description="Pruning neural networks at initialization and early in training.")
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
@@ -396,7 +441,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--no-plots", action="store_true")
     rep.set_defaults(func=cmd_report)
 
-    d = sub.add_parser("demo", help="the main job: every method on LeNet-5 / Fashion-MNIST, table and plots")
+    a = sub.add_parser("autosparse", help="AutoSparse scorers: teach one from an IRP run, list the shipped ones")
+    asub = a.add_subparsers(dest="action", required=True)
+    t = asub.add_parser("teach", help="build (theta0, g0) -> survival from an IMP/IRP run and train a score network")
+    t.add_argument("--from-run", required=True, metavar="KEY", help="the run's key (or a unique prefix) in --out's results.db")
+    t.add_argument("--save", required=True, help="where to write the scorer file")
+    t.add_argument("--arch", default="mlp", choices=["mlp", "resnet"])
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--seed", type=int, default=0)
+    common(t)
+    t.set_defaults(func=cmd_autosparse_teach)
+    ls = asub.add_parser("list", help="the scorers shipped with prunekit")
+    ls.set_defaults(func=cmd_autosparse_list)
+
+    d = sub.add_parser("demo", help="the main job: every method on LeNet-300-100 / Fashion-MNIST, table and plots")
     common(d, out_default="runs/demo")
     d.set_defaults(func=cmd_demo)
 

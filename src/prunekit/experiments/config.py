@@ -44,6 +44,12 @@ class ImpOptions:
     fraction: float = option(0.2, "fraction of the remaining weights pruned per round (open_lth: 0.2)", min=0.0, max=0.99, min_exclusive=True)
     rewind_epoch: int = option(0, "rewind survivors to their value after this many epochs (0: to initialization)", min=0)
     allocation: str = option("global", "global magnitude ranking (open_lth) or layerwise", choices=("global", "layerwise"))
+    schedule: str = option("fraction", "fraction: lottery tickets; num / pct: AutoSparse's IRP schedules", choices=("fraction", "num", "pct"),
+                           since="0.2")
+    rounds: int = option(20, "pruning rounds of the num / pct schedules", min=1, since="0.2")
+    scorer: str = option("magnitude", "per-round ranking: magnitude or snip (|theta * g| of the current weights)",
+                         choices=("magnitude", "snip"), since="0.2")
+    prune_first: bool = option(False, "prune round 1 on the initial weights, no dense round (AutoSparse's IRP)", since="0.2")
 
 
 def build_method_options(method: str, values: Mapping[str, Any]) -> Any:
@@ -262,6 +268,29 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         headline=recipe.headline,
         structured=structured,
     )
+
+
+def resolve_config(config: Mapping[str, Any]) -> ResolvedRun:
+    """The :class:`ResolvedRun` of a stored configuration (a results-database row's ``config``).
+
+    Raises:
+        ConfigError: the configuration is not one prunekit wrote (a missing or unknown field).
+    """
+    try:
+        train = build(TrainConfig, {k: tuple(v) if isinstance(v, list) else v for k, v in config["train"].items()}, "train")
+        run = ResolvedRun(
+            model=config["model"], dataset=config["dataset"], method=config["method"], sparsity=config["sparsity"],
+            seed=config["seed"], recipe=config["recipe"], ablation=config["ablation"], allocation=config["allocation"],
+            method_options=MappingProxyType(dict(config["method_options"])), train=train,
+            model_kwargs=MappingProxyType(dict(config["model_kwargs"])), init=config["init"], bn_gamma=config["bn_gamma"],
+            scoring_batch_size=config["scoring_batch_size"], headline=config["headline"],
+            structured=None if config.get("structured") is None else MappingProxyType(dict(config["structured"])),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"not a prunekit run configuration (missing or bad field {exc})") from None
+    if run.config != dict(config):
+        raise ConfigError("the stored configuration does not round-trip (written by another prunekit version?)")
+    return run
 
 
 def run_key(resolved: ResolvedRun | Mapping[str, Any]) -> str:

@@ -56,6 +56,16 @@ def make_model(run: ResolvedRun, ds: Dataset, device: torch.device, seed: int | 
     ).to(device)
 
 
+def _scoring_data(run: ResolvedRun, ds: Dataset, device: torch.device, num_batches: int | None = None) -> Any:
+    """The run's scoring batches: from the training part of its split (never validation data)."""
+    idx = split_indices(len(ds.train), run.train, run.seed)[0]
+    train_part = ds.train if len(idx) == len(ds.train) else ds.train.subset(idx)
+    return scoring_batches(
+        train_part, batch_size=run.scoring_batch_size, mean=ds.info.mean, std=ds.info.std, device=device, seed=run.seed,
+        num_batches=num_batches,
+    )
+
+
 def prepare(run: ResolvedRun, run_dir: Path, ds: Dataset, device: torch.device, progress: bool | None = None) -> tuple[torch.nn.Module, Masks | None]:
     """The initialised model and its masks (scored now, or read back from an earlier attempt), ablation applied."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,12 +77,7 @@ def prepare(run: ResolvedRun, run_dir: Path, ds: Dataset, device: torch.device, 
     if mask_path.is_file():
         masks = Masks.load(mask_path, model=model)
     else:
-        # the training part training uses: never score on validation data
-        idx = split_indices(len(ds.train), run.train, run.seed)[0]
-        train_part = ds.train if len(idx) == len(ds.train) else ds.train.subset(idx)
-        batches = scoring_batches(
-            train_part, batch_size=run.scoring_batch_size, mean=ds.info.mean, std=ds.info.std, device=device, seed=run.seed
-        )
+        batches = _scoring_data(run, ds, device)
         masks = prune(
             model, run.method, run.sparsity, data=batches, seed=run.seed, allocation=run.allocation,
             invert=run.ablation == "invert", progress=progress, **dict(run.method_options),
@@ -142,7 +147,9 @@ def execute(
             model, ds, run.train, sparsity=run.sparsity, fraction=opts["fraction"], rewind_epoch=opts["rewind_epoch"],
             allocation=opts["allocation"], prunable=list(prunable_parameters(model)), device=device, seed=run.seed,
             workdir=run_dir / "imp", epoch_callbacks=imp_callbacks or (lambda r: []), progress=progress,
-            donors=imp_donors(run, run_dir),
+            donors=imp_donors(run, run_dir), schedule=opts.get("schedule", "fraction"), rounds=opts.get("rounds", 20),
+            scorer=opts.get("scorer", "magnitude"), prune_first=opts.get("prune_first", False),
+            scoring_data=lambda: _scoring_data(run, ds, device, num_batches=1),
         )
         masks.save(run_dir / "masks.pt")
         # the cost of the ticket: every round this run trained (rounds taken over from another run are

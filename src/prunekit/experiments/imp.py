@@ -11,6 +11,15 @@ Every round's mask is saved (``round_XX.pt``), so IMP serves both as an oracle r
 source of masks (e.g. for score networks learned from IMP). The state after each round is on disk:
 an interrupted IMP run continues from its last finished round and the checkpoint of the current one.
 
+**Iterative rewind pruning (IRP), as AutoSparse's teacher runs it** (``shared/methods.md`` section 8):
+``prune_first=True`` prunes round 1 on the *initial* weights before any training (AutoSparse's round
+0; there is no dense training round), ``schedule="num"`` removes the same number of weights in each of
+``rounds`` rounds (keep ``1 - (1-d)/(E - (1-d) i)`` of the remaining at round ``i``), ``"pct"`` the
+same fraction (``d^(k/E)``; the official code's ``sparse ** 1/E`` parses as ``sparse / E``: fixed
+here), and ``scorer="snip"`` ranks by ``|theta * g|`` on the current weights instead of magnitude. The
+official code's ``rewind`` is always True (a positional-argument slip); here ``rewind_epoch`` is what
+is used (0: to initialisation). Every round's mask is saved, which is what a score network learns from.
+
 Runs that differ only in their target share their first rounds: 90 % and 99.5 % both go through
 densities 0.8, 0.64, ..., 0.8^10. A run given ``donors`` (work directories of such runs, finished or
 not) takes over the longest prefix of rounds whose masks a donor has already computed, retrains only
@@ -39,14 +48,27 @@ from ..files import atomic_write_json
 from ..masks import Masks
 from ..training import Callback, TrainConfig, TrainResult, atomic_save, fit
 
+SCHEDULES = {
+    "fraction": "remove `fraction` of the remaining weights per round until the target (lottery tickets)",
+    "num": "`rounds` rounds removing the same number of weights each (AutoSparse's teacher)",
+    "pct": "`rounds` rounds removing the same fraction of the remaining weights each: d^(k/rounds)",
+}
 
-def imp_densities(target_density: float, fraction: float) -> list[float]:
-    """Densities after each pruning round: ``(1-fraction)^k``, the last one exactly the target."""
-    rounds = max(1, math.ceil(math.log(target_density) / math.log(1.0 - fraction) - 1e-9))
-    return [max(target_density, (1.0 - fraction) ** k) for k in range(1, rounds)] + [target_density]
+
+def imp_densities(target_density: float, fraction: float, schedule: str = "fraction", rounds: int = 20) -> list[float]:
+    """Densities after each pruning round, the last one exactly the target.
+
+    ``"fraction"``: ``(1-fraction)^k``; ``"num"``: ``1 - (1-d) k / rounds``; ``"pct"``: ``d^(k / rounds)``.
+    """
+    if schedule == "num":
+        return [1.0 - (1.0 - target_density) * k / rounds for k in range(1, rounds)] + [target_density]
+    if schedule == "pct":
+        return [target_density ** (k / rounds) for k in range(1, rounds)] + [target_density]
+    count = max(1, math.ceil(math.log(target_density) / math.log(1.0 - fraction) - 1e-9))
+    return [max(target_density, (1.0 - fraction) ** k) for k in range(1, count)] + [target_density]
 
 
-def _shared_prefix(donor: Path, densities: list[float], fraction: float, rewind_epoch: int, seed: int) -> int:
+def _shared_prefix(donor: Path, densities: list[float], settings: dict[str, Any]) -> int:
     """How many leading rounds' masks ``donor`` holds with exactly our densities and settings."""
     count = 0
     for rnd, density in enumerate(densities, start=1):
@@ -54,27 +76,28 @@ def _shared_prefix(donor: Path, densities: list[float], fraction: float, rewind_
         if not path.is_file():
             break
         meta = Masks.load(path).meta
-        if (meta.get("density"), meta.get("fraction"), meta.get("rewind_epoch"), meta.get("seed")) != (
-            density, fraction, rewind_epoch, seed
-        ):
+        if meta.get("density") != density or any(meta.get(k, _DEFAULT_SETTINGS.get(k)) != v for k, v in settings.items()):
             break
         count = rnd
     return count
 
 
-def _adopt_rounds(workdir: Path, donors: Iterable[Path], densities: list[float], fraction: float, rewind_epoch: int,
-                  seed: int) -> dict[str, Any] | None:
+# settings recorded in every round's mask (absent in masks written before they existed: their defaults)
+_DEFAULT_SETTINGS = {"scorer": "magnitude", "prune_first": False}
+
+
+def _adopt_rounds(workdir: Path, donors: Iterable[Path], densities: list[float], settings: dict[str, Any]) -> dict[str, Any] | None:
     """Copy the longest shared prefix of a donor's rounds into the empty ``workdir``; the new state or None."""
     best, shared = None, 0
     for donor in donors:
         if donor.resolve() == workdir.resolve() or not (donor / "state.json").is_file():
             continue
-        n = _shared_prefix(donor, densities, fraction, rewind_epoch, seed)
+        n = _shared_prefix(donor, densities, settings)
         if n > shared:
             best, shared = donor, n
     if best is None:
         return None
-    if rewind_epoch > 0:
+    if settings["rewind_epoch"] > 0:
         if not (best / "rewind.pt").is_file():
             return None
         shutil.copyfile(best / "rewind.pt", workdir / "rewind.pt")
@@ -115,6 +138,11 @@ def run_imp(
     epoch_callbacks: Callable[[int], list[Callback]] = lambda r: [],
     progress: bool | None = None,
     donors: Iterable[Path] = (),
+    schedule: str = "fraction",
+    rounds: int = 20,
+    scorer: str = "magnitude",
+    prune_first: bool = False,
+    scoring_data: Callable[[], Any] | None = None,
 ) -> tuple[Masks, TrainResult, list[dict[str, Any]]]:
     """Run IMP on ``model`` (modified: it ends as the trained final ticket).
 
@@ -124,17 +152,21 @@ def run_imp(
         epoch_callbacks: ``round -> callbacks`` added to every round's training (e.g. DB logging).
         donors: work directories of IMP runs identical but for the target sparsity, whose common
             rounds this run may take over (only when it starts from nothing).
+        schedule, rounds: the density schedule (:data:`SCHEDULES`) and, for ``num``/``pct``, its rounds.
+        scorer: ``"magnitude"`` or ``"snip"`` (``|theta * g|`` on ``scoring_data()`` batches).
+        prune_first: prune round 1 on the initial weights, with no dense training round (IRP).
 
     Returns:
         ``(final masks, final round's TrainResult, per-round summaries)``.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     state_path = workdir / "state.json"
-    densities = imp_densities(1.0 - sparsity, fraction)
+    densities = imp_densities(1.0 - sparsity, fraction, schedule, rounds)
+    settings = {"fraction": fraction, "rewind_epoch": rewind_epoch, "seed": seed, "scorer": scorer, "prune_first": prune_first}
     if state_path.is_file():
         state = json.loads(state_path.read_text())
     else:
-        state = _adopt_rounds(workdir, donors, densities, fraction, rewind_epoch, seed) or {"rounds": []}
+        state = _adopt_rounds(workdir, donors, densities, settings) or {"rounds": []}
         _write_state(state_path, state)
     rewind_path = workdir / "rewind.pt"
     if rewind_epoch == 0 and not rewind_path.is_file():
@@ -142,6 +174,12 @@ def run_imp(
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     trained_path = workdir / "trained_last.pt"
+    if prune_first and not any(r["round"] == 0 for r in state["rounds"]):
+        # IRP: round 1 is pruned on the initial weights; there is no dense round to train
+        atomic_save({k: v.detach().cpu().clone() for k, v in initial.items()}, trained_path)
+        state["rounds"].append({"round": 0, "density": 1.0, "final_acc": None, "best_acc": None, "train_seconds": 0.0,
+                                "mask_file": None, "untrained": True})
+        _write_state(state_path, state)
     masks: Masks | None = None
     result: TrainResult | None = None
     for rnd in range(len(densities) + 1):
@@ -150,10 +188,12 @@ def run_imp(
             # prune the weights round rnd-1 trained (read from disk: they may come from an earlier invocation)
             trained = torch.load(trained_path, map_location="cpu", weights_only=True)
             previous = None if rnd == 1 else Masks.load(workdir / f"round_{rnd - 1:02d}.pt")
-            kept = select({n: trained[n].abs() for n in prunable}, densities[rnd - 1], allocation,
-                          None if previous is None else dict(previous))
-            meta = {"method": "imp", "round": rnd, "density": densities[rnd - 1], "fraction": fraction,
-                    "rewind_epoch": rewind_epoch, "seed": seed}
+            if scorer == "snip":
+                scores = _snip_scores(model, trained, prunable, previous, scoring_data, seed)
+            else:
+                scores = {n: trained[n].abs() for n in prunable}
+            kept = select(scores, densities[rnd - 1], allocation, None if previous is None else dict(previous))
+            meta = {"method": "imp", "round": rnd, "density": densities[rnd - 1], **settings}
             Masks(kept, meta).save(mask_file)
         masks = Masks.load(mask_file) if rnd > 0 else None
         finished = {r["round"] for r in state["rounds"]}
@@ -190,3 +230,21 @@ def run_imp(
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write_json(path, state, indent=1)
+
+
+def _snip_scores(
+    model: nn.Module, weights: dict[str, torch.Tensor], prunable: list[str], previous: Masks | None,
+    scoring_data: Callable[[], Any] | None, seed: int,
+) -> dict[str, torch.Tensor]:
+    """``|theta * g|`` of the pruned network at ``weights`` (IRP's SNIP scorer), on a copy."""
+    import copy
+
+    from ..pruning import score
+
+    if scoring_data is None:
+        raise ValueError("scorer='snip' needs scoring_data")
+    work = copy.deepcopy(model)
+    work.load_state_dict({k: v.to(next(work.parameters()).device) for k, v in weights.items()})
+    scores = score(work, "snip", data=scoring_data(), seed=seed, masks=None if previous is None else dict(previous),
+                   include=prunable)
+    return {n: s.cpu() for n, s in scores.items()}

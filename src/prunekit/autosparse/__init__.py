@@ -1,0 +1,52 @@
+"""AutoSparse (Liu, Cheng et al., arXiv 2408.14757): a score network learned from iterative rewind
+pruning predicts, from a weight's initial value and initial gradient, how long it would survive;
+it then prunes other models at initialisation in one shot.
+
+* teach: an IRP run (``prunekit run --method imp --opt schedule=num --opt prune_first=true ...``) ->
+  :func:`table_from_imp_run` -> :func:`teach` -> :meth:`Scorer.save`;
+* prune: ``prunekit.prune(model, "autosparse", sparsity=0.98, data=loader, scorer="lenet300-fmnist")``.
+
+Scorers shipped with prunekit are listed by :func:`list_scorers` and addressed by name.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from ..errors import ConfigError
+from .features import TeachingTable, feature_matrix, full_pass_gradient, survival_targets, table_from_imp_run
+from .scorer import ARCHS, Scorer, ScorerFileError, build_network, spearman, teach
+
+SHIPPED_DIR = Path(__file__).parent / "scorers"
+
+
+def list_scorers() -> dict[str, Path]:
+    """Scorers shipped with prunekit: ``{name: file}``."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.pt"))}
+
+
+@functools.lru_cache(maxsize=8)
+def _load(path: str, mtime: int) -> Scorer:
+    return Scorer.load(path)
+
+
+def load_scorer(name_or_path: str | Path) -> Scorer:
+    """A shipped scorer by name, or a scorer file by path (loaded once per process).
+
+    Raises:
+        ConfigError: neither a shipped name nor an existing file (the message lists the shipped ones).
+        ScorerFileError: the file is corrupt or not a scorer.
+    """
+    shipped = list_scorers()
+    key = str(name_or_path)
+    path = shipped.get(key, Path(key))
+    if not path.is_file():
+        raise ConfigError(f"no scorer {key!r}: not a shipped scorer ({', '.join(shipped) or 'none'}) nor a file")
+    return _load(str(path.resolve()), path.stat().st_mtime_ns)
+
+
+__all__ = [
+    "ARCHS", "Scorer", "ScorerFileError", "TeachingTable", "build_network", "feature_matrix", "full_pass_gradient",
+    "list_scorers", "load_scorer", "spearman", "survival_targets", "table_from_imp_run", "teach",
+]

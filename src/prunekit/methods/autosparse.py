@@ -1,0 +1,61 @@
+"""AutoSparse: prune at initialisation with a score network taught by iterative rewind pruning
+(Liu, Cheng et al., arXiv 2408.14757; official code ChengYaofeng/AutoSparse).
+
+The score of a weight is the network's prediction ``f((theta0, g0))`` of how long it would survive
+IRP, from its initial value ``theta0`` and ``g0``, the sum of the batch-mean-loss gradients over one
+pass of the training data (BatchNorm in eval mode), as the official code computes its features.
+``scorer`` names a scorer shipped with prunekit (``prunekit autosparse list``) or a scorer file
+taught with ``prunekit autosparse teach``. Inference runs in chunks, so a 25 M-weight model fits.
+
+Deviations from the official code, by choice: the teacher's held-out split is a random set of
+*weights* (the official "test" split is the first 10 % of the training tensor, a leak used for
+checkpoint selection), its ``pct`` schedule is ``d^(k/E)`` (the official ``sparse ** 1/E`` parses
+as ``sparse / E``), and rewinding follows the configuration (officially always on, through a
+positional-argument slip). See :mod:`prunekit.autosparse`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..options import option
+from .context import ScoringContext
+from .registry import Method, register_method
+
+
+@dataclass(frozen=True)
+class AutoSparseOptions:
+    scorer: str = option("lenet300-fmnist", "a shipped scorer's name (prunekit autosparse list) or a scorer file")
+    gradient_batches: int | None = option(None, "batches of g0 (None: one full pass over data, as the official code)", min=1)
+    chunk: int = option(65536, "weights scored per chunk (memory)", min=1)
+
+
+def autosparse_scores(ctx: ScoringContext, opts: AutoSparseOptions, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    from ..autosparse import feature_matrix, full_pass_gradient, load_scorer
+
+    scorer = load_scorer(opts.scorer)
+    g0 = full_pass_gradient(ctx.model, ctx.data.source, ctx.names, num_batches=opts.gradient_batches,
+                            loss_fn=ctx.loss_fn, output_fn=ctx.output_fn)
+    theta0 = ctx.original()
+    pred = scorer.predict(feature_matrix(theta0, g0, ctx.names), chunk=opts.chunk)
+    out, i = {}, 0
+    for name in ctx.names:
+        n = theta0[name].numel()
+        out[name] = pred[i : i + n].view(theta0[name].shape).to(ctx.device)
+        i += n
+    return out
+
+
+register_method(
+    Method(
+        "autosparse",
+        "AutoSparse: a score network taught by iterative rewind pruning scores (theta0, g0), one shot",
+        AutoSparseOptions,
+        autosparse_scores,
+        needs_data=True,
+        reference="Liu, Cheng et al., Learning effective pruning at initialization from iterative pruning, arXiv 2408.14757",
+    )
+)
