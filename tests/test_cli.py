@@ -86,4 +86,4 @@ def test_the_main_job_shows_every_method_at_three_sparsities_against_dense():
     runs = spec.resolved()
     assert {r.method for r in runs} == {"dense", *[m for m in prunekit.list_methods() if m != "grasp_abs"]}
     assert sorted({r.sparsity for r in runs if r.method != "dense"}) == [0.9, 0.98, 0.995]
-    assert len(runs) == 28
+    assert len(runs) == 31
