@@ -208,7 +208,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--opt takes name=value, got {pair!r}")
         k, v = pair.split("=", 1)
         opts[k] = parse_value(method_options_class(method), k, v, f"method {method!r}")
-    sparsity = 0.0 if method == "dense" else (args.sparsity if args.density is None else 1.0 - args.density)
+    if args.sparsity is not None and args.density is not None:
+        raise ConfigError("give --sparsity or --density, not both")
+    if method in ("dense",) and (args.sparsity is not None or args.density is not None):
+        raise ConfigError("the dense baseline prunes nothing: --sparsity/--density do not apply to --method dense")
+    if args.density is not None:
+        from .allocation import check_density
+
+        sparsity = 1.0 - check_density(args.density)
+    else:
+        sparsity = 0.0 if method == "dense" else (0.9 if args.sparsity is None else args.sparsity)
     spec = RunSpec(
         args.model, args.dataset, method, sparsity, args.seed, recipe=args.recipe, epochs=args.epochs,
         ablation=args.ablation, allocation=args.allocation, method_options=opts, train=_train_overrides(args.train),
@@ -287,7 +296,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     filters = {k: v for k, v in (("model", args.model), ("dataset", args.dataset), ("recipe", args.recipe)) if v}
     tables, files = write_report(Path(args.out), args.metric, plots=not args.no_plots, **filters)
     if not tables:
-        print("no finished runs in the database yet", file=sys.stderr)
+        if filters:
+            from .experiments.db import ResultsDB
+
+            with ResultsDB(Path(args.out) / "results.db") as db:
+                have = sorted({(r["model"], r["dataset"], r["recipe"]) for r in db.runs(status="done")})
+            shown = ", ".join("/".join(h) for h in have[:8]) or "none"
+            wanted = ", ".join(f"{k}={v}" for k, v in filters.items())
+            print(f"no finished runs match {wanted}; finished runs (model/dataset/recipe): {shown}", file=sys.stderr)
+        else:
+            print("no finished runs in the database yet", file=sys.stderr)
     for t in tables:
         print(t.to_markdown())
         print()
@@ -391,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model", required=True)
     r.add_argument("--dataset", required=True)
     r.add_argument("--method", default=None, help="dense, a pruning method, or imp (dense with --structured)")
-    r.add_argument("--sparsity", type=float, default=0.9)
+    r.add_argument("--sparsity", type=float, default=None, help="fraction of prunable weights removed (default 0.9)")
     r.add_argument("--density", type=float, default=None)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--recipe", default="lenet-fmnist")

@@ -15,12 +15,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import __version__
-from .allocation import ALLOCATIONS, Ranker, Selection, check_density, density_schedule
+from .allocation import ALLOCATIONS, Ranker, Selection, check_density, density_schedule, kept_count
 from .batches import BatchStream
 from .errors import ConfigError, PrunekitWarning, ScoreError, unknown
 from .masks import Masks
 from .methods import Method, get_method
-from .methods.context import LossFn, ScoringContext, default_loss, model_device, model_dtype
+from .methods.context import LossFn, ScoringContext, default_loss, model_device, scoring_dtype
 from .options import as_dict
 from .outputs import OutputFn, checked_output_fn
 from .prunable import prunable_parameters
@@ -39,10 +39,22 @@ def resolve_density(sparsity: float | None, density: float | None) -> float:
     return check_density(density)  # type: ignore[arg-type]
 
 
+MAX_SEED = 2**63 - 1
+
+
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer in [0, 2**63 - 1], got {seed!r}")
     return seed
+
+
+def check_keeps_some(total: int, density: float) -> None:
+    """Refuse a density that keeps no weight of ``total``."""
+    if kept_count(total, density) == 0:
+        raise ConfigError(
+            f"density {density:.3g} (sparsity {1 - density:.10g}) keeps 0 of the {total:,} prunable weights; "
+            f"the lowest density that keeps one is {0.5 / total:.3g}"
+        )
 
 
 def _check_shapes(method: str, scores: Mapping[str, Tensor], params: Mapping[str, nn.Parameter]) -> None:
@@ -89,7 +101,7 @@ def _setup(
     if loss_fn is not None and getattr(opts, "official_loss", False):
         raise ConfigError(f"method {method!r}: official_loss=True replaces the loss; do not pass loss_fn= as well")
     device = model_device(model)
-    stream = None if data is None else BatchStream(data, device, model_dtype(model))
+    stream = None if data is None else BatchStream(data, device, scoring_dtype(model))
     input_shape = None
     if stream is not None:
         input_shape = tuple(stream.peek()[0].shape[1:])
@@ -171,6 +183,7 @@ def prune(
     """
     keep = resolve_density(sparsity, density)
     spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options)
+    check_keeps_some(sum(p.numel() for p in params.values()), keep)
     allocation = allocation or spec.allocation
     if allocation not in ALLOCATIONS:
         raise unknown("allocation", allocation, ALLOCATIONS)
@@ -185,7 +198,7 @@ def prune(
         show = spec.iterative and (_stderr_is_tty() if progress is None else progress)
         bar = tqdm(steps, desc=method, unit="step", leave=False, disable=not show)
         for step, step_density in enumerate(bar, start=1):
-            scores = spec.score(ctx, opts, masks)
+            scores = _run_score(spec, ctx, opts, masks)
             _check_shapes(method, scores, params)
             if invert:
                 scores = {n: -s for n, s in scores.items()}
@@ -266,7 +279,7 @@ def score(
                 raise ConfigError(f"masks= has no entry for prunable parameter {name!r}")
     with torch.random.fork_rng(devices=_rng_devices(model)):
         torch.manual_seed(seed)
-        scores = spec.score(ctx, opts, masks)
+        scores = _run_score(spec, ctx, opts, masks)
     _check_shapes(method, scores, params)
     _check_finite(method, scores)
     return {n: s.detach() for n, s in scores.items()}
@@ -275,6 +288,21 @@ def score(
 def _shown(items: list[str], limit: int = 6) -> str:
     """At most ``limit`` items of a list for a message, with how many more there are."""
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more tensors" if len(items) > limit else "")
+
+
+def _run_score(spec: Method, ctx: ScoringContext, opts: Any, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+    """The method's scores; a model that cannot run on the data is one ScoreError naming the shapes."""
+    try:
+        return spec.score(ctx, opts, masks)
+    except (RuntimeError, IndexError) as exc:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            raise
+        shape = None if ctx.stream is None else tuple(ctx.stream.peek()[0].shape)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ScoreError(
+            f"method {spec.name!r}: the model could not run on the scoring data (inputs of shape {shape}): {first}; "
+            "check that the data has the input shape the model expects"
+        ) from exc
 
 
 def _loss_name(loss_fn: LossFn | None, opts: Any) -> str:

@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -42,8 +43,8 @@ def read_idx(path: Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a corrupt compressed stream
+        raise DataError(f"cannot read IDX file {path} (corrupt or truncated: {exc}); download it again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]

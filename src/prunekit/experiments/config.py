@@ -197,6 +197,21 @@ def structured_label(structured: Mapping[str, Any]) -> str:
     return structured["trigger"] + (":" + ",".join(diff) if diff else "")
 
 
+def _prunable_count(model: str, dataset: str, num_classes: int | None, model_kwargs: Mapping[str, Any]) -> int:
+    """Prunable weights of a zoo model on a dataset, counted on the meta device (no memory, no data)."""
+    import torch
+
+    from ..data import get_info
+    from ..models import create
+    from ..prunable import prunable_parameters
+
+    info = get_info(dataset)
+    shape = (1, 28, 28) if info.name in ("mnist", "fashion-mnist") else (3, 32, 32)
+    with torch.device("meta"):
+        net = create(model, num_classes or 10, shape, seed=0, **dict(model_kwargs))
+    return sum(p.numel() for p in prunable_parameters(net).values())
+
+
 def resolve(spec: RunSpec) -> ResolvedRun:
     """The complete configuration of a run, validated.
 
@@ -209,8 +224,8 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     info = get_info(spec.dataset)
     recipe = get_recipe(spec.recipe)
     sparsity = _check_sparsity(spec.method, spec.sparsity)
-    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or spec.seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {spec.seed!r}")
+    if isinstance(spec.seed, bool) or not isinstance(spec.seed, int) or not 0 <= spec.seed <= 2**63 - 1:
+        raise ConfigError(f"seed must be an integer in [0, 2**63 - 1], got {spec.seed!r}")
     if spec.ablation is not None:
         if spec.ablation not in ABLATIONS:
             raise unknown("ablation", spec.ablation, ABLATIONS)
@@ -237,6 +252,10 @@ def resolve(spec: RunSpec) -> ResolvedRun:
     if not isinstance(spec.model_kwargs, Mapping):
         raise ConfigError(f"model_kwargs must be a table of keyword arguments, got {spec.model_kwargs!r}")
     model_kwargs = {**recipe.model_kwargs.get(spec.model, {}), **dict(spec.model_kwargs)}
+    if spec.method != DENSE and 1.0 - sparsity < 1e-3:  # only extreme sparsities can keep nothing of a zoo model
+        from ..pruning import check_keeps_some
+
+        check_keeps_some(_prunable_count(spec.model, info.name, info.num_classes, model_kwargs), 1.0 - sparsity)
     structured = None
     if spec.structured is not None:
         from ..structured import parse_budget, parse_structured
@@ -360,6 +379,15 @@ _SWEEP_KEYS = {f.name for f in fields(SweepSpec)} - {"method_options"}  # option
 _LIST_KEYS = {"models", "methods", "sparsities", "seeds", "ablations", "structured", "budgets"}
 
 
+_LIST_TYPES: dict[str, Any] = {
+    "models": str, "methods": str, "sparsities": (int, float), "seeds": int, "ablations": str, "structured": str, "budgets": str,
+}
+_SCALAR_TYPES: dict[str, Any] = {
+    "dataset": str, "recipe": str, "epochs": int, "dense": bool, "allocation": str, "scoring_batch_size": int, "data_dir": str,
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
+
+
 def sweep_from_mapping(values: Mapping[str, Any], where: str = "sweep config") -> SweepSpec:
     """Build and fully validate a :class:`SweepSpec` from a mapping (a parsed TOML file or CLI flags).
 
@@ -396,6 +424,24 @@ def sweep_from_mapping(values: Mapping[str, Any], where: str = "sweep config") -
     for key in _LIST_KEYS & values.keys():
         v = values[key]
         values[key] = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+        kind = _LIST_TYPES[key]
+        for item in values[key]:
+            if isinstance(item, bool) or not isinstance(item, kind):
+                wanted = "numbers" if kind == (int, float) else "integers" if kind is int else "names (strings)"
+                raise ConfigError(f"{key!r} in {where} must be a list of {wanted}, got an item {item!r}")
+    for key, kind in _SCALAR_TYPES.items():
+        if key in values and values[key] is not None and (not isinstance(values[key], kind) or
+                                                           (kind is not bool and isinstance(values[key], bool))):
+            raise ConfigError(f"{key!r} in {where} must be {_TYPE_NAMES[kind]}, got {values[key]!r}")
+    for key in ("models", "seeds"):
+        if key in values and not values[key]:
+            raise ConfigError(f"{key!r} in {where} is empty: a sweep needs at least one")
+    if not values.get("methods") and not values.get("structured") and not values.get("dense", True):
+        raise ConfigError(f"the sweep in {where} has nothing to run: no methods, no structured runs and no dense baseline")
+    if values.get("methods") and not values.get("sparsities"):
+        raise ConfigError(f"'sparsities' in {where} is empty: the methods need at least one")
+    if "methods" in values and not values["methods"] and not values.get("structured"):
+        raise ConfigError(f"'methods' in {where} is empty: name at least one method (or 'dense = true' with methods for a baseline)")
     for name, table in [("options", options), ("train", values.get("train", {})), ("model_kwargs", values.get("model_kwargs", {}))]:
         if not isinstance(table, Mapping):
             raise ConfigError(f"{name!r} in {where} must be a table")
@@ -419,7 +465,9 @@ def load_sweep_file(path: str | Path) -> SweepSpec:
     if not path.is_file():
         raise ConfigError(f"sweep config {str(path)!r} does not exist")
     try:
-        values = tomllib.loads(path.read_text())
+        values = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (a TOML sweep file is UTF-8 text)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     return sweep_from_mapping(values, where=str(path))

@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS runs (
     run_dir TEXT,
     layers TEXT,
     extra TEXT,
-    error TEXT
+    error TEXT,
+    failure TEXT  -- environment | method (schema 2)
 );
 CREATE INDEX IF NOT EXISTS runs_group ON runs (model, dataset, recipe, method, sparsity);
 CREATE TABLE IF NOT EXISTS epochs (
@@ -73,7 +74,7 @@ CREATE TABLE IF NOT EXISTS epochs (
 # The schema's version, kept in SQLite's ``PRAGMA user_version``. A database written by an older
 # prunekit is upgraded in place by MIGRATIONS[v] (from version v to v + 1), in one transaction, the
 # first time a newer prunekit opens it; one written by a newer prunekit is refused, not damaged.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
@@ -81,7 +82,17 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
     (``CREATE ... IF NOT EXISTS`` made them); only the version number is new."""
 
 
-MIGRATIONS: dict[int, Any] = {0: _migrate_0_to_1}
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Version 2: a failure says what caused it (``environment``: missing data, full disk, no
+    permission: retried by the next invocation once the cause is gone; ``method``: kept until
+    ``--retry-failed``). Failures recorded before are treated as the method's."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
+    if "failure" not in columns:
+        conn.execute("ALTER TABLE runs ADD COLUMN failure TEXT")
+
+
+MIGRATIONS: dict[int, Any] = {0: _migrate_0_to_1, 1: _migrate_1_to_2}
+FAILURE_KINDS = ("environment", "method")
 
 RESULT_FIELDS = (
     "final_acc", "best_acc", "best_epoch", "test_at_best_val", "density", "effective_density", "scoring_seconds",
@@ -90,25 +101,45 @@ RESULT_FIELDS = (
 _JSON_FIELDS = {"config", "versions", "layers", "extra"}
 
 
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of process ``pid`` (Linux ``/proc``), to tell it from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
 def make_owner() -> str:
-    """An owner id for this process: ``host:pid:nonce``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """An owner id for this process: ``host:pid:start:nonce`` (``start``: the process's start time
+    where the OS tells it, so that a reused pid is not mistaken for the owner)."""
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '-'}:{uuid.uuid4().hex[:8]}"
 
 
 def _owner_alive(owner: str | None) -> bool | None:
-    """True/False for an owner on this host, None when it lives on another host."""
+    """True/False for an owner on this host, None when it lives on another host.
+
+    On this host the answer is certain: the owner's process exists (a stopped one too) with the
+    start time it recorded, or it does not.
+    """
     if not owner:
         return False
     host, _, rest = owner.partition(":")
     if host != socket.gethostname():
         return None
+    parts = rest.split(":")
     try:
-        pid = int(rest.split(":")[0])
+        pid = int(parts[0])
         os.kill(pid, 0)
     except (ValueError, ProcessLookupError):
         return False
     except PermissionError:
-        return True
+        pass
+    if len(parts) >= 3 and parts[1] != "-":  # host:pid:start:nonce
+        current = _start_time(pid)
+        if current is not None and current != parts[1]:
+            return False  # the pid now belongs to another process
     return True
 
 
@@ -228,29 +259,39 @@ class ResultsDB:
 
     # -- claims ---------------------------------------------------------------------------------
     def is_stale(self, row: Mapping[str, Any], now: float | None = None) -> bool:
-        """Whether a ``running`` row's owner is gone (dead on this host, or silent too long)."""
+        """Whether a ``running`` row's owner is gone: on this host, its process no longer exists
+        (a live process keeps its run however long it is paused, e.g. by ``kill -STOP``); on
+        another host, its heartbeat is older than ``stale_after`` seconds."""
         alive = _owner_alive(row.get("owner"))
-        if alive is False:
-            return True
+        if alive is not None:
+            return not alive
         now = time.time() if now is None else now
         return (now - (row.get("heartbeat") or 0.0)) > self.stale_after
+
+    def owned_by_live_process(self, key: str, owner: str | None = None) -> str | None:
+        """The owner of ``key`` if it is running under another live process, else None."""
+        row = self.get(key)
+        if row is None or row["status"] != "running" or row["owner"] == owner or self.is_stale(row):
+            return None
+        return str(row["owner"])
 
     def claim(self, key: str, owner: str, retry_failed: bool = False) -> bool:
         """Atomically take the run for ``owner``; False if it is done, failed (unless retried) or
         running under a live owner."""
         with self._transaction() as c:
-            row = c.execute("SELECT status, owner, heartbeat FROM runs WHERE key = ?", (key,)).fetchone()
+            row = c.execute("SELECT status, owner, heartbeat, failure FROM runs WHERE key = ?", (key,)).fetchone()
             if row is None:
                 raise KeyError(f"unknown run {key}")
             status = row["status"]
-            if status == "done" or (status == "failed" and not retry_failed):
+            environment = status == "failed" and row["failure"] == "environment"
+            if status == "done" or (status == "failed" and not retry_failed and not environment):
                 return False
             if status == "running" and not self.is_stale(dict(row)):
                 return False
             now = time.time()
             c.execute(
                 "UPDATE runs SET status = 'running', owner = ?, heartbeat = ?, started = COALESCE(started, ?), "
-                "attempts = attempts + 1, error = NULL WHERE key = ?",
+                "attempts = attempts + 1, error = NULL, failure = NULL WHERE key = ?",
                 (owner, now, now, key),
             )
             return True
@@ -284,9 +325,14 @@ class ResultsDB:
             if cur.rowcount != 1:
                 raise RuntimeError(f"run {key} is no longer owned by {owner}")
 
-    def fail(self, key: str, owner: str, error: str) -> None:
+    def fail(self, key: str, owner: str, error: str, kind: str = "method") -> None:
+        """Record a failure; ``kind`` ``"environment"`` (data missing, disk full, no permission) is
+        retried by the next invocation, ``"method"`` waits for ``--retry-failed``."""
+        if kind not in FAILURE_KINDS:
+            raise ValueError(f"failure kind must be one of {FAILURE_KINDS}, got {kind!r}")
         with self._transaction() as c:
-            c.execute("UPDATE runs SET status = 'failed', finished = ?, error = ? WHERE key = ? AND owner = ?", (time.time(), error, key, owner))
+            c.execute("UPDATE runs SET status = 'failed', finished = ?, error = ?, failure = ? WHERE key = ? AND owner = ?",
+                      (time.time(), error, kind, key, owner))
 
     def release(self, key: str, owner: str) -> None:
         """Give a claimed run back as ``pending`` (interrupted on purpose, e.g. Ctrl-C)."""
@@ -299,6 +345,7 @@ class ResultsDB:
             c.execute("DELETE FROM epochs WHERE key = ?", (key,))
             c.execute(
                 "UPDATE runs SET status = 'pending', owner = NULL, heartbeat = NULL, started = NULL, finished = NULL, error = NULL, "
+                "failure = NULL, "
                 + ", ".join(f"{f} = NULL" for f in RESULT_FIELDS) + " WHERE key = ?",
                 (key,),
             )

@@ -6,7 +6,9 @@ claim, the heartbeat and the outcome. A run is identified by its :class:`Resolve
 
 from __future__ import annotations
 
+import errno
 import shutil
+import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError, DataError
 from .config import ResolvedRun, RunSpec, resolve
 from .db import Heartbeat, ResultsDB, make_owner
 from .execute import DatasetCache, execute
@@ -28,6 +31,41 @@ class RunOutcome:
     key: str
     status: str
     row: dict[str, Any] | None
+
+
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EROFS, errno.EDQUOT, errno.ENOENT, errno.EIO}
+
+
+def check_output_folder(out_dir: Path) -> None:
+    """``--out`` must be a folder this process can write (created if missing).
+
+    Raises:
+        ConfigError: it is a file, or it cannot be created or written (naming it).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {str(out_dir)!r} is a file; give a folder for the results database and run files")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the output folder {str(out_dir)!r}: {exc.strerror}") from None
+    try:  # a real write: permissions, read-only mounts and immutable folders all show here (also for root)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"the output folder {str(out_dir)!r} is not writable ({exc.strerror}); choose another --out") from None
+
+
+def failure_kind(exc: BaseException) -> str:
+    """``"environment"`` for a failure the next invocation may not meet (missing data, full disk,
+    no permission, a file system error); ``"method"`` for everything else."""
+    if isinstance(exc, DataError):
+        return "environment"
+    if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+        return "environment"
+    text = str(exc)
+    if "No space left on device" in text or "unexpected pos" in text or "PytorchStreamWriter failed" in text:
+        return "environment"  # torch.save on a full disk
+    return "method"
 
 
 def outcome_of_claim_refused(db: ResultsDB, key: str) -> RunOutcome:
@@ -63,12 +101,18 @@ def run_one(
     run = spec if isinstance(spec, ResolvedRun) else resolve(spec)
     key = run.key
     out_dir = Path(out_dir)
+    datasets = datasets or DatasetCache()
+    datasets.get(run.dataset)  # a missing or unreadable dataset is an error here, before anything is written
+    check_output_folder(out_dir)
     own_db = db is None
     db = db or ResultsDB(out_dir / "results.db")
     try:
         db.ensure(key, run.config)
         run_dir = out_dir / "runs" / key
         if force:
+            busy = db.owned_by_live_process(key, owner)
+            if busy is not None:
+                raise ConfigError(f"run {key} is being trained right now by another live process ({busy}); stop it first, then --force")
             db.reset(key)
             for leftover in ("checkpoint.pt", "masks.pt"):
                 (run_dir / leftover).unlink(missing_ok=True)
@@ -78,7 +122,6 @@ def run_one(
         if not db.claim(key, owner, retry_failed=retry_failed):
             return outcome_of_claim_refused(db, key)
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        datasets = datasets or DatasetCache()
         try:
             with Heartbeat(db, key, owner):
                 done = execute(
@@ -92,7 +135,7 @@ def run_one(
             db.release(key, owner)
             raise
         except Exception as exc:  # recorded, so that a sweep goes on with the next run
-            db.fail(key, owner, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+            db.fail(key, owner, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}", failure_kind(exc))
             return RunOutcome(key, "failed", db.get(key))
         db.finish(key, owner, results)
         return RunOutcome(key, "done", db.get(key))

@@ -22,7 +22,7 @@ from .config import SweepSpec
 from .db import ResultsDB, make_owner
 from .execute import DatasetCache
 from .groups import estimate_group_size, plan_groups, run_group
-from .run import RunOutcome, describe_outcome, run_one
+from .run import RunOutcome, check_output_folder, describe_outcome, run_one
 
 logger = logging.getLogger("prunekit")
 
@@ -76,6 +76,7 @@ def run_sweep(
     datasets = DatasetCache(spec.data_dir)
     for name in dict.fromkeys(r.dataset for r in runs):
         datasets.get(name)  # a missing or unreadable dataset fails here, before any row is written
+    check_output_folder(out_dir)
     owner = make_owner()
     with ResultsDB(out_dir / "results.db") as db:
         for run in runs:

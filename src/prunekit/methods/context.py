@@ -15,14 +15,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..batches import Batch, BatchStream
-from ..errors import ConfigError, PrunekitWarning
+from ..errors import ConfigError, DataError, PrunekitWarning
 from ..outputs import OutputFn, logits_of
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def default_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy of logits ``(B, C, ...)`` against class indices ``(B, ...)``."""
+    """Mean cross-entropy of logits ``(B, C, ...)`` against class indices ``(B, ...)``.
+
+    Raises:
+        DataError: targets that are not whole class indices (floats with fractions; pass loss_fn=
+            for another kind of target).
+    """
+    if targets.is_floating_point() and not bool((targets == targets.round()).all()):
+        raise DataError(
+            f"the default loss is cross-entropy on class indices, got float targets such as {targets.flatten()[:4].tolist()}; "
+            "pass loss_fn= for other targets"
+        )
     return F.cross_entropy(logits, targets.long())
 
 
@@ -43,6 +53,16 @@ def model_dtype(model: nn.Module) -> torch.dtype:
         if p.is_floating_point():
             return p.dtype
     return torch.get_default_dtype()
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def scoring_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype scores are computed in: the model's, but float32 for a float16/bfloat16 model, whose
+    gradients and Hessian products underflow (GraSP's scores of a float16 LeNet are mostly exact zeros)."""
+    dtype = model_dtype(model)
+    return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
 class ScoringContext:
@@ -94,6 +114,7 @@ class ScoringContext:
         Parameters keep the caller's ``requires_grad`` flags; every prunable weight requires grad.
         """
         net = copy.deepcopy(self.model)
+        dtype = dtype or (torch.float32 if model_dtype(self.model) in LOW_PRECISION else None)
         if dtype is not None:
             net = net.to(dtype)
         net.train(mode == "train")

@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ..files import atomic_savefig
-from .tables import _METRIC_NAMES, Table
+from .tables import _METRIC_NAMES, Table, epochs_text, percent
 
 
 def plot_accuracy(table: Table, path: str | Path) -> Path:
@@ -35,11 +35,11 @@ def plot_accuracy(table: Table, path: str | Path) -> Path:
     ax.set_xlim(max(ticks) * 1.3, min(ticks) / 1.3)  # reversed: sparsity grows to the right; before the log
     ax.set_xscale("log")  # scale, which cannot autoscale a single column
     ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{100 * s:g}%" for s in table.sparsities])
+    ax.set_xticklabels([f"{percent(s)}%" for s in table.sparsities])
     ax.minorticks_off()
     ax.set_xlabel("sparsity (density on a log scale)")
     ax.set_ylabel(f"{_METRIC_NAMES[table.metric]} (%)")
-    ax.set_title(f"{table.model} on {table.dataset} ({table.recipe}, {table.epochs} epochs)", fontsize=10)
+    ax.set_title(f"{table.model} on {table.dataset} ({table.recipe}, {epochs_text(table.epochs)})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()
@@ -68,7 +68,7 @@ def plot_layer_densities(table: Table, path: str | Path) -> Path | None:
         ax.set_yscale("log")
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([n.removesuffix(".weight") for n in names], rotation=60, ha="right", fontsize=7)
-        ax.set_title(f"sparsity {100 * s:g}%", fontsize=9)
+        ax.set_title(f"sparsity {percent(s)}%", fontsize=9)
         ax.set_ylabel("layer density (kept fraction)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=6, loc="best")

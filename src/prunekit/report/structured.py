@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from ..experiments.config import DENSE, structured_label
 from ..experiments.db import ResultsDB
 from ..files import atomic_savefig
-from .tables import _COLUMN, _METRIC_NAMES, METRICS, Cell
+from .tables import _COLUMN, _METRIC_NAMES, METRICS, Cell, epochs_text
 
 
 @dataclass
@@ -47,7 +47,7 @@ class StructuredTable:
     def to_markdown(self) -> str:
         dense = self._acc(self.dense) if self.dense else None
         lines = [
-            f"**{self.model} on {self.dataset}, recipe {self.recipe} ({self.epochs} epochs): early structured pruning, "
+            f"**{self.model} on {self.dataset}, recipe {self.recipe} ({epochs_text(self.epochs)}): early structured pruning, "
             f"{_METRIC_NAMES[self.metric]} (%)**",
             "",
             "| trigger | budget | accuracy | pruned at epoch | MACs kept | params kept | training time vs dense | inference latency |",

@@ -29,6 +29,15 @@ _COLUMN = {"final": "final_acc", "best": "best_acc", "val": "test_at_best_val"}
 _METRIC_NAMES = {"final": "final test accuracy", "best": "best-epoch test accuracy", "val": "test accuracy at the best validation epoch"}
 
 
+def percent(fraction: float) -> str:
+    """``0.995`` -> ``"99.5"``, ``0.9999999`` -> ``"99.99999"`` (never rounded up to 100)."""
+    return f"{100 * fraction:.10g}"
+
+
+def epochs_text(n: int) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}"
+
+
 @dataclass
 class Cell:
     values: list[float]
@@ -76,7 +85,7 @@ class Table:
         seeds = sorted({c.n for row in self.rows.values() for c in row.values()} | ({self.dense.n} if self.dense else set()))
         n = "/".join(map(str, seeds))
         return (
-            f"{self.model} on {self.dataset}, recipe {self.recipe} ({self.epochs} epochs): {_METRIC_NAMES[self.metric]} (%), "
+            f"{self.model} on {self.dataset}, recipe {self.recipe} ({epochs_text(self.epochs)}): {_METRIC_NAMES[self.metric]} (%), "
             f"mean ± std over {n} seed{'s' if seeds != [1] else ''}"
         )
 
@@ -91,7 +100,7 @@ class Table:
 
     def to_markdown(self) -> str:
         best = self.best()
-        header = "| method | " + " | ".join(f"{100 * s:g} %" for s in self.sparsities) + " |"
+        header = "| method | " + " | ".join(f"{percent(s)} %" for s in self.sparsities) + " |"
         lines = [f"**{self.title}**", "", header, "|---|" + "---:|" * len(self.sparsities)]
         if self.dense is not None:
             lines.append("| dense (0 %) | " + " | ".join(self.dense.text() for _ in self.sparsities) + " |")
@@ -144,7 +153,7 @@ class Table:
             if not rows:
                 continue
             head = "| method | kept per layer | effective density |" + (" agreement with the plain method |" if variants else "")
-            lines = [f"*Kept weights per layer at {100 * s:g} % ({header}), mean over seeds*", "", head,
+            lines = [f"*Kept weights per layer at {percent(s)} % ({header}), mean over seeds*", "", head,
                      "|---|---|---:|" + ("---:|" if variants else "")]
             for label in rows:
                 _, _, kept = self.mean_kept(label, s)  # type: ignore[misc]

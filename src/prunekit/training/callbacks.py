@@ -8,8 +8,10 @@ call ``trainer.set_masks(...)`` at the end of an epoch.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,16 +86,23 @@ class Checkpoint(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar over epochs (and one over batches) showing loss and accuracy."""
+    """A tqdm bar over epochs (and one over batches) showing loss and accuracy when stderr is a
+    terminal; otherwise (a log file, CI) one plain line per finished epoch with a time estimate, on
+    the ``prunekit`` logger (level INFO: the command line shows it; a library caller configures it)."""
 
     def __init__(self, desc: str = "train", enabled: bool | None = None, position: int = 0):
         self.desc = desc
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.lines = not self.enabled and not sys.stderr.isatty()
         self.position = position
         self.bar: Any = None
         self.inner: Any = None
+        self._done = 0
+        self._start = 0.0
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        self._start = time.perf_counter()
+        self._first_epoch = trainer.epoch
         self.bar = tqdm(
             total=trainer.config.epochs, initial=trainer.epoch, desc=self.desc, unit="ep",
             disable=not self.enabled, position=self.position, leave=False, dynamic_ncols=True,
@@ -104,15 +113,26 @@ class ProgressBar(Callback):
                           disable=not self.enabled, position=self.position + 1, leave=False, dynamic_ncols=True)
 
     def on_batch_end(self, trainer: Trainer, step: int) -> None:
-        if self.inner is not None and step % 20 == 0:
-            self.inner.update(20)
+        if self.inner is not None and (step + 1) % 20 == 0:
+            self.inner.update(step + 1 - self.inner.n)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         if self.inner is not None:
+            self.inner.update(self.inner.total - self.inner.n)
             self.inner.close()
         shown = {k: f"{v:.4f}" for k, v in metrics.items() if k in ("train_loss", "test_acc", "val_acc")}
         self.bar.set_postfix(shown)
         self.bar.update(1)
+        if self.lines:
+            total = trainer.config.epochs
+            done = epoch + 1 - self._first_epoch
+            elapsed = time.perf_counter() - self._start
+            left = elapsed / max(1, done) * (total - epoch - 1)
+            acc = f", test acc {100 * metrics['test_acc']:.2f} %" if "test_acc" in metrics else ""
+            logging.getLogger("prunekit").info(
+                "%s: epoch %d/%d, train loss %.4f%s, %.0f s (about %.0f s left)",
+                self.desc, epoch + 1, total, metrics.get("train_loss", float("nan")), acc, metrics.get("epoch_seconds", 0.0), left,
+            )
 
     def on_fit_end(self, trainer: Trainer) -> None:
         if self.bar is not None:

@@ -1,0 +1,195 @@
+"""What prunekit promises under faults and mistakes: a live run is never taken over, a failure caused
+by the environment does not outlive its cause, low-precision models score correctly, and every
+ordinary mistake is one clear error with nothing written (one test per numbered item of the issue)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import socket
+import sqlite3
+import time
+
+import pytest
+import torch
+from torch import nn
+
+import prunekit
+from conftest import TINY_TRAIN, write_tiny_mnist
+from prunekit.cli import main
+from prunekit.errors import ConfigError, DataError, ScoreError
+from prunekit.experiments import ResultsDB, RunSpec, resolve, run_one
+from prunekit.experiments.db import _start_time, make_owner
+from prunekit.experiments.execute import DatasetCache
+
+
+def spec(**kw):
+    kw.setdefault("train", TINY_TRAIN)
+    kw.setdefault("epochs", 1)
+    return RunSpec("lenet_300_100", "mnist", kw.pop("method", "snip"), kw.pop("sparsity", 0.9), kw.pop("seed", 0), **kw)
+
+
+# 1. a live run is never executed twice ------------------------------------------------------------
+def test_a_paused_live_owner_keeps_its_run_and_force_refuses(tmp_path, tiny_mnist):
+    run = resolve(spec())
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        db.ensure(run.key, run.config)
+        live = make_owner()  # this very process: alive, however old its heartbeat
+        assert db.claim(run.key, live)
+        with db._transaction() as c:
+            c.execute("UPDATE runs SET heartbeat = ? WHERE key = ?", (time.time() - 10_000, run.key))  # "paused" for hours
+        assert not db.claim(run.key, "someone:else")
+        assert db.owned_by_live_process(run.key, "someone:else") == live
+        with pytest.raises(ConfigError, match="another live process"):
+            run_one(spec(), tmp_path / "o", db=db, datasets=DatasetCache(str(tiny_mnist)), force=True, owner="someone:else")
+        # a dead process on this host, or a reused pid (another start time), is gone: its run is taken over
+        host, pid = socket.gethostname(), os.getpid()
+        reused = f"{host}:{pid}:{int(_start_time(pid) or 0) + 1}:abc"
+        with db._transaction() as c:
+            c.execute("UPDATE runs SET owner = ? WHERE key = ?", (reused, run.key))
+        assert db.claim(run.key, "next:owner")
+
+
+# 2. a failure does not outlive its cause ------------------------------------------------------------
+def test_environment_failures_are_retried_and_method_failures_kept(tmp_path):
+    run = resolve(spec())
+    with ResultsDB(tmp_path / "r.db") as db:
+        db.ensure(run.key, run.config)
+        assert db.claim(run.key, "a:1")
+        db.fail(run.key, "a:1", "DataError: dataset missing", "environment")
+        assert db.claim(run.key, "b:2")  # retried by the next invocation, no --retry-failed needed
+        db.fail(run.key, "b:2", "ScoreError: NaN", "method")
+        assert not db.claim(run.key, "c:3") and db.claim(run.key, "c:3", retry_failed=True)
+    from prunekit.experiments.run import failure_kind
+
+    assert failure_kind(DataError("gone")) == "environment"
+    assert failure_kind(OSError(28, "No space left on device")) == "environment"
+    assert failure_kind(RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")) == "environment"
+    assert failure_kind(ValueError("bad")) == "method"
+
+
+def test_demo_with_missing_data_writes_nothing_and_then_runs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--data-dir", str(tmp_path / "nowhere"), "--out", str(out), "--no-progress"]) == 2
+    assert "fashion-mnist" in capsys.readouterr().err and not (out / "results.db").exists()
+
+
+# 3. low precision ---------------------------------------------------------------------------------
+def test_grasp_on_a_float16_model_scores_in_float32():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 50), nn.ReLU(), nn.Linear(50, 10)).half()
+    g = torch.Generator().manual_seed(1)
+    data = [(torch.randn(64, 20, generator=g).half(), torch.randint(0, 10, (64,), generator=g)) for _ in range(3)]
+    masks = prunekit.prune(model, "grasp", 0.9, data=data, samples_per_class=5)
+    scores = prunekit.score(model, "grasp", data=data, samples_per_class=5)
+    assert scores["0.weight"].dtype == torch.float32
+    assert int((scores["0.weight"] == 0).sum()) < 10  # float16 left 98 % of them exactly 0
+    assert masks["0.weight"].sum() > 0 and model[0].weight.dtype == torch.float16  # the model is untouched
+
+
+# 4. a sparsity that keeps nothing -------------------------------------------------------------------
+def test_a_density_that_keeps_no_weight_is_refused(capsys):
+    model = nn.Sequential(nn.Linear(10, 10))
+    with pytest.raises(ConfigError, match="keeps 0 of the 100"):
+        prunekit.prune(model, "magnitude", density=1e-9)
+    with pytest.raises(ConfigError, match="keeps 0"):
+        resolve(RunSpec("lenet5", "fashion-mnist", "snip", 0.9999999, 0))
+    assert main(["run", "--model", "lenet5", "--dataset", "fashion-mnist", "--method", "snip", "--sparsity", "0.9999999"]) == 2
+    assert "keeps 0" in capsys.readouterr().err
+
+
+# 5. one clear error for ordinary mistakes ----------------------------------------------------------
+def test_ordinary_mistakes_are_one_clear_error(tmp_path, tiny_mnist, capsys):
+    base = ["run", "--model", "lenet_300_100", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--method", "snip", "--epochs", "1",
+            "--train", "val_size=40", "--train", "batch_size=50", "--no-progress"]
+    as_file = tmp_path / "afile"
+    as_file.write_text("x")
+    for argv, message in [
+        ([*base, "--seed", "9223372036854775808", "--out", str(tmp_path / "o")], "seed must be an integer in [0, 2**63 - 1]"),
+        ([*base, "--out", str(as_file)], "is a file"),
+        ([*base, "--density", "2", "--out", str(tmp_path / "o")], "density must be in (0, 1]"),
+        (["run", "--model", "lenet5", "--dataset", "fashion-mnist", "--method", "dense", "--sparsity", "0.5"], "dense baseline prunes nothing"),
+    ]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(ConfigError, match="seed"):
+        prunekit.prune(nn.Linear(3, 3), "random", 0.5, seed=2**70)
+    # a corrupt gzipped dataset names its file
+    bad = write_tiny_mnist(tmp_path / "bad")
+    raw = bytearray((bad / "train-images-idx3-ubyte.gz").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (bad / "train-images-idx3-ubyte.gz").write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+        prunekit.data.load_dataset("mnist", bad)
+    # a truncated results database is reported with its path, never replaced
+    db_path = tmp_path / "t" / "results.db"
+    run_one(spec(), tmp_path / "t", datasets=DatasetCache(str(tiny_mnist)), device=torch.device("cpu"))
+    data = db_path.read_bytes()
+    for leftover in ("results.db-wal", "results.db-shm"):
+        (tmp_path / "t" / leftover).unlink(missing_ok=True)
+    db_path.write_bytes(data[: len(data) // 3])
+    assert main(["report", "--out", str(tmp_path / "t"), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "results.db" in err and "not a readable" in err and "Traceback" not in err
+    # a model that cannot run on the data
+    with pytest.raises(ScoreError, match=r"inputs of shape \(4, 3, 8, 8\)"):
+        prunekit.prune(prunekit.models.create("lenet5", 10, (1, 28, 28)), "snip", 0.9,
+                       data=[(torch.randn(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))])
+
+
+# 6. sweep files validated in full ---------------------------------------------------------------------
+@pytest.mark.parametrize("text, message", [
+    (b"\xff\xfe\x00binary", "not a text file"),
+    (b'models = [["x"]]\ndataset = "mnist"\nmethods = ["snip"]\nsparsities = [0.9]\n', "list of names"),
+    (b'models = ["lenet5"]\ndataset = "mnist"\nmethods = ["snip"]\nsparsities = [0.9]\ndense = "false"\n', "true or false"),
+    (b'models = ["lenet5"]\ndataset = "mnist"\nmethods = []\nsparsities = [0.9]\n', "'methods'"),
+    (b'models = []\ndataset = "mnist"\nmethods = ["snip"]\nsparsities = [0.9]\n', "'models'"),
+    (b'models = ["lenet5"]\ndataset = "mnist"\nmethods = ["snip"]\nsparsities = [0.9]\ndata_dir = 3\n', "'data_dir'"),
+])
+def test_sweep_files_are_validated_before_anything_runs(tmp_path, capsys, text, message):
+    cfg = tmp_path / "s.toml"
+    cfg.write_bytes(text)
+    assert main(["sweep", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_methods_flag_is_an_error(tmp_path, capsys):
+    assert main(["sweep", "--models", "lenet5", "--dataset", "mnist", "--methods", ",", "--sparsities", "0.9", "--out", str(tmp_path / "o")]) == 2
+    assert "methods" in capsys.readouterr().err
+
+
+# 7. messages that say what happened ------------------------------------------------------------------
+def test_messages_name_the_real_problem(tmp_path, tiny_mnist, capsys):
+    run_one(spec(), tmp_path / "o", datasets=DatasetCache(str(tiny_mnist)), device=torch.device("cpu"))
+    capsys.readouterr()
+    assert main(["report", "--out", str(tmp_path / "o"), "--model", "resnet20", "--no-plots"]) == 0
+    assert "no finished runs match model=resnet20" in capsys.readouterr().err
+    with pytest.raises(DataError, match="float targets"):
+        prunekit.prune(nn.Linear(4, 3), "snip", 0.5, data=[(torch.randn(8, 4), torch.rand(8))])
+
+
+# 8. progress outside a terminal ----------------------------------------------------------------------
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, tiny_mnist, capsys):
+    assert main(["run", "--model", "lenet_300_100", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--method", "snip",
+                 "--epochs", "2", "--train", "val_size=40", "--train", "batch_size=50", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "left" in err
+    from prunekit.report.tables import epochs_text, percent
+
+    assert percent(0.9999999) == "99.99999" and epochs_text(1) == "1 epoch"
+
+
+def test_the_fault_table_in_the_docs_names_tests_that_exist():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "faults.md").read_text()
+    here = Path(__file__).resolve().parent
+    names = [part for line in text.splitlines() if line.startswith("|") for part in line.split("`") if "::" in part]
+    assert names
+    for name in names:
+        file, _, test = name.partition("::")
+        assert f"def {test.split('[')[0]}(" in (here.parent / file).read_text(), name
