@@ -4,10 +4,8 @@ ordinary mistake is one clear error with nothing written (one test per numbered 
 
 from __future__ import annotations
 
-import gzip
 import os
 import socket
-import sqlite3
 import time
 
 import pytest
