@@ -8,8 +8,7 @@ Public API::
     prunekit.list_methods()
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import (
     ConfigError,
     DataError,

@@ -12,16 +12,18 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor
 
+from . import inputs as inp
 from .errors import ConfigError, DataError
 
-Batch = tuple[Tensor, Tensor]
+Batch = tuple[inp.Inputs, Tensor]
 
 
 class BatchStream:
     """Batches from ``data``, moved to ``device``; restarts ``data`` when it runs out.
 
-    Floating-point inputs are cast to ``dtype`` (the model's parameter dtype) so that a float64 model
-    can be scored with float32 data.
+    Inputs may be a tensor, a tuple or a mapping of tensors (:mod:`prunekit.inputs`). Floating-point
+    input tensors are cast to ``dtype`` (the model's parameter dtype) so that a float64 model can be
+    scored with float32 data; integer ones (token ids, attention masks) keep their dtype.
     """
 
     def __init__(self, data: Iterable, device: torch.device, dtype: torch.dtype | None = None):
@@ -29,7 +31,7 @@ class BatchStream:
             raise ConfigError(
                 f"data must be an iterable of (inputs, targets) batches (a list or a DataLoader), got {type(data).__name__}"
             )
-        if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        if isinstance(data, tuple) and len(data) == 2 and inp.is_inputs(data[0]) and isinstance(data[1], Tensor):
             data = [data]  # a single (inputs, targets) pair
         self._data = data
         self._iter: Iterator | None = None
@@ -42,14 +44,21 @@ class BatchStream:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise DataError(f"each batch must be an (inputs, targets) pair, got {type(batch).__name__}")
         x, y = batch[0], batch[1]
-        if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-            raise DataError("each batch must be a pair of tensors (inputs, targets)")
-        if x.shape[0] != y.shape[0]:
-            raise DataError(f"batch inputs and targets disagree in size: {x.shape[0]} vs {y.shape[0]}")
-        x = x.to(self.device, non_blocking=True)
-        if self.dtype is not None and x.is_floating_point():
-            x = x.to(self.dtype)
-        return x, y.to(self.device, non_blocking=True)
+        if not inp.is_inputs(x) or not isinstance(y, Tensor):
+            raise DataError(
+                "each batch must be (inputs, targets): inputs a tensor, a tuple or a dict of tensors, targets a tensor; "
+                f"got ({type(x).__name__}, {type(y).__name__})"
+            )
+        n = inp.batch_size(x)
+        if y.dim() == 0 or n != y.shape[0]:
+            raise DataError(f"batch inputs and targets disagree in size: {inp.describe(x)} vs targets {tuple(y.shape)}")
+        dtype = self.dtype
+
+        def move(t: Tensor) -> Tensor:
+            t = t.to(self.device, non_blocking=True)
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+        return inp.map_tensors(x, move), y.to(self.device, non_blocking=True)
 
     @property
     def source(self) -> Iterable:
@@ -125,13 +134,13 @@ def class_balanced(stream: BatchStream, samples_per_class: int, num_classes: int
                 counts[c] += 1
                 take.append(i)
         if take:
-            idx = torch.tensor(take, device=x.device)
-            xs.append(x.index_select(0, idx))
+            idx = torch.tensor(take, device=y.device)
+            xs.append(inp.select(x, idx))
             ys.append(y.index_select(0, idx))
         if bool((counts >= samples_per_class).all()):
             break
     if not xs:
         raise DataError("class-balanced sampling found no samples")
-    x, y = torch.cat(xs), torch.cat(ys)
+    x, y = inp.concat(xs), torch.cat(ys)
     order = torch.sort(y.long(), stable=True).indices  # by class, met order within a class
-    return x.index_select(0, order), y.index_select(0, order)
+    return inp.select(x, order), y.index_select(0, order)

@@ -24,6 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import inputs as inp
+from .errors import ConfigError
+from .outputs import logits_of
+
 _NORMS = (
     nn.modules.batchnorm._BatchNorm,
     nn.modules.instancenorm._InstanceNorm,
@@ -39,9 +43,15 @@ _ADAPTIVE = {
 }
 
 
+def _identity_output(module: nn.Module, args: tuple[Any, ...], out: Any) -> Any:
+    return args[0]
+
+
 def _linearised_child(module: nn.Module) -> nn.Module | None:
     if isinstance(module, _NORMS):
-        return nn.Identity()
+        # an identity by a hook, not a replacement: the parent may read the norm's attributes (eps)
+        module.register_forward_hook(_identity_output)
+        return None
     kind: Any = type(module)
     if kind in _MAX_TO_AVG and module.dilation in (1, (1,), (1, 1), (1, 1, 1)):
         return _MAX_TO_AVG[kind](module.kernel_size, module.stride, module.padding, module.ceil_mode)
@@ -59,7 +69,7 @@ def _linearise(net: nn.Module) -> None:
 
 
 def effective_masks(
-    model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int]
+    model: nn.Module, masks: Mapping[str, Tensor], input_shape: Sequence[int] | None = None, *, example_inputs: Any = None,
 ) -> dict[str, Tensor]:
     """Kept weights that lie on at least one input-to-output path.
 
@@ -67,6 +77,9 @@ def effective_masks(
         model: the model the masks belong to (not modified).
         masks: ``{param_name: bool tensor}``.
         input_shape: shape of one input sample, without the batch dimension.
+        example_inputs: instead of ``input_shape``, one batch of inputs (a tensor, tuple or dict):
+            floating-point tensors are replaced by ones, integer ones (token ids) kept, and the
+            embeddings emit ones (see :func:`prunekit.inputs.embeddings_emit_ones`).
 
     Returns:
         ``{param_name: bool tensor}`` (CPU), a subset of ``masks``.
@@ -86,10 +99,16 @@ def effective_masks(
                 p.zero_()
             else:
                 p.abs_()
-    x = torch.ones(1, *input_shape, dtype=torch.float64, device=device)
-    out = net(x)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
+    if example_inputs is not None:
+        example = inp.map_tensors(inp.select(example_inputs, slice(0, 1)), lambda t: t.to(device))
+        x = inp.all_ones(example, torch.float64)
+        if inp.has_integer_inputs(example):
+            inp.embeddings_emit_ones(net)
+    elif input_shape is not None:
+        x = torch.ones(1, *input_shape, dtype=torch.float64, device=device)
+    else:
+        raise ConfigError("effective density needs input_shape= or example_inputs=")
+    out = logits_of(inp.call(net, x))
     names = list(masks)
     grads = torch.autograd.grad(out.sum(), [params[n] for n in names], allow_unused=True)
     result = {}

@@ -187,7 +187,8 @@ def compare_masks(a: Mapping[str, Tensor], b: Mapping[str, Tensor], labels: tupl
 
 
 def build_report(
-    masks: Mapping[str, Tensor], meta: Mapping[str, Any], model: nn.Module | None = None, input_shape: Sequence[int] | None = None
+    masks: Mapping[str, Tensor], meta: Mapping[str, Any], model: nn.Module | None = None, input_shape: Sequence[int] | None = None,
+    example_inputs: Any = None,
 ) -> MaskReport:
     """The :class:`MaskReport` of ``masks`` (see :meth:`prunekit.Masks.report`)."""
     input_shape = input_shape if input_shape is not None else meta.get("input_shape")
@@ -195,13 +196,15 @@ def build_report(
     note = None
     if model is None:
         note = "effective density needs the model: masks.report(model)"
-    elif input_shape is None:
-        note = "effective density needs the input shape: masks.report(model, input_shape=(C, H, W))"
+    elif input_shape is None and example_inputs is None:
+        note = "effective density needs the input: masks.report(model, input_shape=(C, H, W)) or example_inputs=one batch of inputs"
     else:
         from .connectivity import effective_masks
 
         try:
-            effective = effective_masks(model, masks, tuple(input_shape))
+            effective = effective_masks(
+                model, masks, None if input_shape is None else tuple(input_shape), example_inputs=example_inputs
+            )
         except Exception as exc:  # a model whose forward cannot take an all-ones float input
             note = f"effective density could not be computed for this model ({type(exc).__name__}: {exc})"
     rows = []

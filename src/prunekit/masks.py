@@ -230,7 +230,9 @@ class Masks(Mapping[str, Tensor]):
         params = self.check(model)
         return all(bool((p.detach()[~m.to(p.device)] == 0).all()) for p, m in zip(params.values(), self._masks.values()))
 
-    def report(self, model: nn.Module | None = None, input_shape: Sequence[int] | None = None) -> MaskReport:
+    def report(
+        self, model: nn.Module | None = None, input_shape: Sequence[int] | None = None, example_inputs: Any = None
+    ) -> MaskReport:
         """Per-layer size, kept count, density and effective density.
 
         Effective density counts kept weights that still lie on an input-to-output path (see
@@ -241,12 +243,13 @@ class Masks(Mapping[str, Tensor]):
         Args:
             model: the model the masks belong to; without it, effective density is not computed.
             input_shape: shape of one input sample (no batch dimension).
+            example_inputs: instead, one batch of inputs (a tensor, tuple or dict; token ids welcome).
         """
         from .layer_report import build_report
 
         if model is not None:
             self.check(model)
-        return build_report(self._masks, self.meta, model, input_shape)
+        return build_report(self._masks, self.meta, model, input_shape, example_inputs)
 
     def to_torch_prune(self, model: nn.Module) -> nn.Module:
         """Re-express the masks in ``torch.nn.utils.prune``'s layout (``weight_orig`` + ``weight_mask``).
@@ -262,6 +265,27 @@ class Masks(Mapping[str, Tensor]):
             module = model.get_submodule(module_name) if module_name else model
             torch_prune.custom_from_mask(module, attr, m.to(p.device))
         return model
+
+    @classmethod
+    def from_torch_prune(cls, model: nn.Module) -> Masks:
+        """Read the masks of a model pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``).
+
+        Keys are the pruned parameters' names (``fc1.weight``), which is what they are called again
+        after ``torch.nn.utils.prune.remove``; the model is not modified.
+
+        Raises:
+            MaskError: the model holds no ``torch.nn.utils.prune`` mask.
+        """
+        found: dict[str, Tensor] = {}
+        for module_name, module in model.named_modules():
+            prefix = f"{module_name}." if module_name else ""
+            for buf_name, buf in module.named_buffers(recurse=False):
+                attr = buf_name.removesuffix("_mask")
+                if buf_name.endswith("_mask") and isinstance(getattr(module, f"{attr}_orig", None), nn.Parameter):
+                    found[f"{prefix}{attr}"] = buf.detach().cpu()
+        if not found:
+            raise MaskError(f"{type(model).__name__} holds no torch.nn.utils.prune masks (no <name>_orig / <name>_mask pair)")
+        return cls(found, {"source": "torch.nn.utils.prune", "model": type(model).__name__})
 
     # -- files --------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -2,7 +2,10 @@
 
 The default rule, shared by SNIP, GraSP, SynFlow, FORCE and ProsPr's official code: the ``weight`` of
 every convolution (``Conv1d/2d/3d`` and their transposed forms) and every ``Linear`` layer, the first
-and last layer included. Biases, normalisation layers and embeddings are never pruned by default.
+and last layer included; in transformers also the attention projections that are not ``Linear``
+modules: ``nn.MultiheadAttention``'s ``in_proj_weight`` (or ``q/k/v_proj_weight``) and the ``Conv1D``
+projections of Hugging Face's GPT-2 family (a transposed ``Linear``). Biases, normalisation layers and
+embeddings are never pruned by default; ``exclude="*in_proj_weight"`` keeps attention dense.
 The rule can be replaced (``include``) or narrowed (``exclude``) with glob patterns on parameter names
 as printed by ``model.named_parameters()``.
 """
@@ -38,12 +41,25 @@ def _as_patterns(value: str | Sequence[str] | None, what: str) -> list[str]:
     return patterns
 
 
+ATTENTION_PROJECTIONS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+
+
+def _is_hf_conv1d(module: nn.Module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2's projections): a Linear with its weight stored transposed."""
+    return type(module).__name__ == "Conv1D" and type(module).__module__.startswith("transformers")
+
+
 def default_prunable_names(model: nn.Module) -> list[str]:
     """Names of the parameters the default rule prunes, in ``named_parameters()`` order."""
     chosen: set[str] = set()
     for module_name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_MODULE_TYPES) and isinstance(getattr(module, "weight", None), nn.Parameter):
-            chosen.add(f"{module_name}.weight" if module_name else "weight")
+        prefix = f"{module_name}." if module_name else ""
+        if (isinstance(module, PRUNABLE_MODULE_TYPES) or _is_hf_conv1d(module)) and isinstance(
+            getattr(module, "weight", None), nn.Parameter
+        ):
+            chosen.add(f"{prefix}weight")
+        if isinstance(module, nn.MultiheadAttention):
+            chosen.update(f"{prefix}{n}" for n in ATTENTION_PROJECTIONS if isinstance(getattr(module, n, None), nn.Parameter))
     return [name for name, _ in model.named_parameters() if name in chosen]
 
 
@@ -85,6 +101,12 @@ def prunable_parameters(
         names = default_prunable_names(model)
     names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude_p)]
     if not names:
+        if any(n.endswith("_orig") for n in all_names) and any(b.endswith("_mask") for b, _ in model.named_buffers()):
+            raise ConfigError(
+                f"{type(model).__name__} was pruned with torch.nn.utils.prune (its weights are <name>_orig + <name>_mask): "
+                "read its masks with prunekit.Masks.from_torch_prune(model), and call torch.nn.utils.prune.remove(module, "
+                "'weight') on each pruned module before pruning it again with prunekit"
+            )
         raise ConfigError(
             f"{type(model).__name__} has no prunable parameters: the default rule prunes the weights of "
             "Conv*d and Linear modules; pass include=[...] glob patterns to choose parameters by name"

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import __version__
+from . import inputs as inp
 from .allocation import ALLOCATIONS, Ranker, Selection, check_density, density_schedule, kept_count
 from .batches import BatchStream
 from .errors import ConfigError, PrunekitWarning, ScoreError, unknown
@@ -85,6 +86,7 @@ def _setup(
     loss_fn: LossFn | None,
     output_fn: OutputFn | None,
     options: Mapping[str, Any],
+    example_inputs: Any = None,
 ) -> tuple[Method, Any, ScoringContext, dict[str, nn.Parameter]]:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -102,13 +104,22 @@ def _setup(
         raise ConfigError(f"method {method!r}: official_loss=True replaces the loss; do not pass loss_fn= as well")
     device = model_device(model)
     stream = None if data is None else BatchStream(data, device, scoring_dtype(model))
-    input_shape = None
-    if stream is not None:
-        input_shape = tuple(stream.peek()[0].shape[1:])
-    elif getattr(opts, "input_shape", None):
+    example = None
+    if example_inputs is not None:
+        if not inp.is_inputs(example_inputs):
+            raise ConfigError(
+                f"example_inputs must be a batch of model inputs (a tensor, a tuple or a dict of tensors), got {type(example_inputs).__name__}"
+            )
+        example = BatchStream([(example_inputs, torch.zeros(inp.batch_size(example_inputs)))], device, scoring_dtype(model)).next()[0]
+    elif stream is not None:
+        example = stream.peek()[0]
+    if example is not None:
+        example = inp.select(example, slice(0, 1))
+    input_shape = inp.sample_shape(example) if example is not None else None
+    if getattr(opts, "input_shape", None):
         input_shape = tuple(opts.input_shape)
     ctx = ScoringContext(
-        model, list(params), stream, loss_fn or default_loss, seed, input_shape, method, checked_output_fn(output_fn)
+        model, list(params), stream, loss_fn or default_loss, seed, input_shape, method, checked_output_fn(output_fn), example
     )
     return spec, opts, ctx, params
 
@@ -134,6 +145,7 @@ def prune(
     progress: bool | None = None,
     callback: Callable[[int, float, dict[str, Tensor]], None] | None = None,
     invert: bool = False,
+    example_inputs: Any = None,
     **options: Any,
 ) -> Masks:
     """Compute pruning masks for ``model`` with ``method``; the model is not modified.
@@ -143,8 +155,12 @@ def prune(
         method: a name from :func:`prunekit.list_methods`.
         sparsity: fraction of prunable weights to remove, in ``[0, 1)``.
         density: fraction to keep, in ``(0, 1]`` (instead of ``sparsity``).
-        data: iterable of ``(inputs, targets)`` batches (a ``DataLoader`` works); required by
-            data-driven methods; SynFlow reads only the shape of one batch.
+        data: iterable of ``(inputs, targets)`` batches (a ``DataLoader`` works); ``inputs`` a
+            tensor, a tuple (``model(*inputs)``) or a dict (``model(**inputs)``). Required by
+            data-driven methods; SynFlow reads only the structure, shapes and dtypes of one batch.
+        example_inputs: one batch of inputs for data-free methods called without ``data`` (SynFlow
+            builds its all-ones input from it; integer inputs such as token ids are kept, and the
+            all-ones input enters through the embedding layers' weights).
         seed: fixes random scores, re-initialisations and any randomness in the forward pass
             (dropout); the caller's global RNG state is left as it was.
         allocation: ``"global"`` (one ranking, the default of every method but ``random``),
@@ -182,7 +198,7 @@ def prune(
             than by the scores (and once more at the end if later steps were too).
     """
     keep = resolve_density(sparsity, density)
-    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options)
+    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options, example_inputs)
     check_keeps_some(sum(p.numel() for p in params.values()), keep)
     allocation = allocation or spec.allocation
     if allocation not in ALLOCATIONS:
@@ -260,6 +276,7 @@ def score(
     exclude: str | Sequence[str] | None = None,
     loss_fn: LossFn | None = None,
     output_fn: OutputFn | None = None,
+    example_inputs: Any = None,
     **options: Any,
 ) -> dict[str, Tensor]:
     """Saliency scores of ``method`` for every prunable weight (higher = more important).
@@ -271,7 +288,7 @@ def score(
     Returns:
         ``{param_name: float tensor}`` on the model's device.
     """
-    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options)
+    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options, example_inputs)
     if masks is not None:
         masks = Masks(masks)
         for name in params:
@@ -294,13 +311,13 @@ def _run_score(spec: Method, ctx: ScoringContext, opts: Any, masks: Mapping[str,
     """The method's scores; a model that cannot run on the data is one ScoreError naming the shapes."""
     try:
         return spec.score(ctx, opts, masks)
-    except (RuntimeError, IndexError) as exc:
+    except (RuntimeError, IndexError, TypeError) as exc:
         if isinstance(exc, torch.cuda.OutOfMemoryError):
             raise
-        shape = None if ctx.stream is None else tuple(ctx.stream.peek()[0].shape)
+        shape = None if ctx.stream is None else inp.describe(ctx.stream.peek()[0])
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ScoreError(
-            f"method {spec.name!r}: the model could not run on the scoring data (inputs of shape {shape}): {first}; "
+            f"method {spec.name!r}: the model could not run on the scoring data (inputs {shape}): {first}; "
             "check that the data has the input shape the model expects"
         ) from exc
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .. import inputs as inp
 from ..batches import BatchStream
 from ..errors import ConfigError
 from ..masks import Masks
@@ -58,7 +59,7 @@ def full_pass_gradient(
     total = [torch.zeros_like(p) for p in wanted]
     for _ in range(count):
         x, y = stream.next()
-        loss = (loss_fn or default_loss)((output_fn or logits_of)(net(x)), y)
+        loss = (loss_fn or default_loss)((output_fn or logits_of)(inp.call(net, x)), y)
         for t, g in zip(total, torch.autograd.grad(loss, wanted, allow_unused=True)):
             if g is not None:
                 t.add_(g)

@@ -5,6 +5,7 @@ Score functions never touch the caller's model: they work on copies made by :met
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import inputs as inp
 from ..batches import Batch, BatchStream
 from ..errors import ConfigError, DataError, PrunekitWarning
 from ..outputs import OutputFn, logits_of
@@ -65,6 +67,14 @@ def scoring_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
+def second_order_attention() -> contextlib.AbstractContextManager[None]:
+    """Scaled-dot-product attention through its math kernel, the one with a double backward (the
+    fused CPU/GPU kernels have none): for methods that differentiate gradients (GraSP, ProsPr)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 class ScoringContext:
     """Everything a score function may use.
 
@@ -76,7 +86,10 @@ class ScoringContext:
         output_fn: ``output_fn(outputs) -> logits`` (:func:`prunekit.outputs.logits_of` by default).
         generator: a CPU generator seeded from the call's seed (for random scores and re-inits,
             drawn on the CPU so that a seed gives the same masks on every device).
-        input_shape: shape of one input sample, when known.
+        input_shape: shape of one input sample, when the inputs are one tensor and it is known.
+        example: one input sample in the model's input structure (a tensor, tuple or mapping with
+            batch dimension 1, on the model's device), from ``example_inputs=`` or the first batch;
+            what data-free methods build their input from.
         cache: per-call scratch space for iterative methods (e.g. a prepared copy).
     """
 
@@ -90,6 +103,7 @@ class ScoringContext:
         input_shape: tuple[int, ...] | None,
         method: str,
         output_fn: OutputFn = logits_of,
+        example: Any = None,
     ):
         self.model = model
         self.names = names
@@ -98,6 +112,7 @@ class ScoringContext:
         self.output_fn = output_fn
         self.generator = torch.Generator().manual_seed(seed)
         self.input_shape = input_shape
+        self.example = example
         self.method = method
         self.device = model_device(model)
         self.cache: dict[str, Any] = {}
@@ -141,7 +156,7 @@ class ScoringContext:
     def loss(self, net: nn.Module, batch: Batch, loss_fn: LossFn | None = None) -> Tensor:
         """``loss_fn(logits, targets)`` of ``net`` on ``batch`` (the call's ``loss_fn`` by default)."""
         x, y = batch
-        return (loss_fn or self.loss_fn)(self.logits(net(x)), y)
+        return (loss_fn or self.loss_fn)(self.logits(inp.call(net, x)), y)
 
     def mean_gradients(
         self, net: nn.Module, params: list[Tensor], batches: list[Batch], loss_fn: LossFn | None = None

@@ -37,11 +37,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .. import inputs as inp
 from ..batches import Batch, class_balanced
 from ..errors import ScoreError
 from ..options import option
 from ..outputs import OutputFn, logits_of
-from .context import LossFn, ScoringContext, apply_masks_
+from .context import LossFn, ScoringContext, apply_masks_, second_order_attention
 from .registry import Method, count_rule_option, official_option, register_method
 from .snip import BN_MODES
 
@@ -75,10 +76,10 @@ def hessian_gradient_product(
     chunked (except through BN batch statistics in train mode). A parameter the loss does not depend
     on gets ``None`` in both lists.
     """
-    total = sum(int(x.shape[0]) for x, _ in chunks)
+    total = sum(inp.batch_size(x) for x, _ in chunks)
 
-    def chunk_loss(x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(output_fn(net(x)) / temperature, y) * (x.shape[0] / total)
+    def chunk_loss(x: inp.Inputs, y: Tensor) -> Tensor:
+        return loss_fn(output_fn(inp.call(net, x)) / temperature, y) * (inp.batch_size(x) / total)
 
     g = [torch.zeros_like(p) for p in params]
     used: set[int] = set()
@@ -109,30 +110,31 @@ def _theta_hg(ctx: ScoringContext, opts: GraspOptions, masks: Mapping[str, Tenso
     apply_masks_(params, masks)
     if opts.samples_per_class is None:
         batches = ctx.data.take(opts.num_batches)
-        x = torch.cat([b[0] for b in batches])
+        x = inp.concat([b[0] for b in batches])
         y = torch.cat([b[1] for b in batches])
     else:
         first_x, _ = ctx.data.peek()
         net.eval()  # probe the number of classes without batch statistics
         with torch.no_grad():
-            logits = ctx.logits(net(first_x[:1]))
+            logits = ctx.logits(inp.call(net, inp.select(first_x, slice(0, 1))))
         net.train(opts.bn_mode == "train")
         if logits.dim() < 2:
             raise ScoreError(f"grasp needs class logits of shape (batch, classes), got shape {tuple(logits.shape)}")
         x, y = class_balanced(ctx.data, opts.samples_per_class, logits.shape[-1])
     chunks = split_chunks(x, y, opts.num_chunks)
     names = list(params)
-    _, hg = hessian_gradient_product(net, list(params.values()), chunks, ctx.loss_fn, opts.temperature, ctx.output_fn)
+    with second_order_attention():
+        _, hg = hessian_gradient_product(net, list(params.values()), chunks, ctx.loss_fn, opts.temperature, ctx.output_fn)
     ctx.warn_unused([n for n, h in zip(names, hg) if h is None])
     return {n: p.detach() * (torch.zeros_like(p) if h is None else h) for (n, p), h in zip(params.items(), hg)}
 
 
-def split_chunks(x: Tensor, y: Tensor, num_chunks: int) -> list[Batch]:
+def split_chunks(x: inp.Inputs, y: Tensor, num_chunks: int) -> list[Batch]:
     """``num_chunks`` consecutive parts, cut at ``floor(i N / num_chunks)`` like the official halves
     (``[:N//2]``, ``[N//2:]``); empty parts are dropped."""
-    n = len(x)
+    n = inp.batch_size(x)
     bounds = [i * n // num_chunks for i in range(num_chunks + 1)]
-    return [(x[a:b], y[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [(inp.select(x, slice(a, b)), y[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
 def grasp_scores(ctx: ScoringContext, opts: GraspOptions, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:

@@ -41,9 +41,10 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from .. import inputs as inp
 from ..batches import Batch
 from ..options import option
-from .context import ScoringContext
+from .context import ScoringContext, second_order_attention
 from .registry import Method, count_rule_option, official_option, register_method
 from .snip import BN_MODES
 
@@ -77,18 +78,20 @@ class _Unroll:
 
     def _chunks(self, batch: Batch) -> list[Batch]:
         x, y = batch
-        if self.micro is None or self.micro >= len(x):
+        n = inp.batch_size(x)
+        if self.micro is None or self.micro >= n:
             return [(x, y)]
-        return list(zip(x.split(self.micro), y.split(self.micro)))
+        return [(inp.select(x, slice(a, a + self.micro)), y[a : a + self.micro]) for a in range(0, n, self.micro)]
 
-    def _loss(self, theta: list[Tensor], x: Tensor, y: Tensor, total: int) -> Tensor:
-        out = functional_call(self.net, {**dict(zip(self.names, theta)), **self.buffers}, (x,))
-        return self.ctx.loss_fn(self.ctx.logits(out), y) * (x.shape[0] / total)
+    def _loss(self, theta: list[Tensor], x: inp.Inputs, y: Tensor, total: int) -> Tensor:
+        args, kwargs = inp.as_args(x)
+        out = functional_call(self.net, {**dict(zip(self.names, theta)), **self.buffers}, args, kwargs)
+        return self.ctx.loss_fn(self.ctx.logits(out), y) * (inp.batch_size(x) / total)
 
     def grad(self, theta: list[Tensor], batch: Batch) -> list[Tensor]:
         """Gradient of the batch's mean loss at ``theta``."""
         theta = [t.detach().requires_grad_(True) for t in theta]
-        total = int(batch[0].shape[0])
+        total = inp.batch_size(batch[0])
         acc = [torch.zeros_like(t) for t in theta]
         for x, y in self._chunks(batch):
             for a, g in zip(acc, torch.autograd.grad(self._loss(theta, x, y, total), theta, allow_unused=True)):
@@ -99,7 +102,7 @@ class _Unroll:
     def hvp(self, theta: list[Tensor], batch: Batch, v: list[Tensor]) -> list[Tensor]:
         """Hessian of the batch's mean loss at ``theta`` times ``v``."""
         theta = [t.detach().requires_grad_(True) for t in theta]
-        total = int(batch[0].shape[0])
+        total = inp.batch_size(batch[0])
         acc = [torch.zeros_like(t) for t in theta]
         for x, y in self._chunks(batch):
             grads = torch.autograd.grad(self._loss(theta, x, y, total), theta, create_graph=True, allow_unused=True)
@@ -162,7 +165,8 @@ def meta_gradient(ctx: ScoringContext, opts: ProsprOptions, masks: Mapping[str, 
 
 
 def prospr_scores(ctx: ScoringContext, opts: ProsprOptions, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
-    return {n: s.abs() for n, s in meta_gradient(ctx, opts, masks).items()}
+    with second_order_attention():
+        return {n: s.abs() for n, s in meta_gradient(ctx, opts, masks).items()}
 
 
 register_method(

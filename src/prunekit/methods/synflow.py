@@ -28,7 +28,11 @@ reproduces both:
       official rule. Over 100 rounds a one-weight difference early leaves masks overlapping 86-93 %:
       compare per-layer allocations and accuracy, not mask identity.
 
-Only the shape of one input is read from ``data``; pass ``input_shape`` to run without data.
+Only the structure, shapes and dtypes of one batch are read from ``data``; pass ``input_shape`` or
+``example_inputs=`` to run without data. Inputs may be a tensor, a tuple or a dict: floating-point
+tensors become ones; integer ones (token ids, attention masks) keep their values, and every
+``nn.Embedding`` then outputs the column sums of its ``|E|`` at each position (the lookup of an
+all-ones one-hot vector), so a language model is scored by the same path sum.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import inputs as inp
 from ..allocation import SCHEDULES
 from ..errors import ConfigError
 from ..options import option
@@ -59,9 +64,11 @@ class SynflowOptions:
 
 
 def _prepare(ctx: ScoringContext, opts: SynflowOptions) -> tuple:
-    shape = opts.input_shape or ctx.input_shape
-    if shape is None:
-        raise ConfigError("synflow needs the input shape: pass input_shape=(C, H, W) or data= (only its shape is read)")
+    if opts.input_shape is None and ctx.example is None:
+        raise ConfigError(
+            "synflow needs the model's input: pass input_shape=(C, H, W), example_inputs= (one batch of inputs) "
+            "or data= (only the shapes and dtypes of one batch are read)"
+        )
     net = ctx.copy(opts.bn_mode, dtype=torch.float64 if opts.float64 else None)
     with torch.no_grad():
         for t in net.state_dict(keep_vars=True).values():
@@ -70,7 +77,12 @@ def _prepare(ctx: ScoringContext, opts: SynflowOptions) -> tuple:
     params = ctx.prunable(net)
     abs_weights = {n: p.detach().clone() for n, p in params.items()}
     dtype = next(iter(params.values())).dtype
-    ones = torch.ones((1, *shape), dtype=dtype, device=ctx.device)
+    if opts.input_shape is not None:
+        ones: inp.Inputs = torch.ones((1, *opts.input_shape), dtype=dtype, device=ctx.device)
+    else:
+        ones = inp.all_ones(ctx.example, dtype)
+        if inp.has_integer_inputs(ctx.example):
+            inp.embeddings_emit_ones(net)  # token ids: the all-ones signal enters through the embeddings
     return net, params, abs_weights, ones
 
 
@@ -85,7 +97,7 @@ def synflow_scores(ctx: ScoringContext, opts: SynflowOptions, masks: Mapping[str
                 p.copy_(w)
             else:
                 torch.mul(w, masks[name], out=p)  # bool masks promote in the multiply: no converted copy
-    out = ctx.logits(net(ones))
+    out = ctx.logits(inp.call(net, ones))
     grads = torch.autograd.grad(out.sum(), list(params.values()), allow_unused=True)
     if "synflow_warned" not in ctx.cache:
         ctx.cache["synflow_warned"] = True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import inputs as inp
 from ..data import Dataset, DeviceLoader
 from ..data.loader import mix_seed
-from ..errors import ConfigError, PrunekitError
+from ..errors import ConfigError, DataError, PrunekitError
 from ..masks import Masks
+from ..outputs import OutputFn, checked_output_fn
 from .callbacks import Callback, Checkpoint, Evaluate, ProgressBar
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
@@ -77,30 +79,79 @@ def summarize(history: list[dict[str, Any]], train_seconds: float, images: int) 
     )
 
 
+class LoaderAdapter:
+    """Any re-iterable of ``(inputs, targets)`` batches (a ``torch.utils.data.DataLoader``, a list)
+    as the trainer's loader: batches moved to ``device`` (inputs a tensor, tuple or dict), and
+    ``set_epoch`` passed on to a sampler that has one (``DistributedSampler``)."""
+
+    def __init__(self, loader: Iterable, device: torch.device):
+        if isinstance(loader, (Tensor, str, bytes, Iterator)) or not isinstance(loader, Iterable):
+            raise ConfigError(
+                f"train_loader must be re-iterable (a DataLoader or a list of batches), got {type(loader).__name__}"
+            )
+        try:
+            self._len = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            raise ConfigError(f"train_loader must have a length (batches per epoch), got {type(loader).__name__}") from None
+        self.loader = loader
+        self.device = device
+
+    def __len__(self) -> int:
+        return self._len
+
+    def set_epoch(self, epoch: int) -> None:
+        holders: list[Any] = [self.loader, getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)]
+        for holder in holders:
+            if holder is not None and callable(getattr(holder, "set_epoch", None)):
+                holder.set_epoch(epoch)
+                return
+
+    def __iter__(self) -> Iterator[tuple[Any, Tensor]]:
+        for batch in self.loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) < 2 or not inp.is_inputs(batch[0]):
+                raise DataError(f"each training batch must be (inputs, targets), got {type(batch).__name__}")
+            x, y = batch[0], batch[1]
+            yield inp.map_tensors(x, lambda t: t.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+
+
 class Trainer:
     """Train ``model`` on ``train_loader`` with ``config``; keep ``masks`` applied after every step.
 
-    The learning rate is a pure function of (epoch, step), the data order a pure function of
-    (seed, epoch), and the checkpoint holds model, optimizer, RNG and history: a run resumed from the
-    checkpoint of epoch ``e`` continues exactly as if it had never stopped.
+    ``train_loader`` is prunekit's :class:`~prunekit.data.DeviceLoader` or any re-iterable of
+    ``(inputs, targets)`` batches with a length (a ``DataLoader``): inputs a tensor, a tuple
+    (``model(*inputs)``) or a dict (``model(**inputs)``). The loss is ``loss_fn(output_fn(outputs),
+    targets)``: cross-entropy on the logits by default (:mod:`prunekit.outputs` finds them in a
+    tensor, tuple, dict or ``ModelOutput``); training accuracy is counted when the logits are
+    ``(batch, classes)`` and the targets class indices.
+
+    With a DeviceLoader the learning rate is a pure function of (epoch, step), the data order a pure
+    function of (seed, epoch), and the checkpoint holds model, optimizer, RNG and history: a run
+    resumed from the checkpoint of epoch ``e`` continues exactly as if it had never stopped (with a
+    foreign loader, as exactly as that loader's order is a function of its epoch).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        train_loader: DeviceLoader,
+        train_loader: DeviceLoader | Iterable,
         config: TrainConfig,
         *,
         masks: Masks | None = None,
         callbacks: Sequence[Callback] = (),
         seed: int = 0,
+        loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        output_fn: OutputFn | None = None,
     ):
         self.model = model
-        self.train_loader = train_loader
+        self.device = next(model.parameters()).device
+        self.train_loader = train_loader if isinstance(train_loader, DeviceLoader) else LoaderAdapter(train_loader, self.device)
+        if loss_fn is not None and not callable(loss_fn):
+            raise ConfigError(f"loss_fn must be callable(logits, targets) -> loss, got {type(loss_fn).__name__}")
+        self.loss_fn = loss_fn or F.cross_entropy
+        self.output_fn = checked_output_fn(output_fn)
         self.config = config
         self.callbacks = list(callbacks)
         self.seed = seed
-        self.device = next(model.parameters()).device
         self.optimizer = make_optimizer(model.parameters(), config)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
@@ -154,16 +205,20 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
 
-    def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
+    def _step(self, x: Any, y: Tensor) -> tuple[Tensor, Tensor, int]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
-            out = self.model(x)
-            loss = F.cross_entropy(out, y)
+            out = self.output_fn(inp.call(self.model, x))
+            loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         if self._enforce is not None:
             self._enforce()
-        return loss.detach().reshape(1), (out.detach().argmax(1) == y).sum().reshape(1), len(y)
+        if out.dim() == 2 and y.dim() == 1 and not y.is_floating_point():
+            hits = (out.detach().argmax(1) == y).sum().reshape(1)
+        else:
+            hits = torch.zeros(1, dtype=torch.long, device=self.device)
+        return loss.detach().reshape(1), hits, len(y)
 
     def fit(self) -> TrainResult:
         cfg = self.config
