@@ -230,3 +230,18 @@ def test_the_readme_example_runs_word_for_word():
     namespace: dict = {"__name__": "readme_example"}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["masks"].is_applied(namespace["model"])
+
+
+def test_tensorboard_log_callback_writes_each_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from prunekit.training import TensorBoardLog
+
+    model = TwoInputs(seed=8)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, val_size=0, schedule="constant")
+    result = Trainer(model, tuple_batches(n=3), cfg, callbacks=[TensorBoardLog(tmp_path / "tb")]).fit()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    losses = events.Scalars("train_loss")
+    assert [e.step for e in losses] == [1, 2]
+    assert [e.value for e in losses] == pytest.approx([h["train_loss"] for h in result.history])

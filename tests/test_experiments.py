@@ -434,6 +434,26 @@ def test_run_sweep_in_process_and_report(tmp_path, tiny_mnist):
     assert all(f.stat().st_size > 1000 for f in files if f.suffix == ".png")
     csv_lines = (tmp_path / "o" / "report" / "results.csv").read_text().splitlines()
     assert len(csv_lines) == 11 and csv_lines[0].startswith("key,status,model")
+    # the same database for pandas users and in TensorBoard
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        frame = db.to_dataframe()
+        per_epoch = db.to_dataframe(epochs=True)
+    assert len(frame) == 10 and {"key", "method", "sparsity", "final_acc", "config"} <= set(frame.columns)
+    assert frame.loc[(frame.method == "snip") & (frame.sparsity == 0.9), "final_acc"].mean() == pytest.approx(cell.mean)
+    assert len(per_epoch) == 20 and {"key", "epoch", "train_loss", "test_acc"} <= set(per_epoch.columns)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from prunekit.report.tensorboard import export_tensorboard
+
+    root = export_tensorboard(tmp_path / "o")
+    folders = sorted(root.iterdir())
+    assert len(folders) == 10 and any(f.name.startswith("lenet_300_100-snip-0.9-seed1-") for f in folders)
+    events = EventAccumulator(str(folders[0]))
+    events.Reload()
+    key = folders[0].name.rsplit("-", 1)[1]
+    want = per_epoch[per_epoch.key == key].sort_values("epoch")["test_acc"].tolist()
+    got = [e.value for e in events.Scalars("test_acc")]
+    assert [e.step for e in events.Scalars("test_acc")] == [1, 2] and got == pytest.approx(want)
 
 
 def test_a_database_from_before_schema_versions_is_migrated_and_a_newer_one_refused(tmp_path):

@@ -76,7 +76,7 @@ def test_layer_collapse_is_flagged_with_a_warning():
 def test_report_without_input_shape_says_why():
     masks = Masks({"0.weight": M1, "2.weight": M2})
     report = masks.report(_mlp())
-    assert report.rows[0].effective_density is None and "input shape" in report.note
+    assert report.rows[0].effective_density is None and "input_shape=" in report.note
 
 
 def test_prune_records_input_shape_so_report_has_effective_density():
@@ -188,24 +188,59 @@ def test_apply_twice_and_remove():
     model = nn.Linear(4, 3)
     masks = Masks({"weight": torch.tensor([[1, 0, 1, 0]] * 3)})
     masks.apply(model)
-    masks.apply(model)  # replaces the hook rather than stacking
+    masks.apply(model)  # replaces the mask rather than stacking
+    assert len(model.parametrizations.weight) == 1
+    original = model.parametrizations.weight.original
     model(torch.randn(2, 4)).sum().backward()
-    assert (model.weight.grad[:, 1] == 0).all() and (model.weight.grad[:, 0] != 0).all()
+    assert (original.grad[:, 1] == 0).all() and (original.grad[:, 0] != 0).all()
+    Masks({"weight": torch.tensor([[0, 1, 1, 1]] * 3)}).apply(model)  # a new mask replaces the old one
+    assert (model.weight[:, 0] == 0).all() and (model.weight[:, 1] == 0).all()  # column 1 was zeroed before
     masks.remove(model)
+    assert isinstance(model.weight, nn.Parameter) and model.weight is original  # a plain parameter again, same object
     model.weight.grad = None
     model(torch.randn(2, 4)).sum().backward()
     assert (model.weight.grad[:, 1] != 0).all()
 
 
-def test_enforce_rezeros_after_outside_changes():
+def test_outside_changes_cannot_revive_an_applied_mask_and_enforce_rezeros_plain_weights():
     model = nn.Linear(4, 3)
     masks = Masks({"weight": torch.tensor([[1, 0, 1, 0]] * 3)})
     masks.apply(model)
     with torch.no_grad():
-        model.weight.add_(1.0)
-    assert not masks.is_applied(model)
-    masks.enforce(model)
-    assert masks.is_applied(model)
+        model.parametrizations.weight.original.add_(1.0)  # e.g. stale momentum from dense training
+    assert masks.is_applied(model)  # the forward pass multiplies by the mask
+    plain = nn.Linear(4, 3)
+    masks.enforce(plain)
+    assert masks.is_applied(plain)
+    with torch.no_grad():
+        plain.weight.add_(1.0)
+    assert not masks.is_applied(plain)
+    masks.enforce(plain)
+    assert masks.is_applied(plain)
+
+
+def test_applied_masks_travel_with_the_model_through_deepcopy_and_state_dict(tmp_path):
+    import copy
+
+    torch.manual_seed(1)
+    model = SmallCNN()
+    masks = prunekit.prune(model, "magnitude", 0.8)
+    masks.apply(model)
+    twin = copy.deepcopy(model)
+    opt = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9, weight_decay=0.1)
+    x = torch.randn(8, 1, 16, 16)
+    for _ in range(3):
+        opt.zero_grad()
+        twin(x).square().sum().backward()
+        opt.step()
+    assert masks.is_applied(twin)  # the copy trains, its pruned weights stay exactly zero
+    torch.save(twin.state_dict(), tmp_path / "sd.pt")
+    assert any(k.endswith("parametrizations.weight.0.mask") for k in twin.state_dict())
+    fresh = SmallCNN()
+    Masks.ones(fresh).apply(fresh)  # the same structure, no pruning
+    fresh.load_state_dict(torch.load(tmp_path / "sd.pt", weights_only=True))
+    assert masks.is_applied(fresh)  # the mask came back with the weights
+    torch.testing.assert_close(fresh.eval()(x), twin.eval()(x))
 
 
 def test_from_model_recovers_the_masks_of_a_pruned_model():

@@ -311,6 +311,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         print()
     for f in files:
         print(f"wrote {f}", file=sys.stderr)
+    if args.tensorboard:
+        from .report.tensorboard import export_tensorboard
+
+        print(f"wrote {export_tensorboard(Path(args.out), **filters)} (tensorboard --logdir it)", file=sys.stderr)
     return 0
 
 
@@ -457,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--dataset", default=None)
     rep.add_argument("--recipe", default=None)
     rep.add_argument("--no-plots", action="store_true")
+    rep.add_argument("--tensorboard", action="store_true", help="also write every run's per-epoch metrics as TensorBoard events to OUT/tensorboard")
     rep.set_defaults(func=cmd_report)
 
     a = sub.add_parser("autosparse", help="AutoSparse scorers: teach one from an IRP run, list the shipped ones")

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from . import inputs as inp
 from .errors import ConfigError
 from .outputs import logits_of
+from .parametrized import without_masks
 
 _NORMS = (
     nn.modules.batchnorm._BatchNorm,
@@ -84,7 +85,7 @@ def effective_masks(
     Returns:
         ``{param_name: bool tensor}`` (CPU), a subset of ``masks``.
     """
-    net = copy.deepcopy(model)
+    net = without_masks(copy.deepcopy(model))
     _linearise(net)
     net = net.double().eval()
     params = dict(net.named_parameters())

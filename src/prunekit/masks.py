@@ -17,13 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .errors import MaskError
 from .layer_report import MaskReport
-
-# Gradient hooks registered by Masks.apply, per parameter, so a second apply or remove() replaces them.
-_GRAD_HOOKS: WeakIdKeyDictionary = WeakIdKeyDictionary()
+from .parametrized import MaskParametrization, mask_parametrization, named_weights, owner, parametrization_list
 
 
 def _as_bool_mask(name: str, value: object) -> Tensor:
@@ -133,7 +130,7 @@ class Masks(Mapping[str, Tensor]):
         """Masks that keep the nonzero entries of ``model``'s parameters (all prunable ones by default)."""
         from .prunable import prunable_parameters
 
-        params = dict(model.named_parameters())
+        params = named_weights(model)
         names = list(names) if names is not None else list(prunable_parameters(model))
         return cls({n: params[n].detach() != 0 for n in names})
 
@@ -147,7 +144,7 @@ class Masks(Mapping[str, Tensor]):
         Raises:
             MaskError: listing every missing name and every shape mismatch.
         """
-        params = dict(model.named_parameters())
+        params = named_weights(model)
         problems = []
         for name, mask in self._masks.items():
             if name not in params:
@@ -166,12 +163,15 @@ class Masks(Mapping[str, Tensor]):
         return self._device_cache[key]
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Zero the pruned weights of ``model`` and keep them zero through training.
+        """Zero the pruned weights of ``model`` and keep them zero, in the model itself.
 
-        Pruned entries are set to exactly 0 and a gradient hook zeroes their gradient, so SGD (with
-        momentum, Nesterov, weight decay), Adam and AdamW leave them at 0. Optimizer state built
-        *before* ``apply`` (e.g. momentum from dense training) can still move them; call
-        :meth:`enforce` after each step in that case. Applying again replaces the hooks.
+        Each masked weight becomes a ``torch.nn.utils.parametrize`` parametrization,
+        ``weight = original * mask`` (:class:`MaskParametrization`), with the pruned entries of
+        ``original`` set to 0. The mask is part of the model: it survives ``copy.deepcopy``,
+        ``torch.compile``, ``state_dict`` save and load (keys ``<module>.parametrizations.weight.original``
+        and ``...weight.0.mask``) and DDP, and no optimizer (momentum, weight decay, Adam's state built
+        before) can make a pruned weight nonzero, since the forward pass multiplies it by 0. Applying
+        again replaces the mask. :meth:`remove` turns the weights back into plain parameters.
 
         Returns:
             ``model`` (modified in place).
@@ -179,25 +179,37 @@ class Masks(Mapping[str, Tensor]):
         Raises:
             MaskError: the masks do not match the model; the model is left unchanged.
         """
+        from torch.nn.utils import parametrize
+
         params = self.check(model)
         with torch.no_grad():
-            for p, m in zip(params.values(), self._masks.values()):
-                dev_mask = m.to(p.device)
-                p.masked_fill_(~dev_mask, 0.0)
-                old = _GRAD_HOOKS.pop(p, None)
-                if old is not None:
-                    old.remove()
-                if p.requires_grad:
-                    keep = dev_mask.to(p.dtype)
-                    _GRAD_HOOKS[p] = p.register_hook(lambda g, keep=keep: g * keep)
+            for (name, p), m in zip(params.items(), self._masks.values()):
+                module, attr = owner(model, name)
+                keep = m.to(device=p.device, dtype=p.dtype)
+                p.masked_fill_(~m.to(p.device), 0.0)
+                existing = mask_parametrization(module, attr)
+                if existing is not None:
+                    existing.mask.copy_(keep)
+                else:
+                    parametrize.register_parametrization(module, attr, MaskParametrization(keep), unsafe=True)
         return model
 
     def remove(self, model: nn.Module) -> nn.Module:
-        """Remove the gradient hooks :meth:`apply` registered (pruned weights stay 0 until trained)."""
-        for p in self.check(model).values():
-            handle = _GRAD_HOOKS.pop(p, None)
-            if handle is not None:
-                handle.remove()
+        """Undo :meth:`apply`: each masked weight is a plain parameter again (pruned entries stay 0
+        until trained). Parametrizations other than prunekit's are left alone."""
+        from torch.nn.utils import parametrize
+
+        self.check(model)
+        for name in self._masks:
+            module, attr = owner(model, name)
+            if mask_parametrization(module, attr) is None:
+                continue
+            if len(parametrization_list(module, attr)) > 1:
+                raise MaskError(
+                    f"{name!r} has other parametrizations stacked with prunekit's mask; remove them first "
+                    "(torch.nn.utils.parametrize.remove_parametrizations)"
+                )
+            parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
         return model
 
     def bind(self, model: nn.Module) -> Callable[[], None]:
@@ -226,9 +238,14 @@ class Masks(Mapping[str, Tensor]):
         self.bind(model)()
 
     def is_applied(self, model: nn.Module) -> bool:
-        """Whether every pruned weight of ``model`` is exactly zero."""
-        params = self.check(model)
-        return all(bool((p.detach()[~m.to(p.device)] == 0).all()) for p, m in zip(params.values(), self._masks.values()))
+        """Whether every pruned weight of ``model`` is exactly zero (as the forward pass sees it)."""
+        self.check(model)
+        for name, m in self._masks.items():
+            module, attr = owner(model, name)
+            w = getattr(module, attr).detach()
+            if not bool((w[~m.to(w.device)] == 0).all()):
+                return False
+        return True
 
     def report(
         self, model: nn.Module | None = None, input_shape: Sequence[int] | None = None, example_inputs: Any = None
@@ -254,15 +271,14 @@ class Masks(Mapping[str, Tensor]):
     def to_torch_prune(self, model: nn.Module) -> nn.Module:
         """Re-express the masks in ``torch.nn.utils.prune``'s layout (``weight_orig`` + ``weight_mask``).
 
-        Hooks from :meth:`apply` on the same parameters are removed first. Returns ``model``.
+        prunekit's parametrizations from :meth:`apply` on the same weights are removed first. Returns ``model``.
         """
         from torch.nn.utils import prune as torch_prune
 
         params = self.check(model)
         self.remove(model)
         for (name, p), m in zip(params.items(), self._masks.values()):
-            module_name, _, attr = name.rpartition(".")
-            module = model.get_submodule(module_name) if module_name else model
+            module, attr = owner(model, name)
             torch_prune.custom_from_mask(module, attr, m.to(p.device))
         return model
 

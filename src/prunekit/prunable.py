@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from .errors import ConfigError
+from .parametrized import mask_parametrization, named_weights
 
 PRUNABLE_MODULE_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
@@ -54,13 +55,13 @@ def default_prunable_names(model: nn.Module) -> list[str]:
     chosen: set[str] = set()
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        if (isinstance(module, PRUNABLE_MODULE_TYPES) or _is_hf_conv1d(module)) and isinstance(
-            getattr(module, "weight", None), nn.Parameter
+        if (isinstance(module, PRUNABLE_MODULE_TYPES) or _is_hf_conv1d(module)) and (
+            isinstance(getattr(module, "weight", None), nn.Parameter) or mask_parametrization(module, "weight") is not None
         ):
             chosen.add(f"{prefix}weight")
         if isinstance(module, nn.MultiheadAttention):
             chosen.update(f"{prefix}{n}" for n in ATTENTION_PROJECTIONS if isinstance(getattr(module, n, None), nn.Parameter))
-    return [name for name, _ in model.named_parameters() if name in chosen]
+    return [name for name in named_weights(model) if name in chosen]
 
 
 def prunable_parameters(
@@ -87,7 +88,7 @@ def prunable_parameters(
     """
     include_p = _as_patterns(include, "include")
     exclude_p = _as_patterns(exclude, "exclude")
-    params = dict(model.named_parameters())
+    params = named_weights(model)  # a weight masked by Masks.apply under its plain name
     all_names = list(params)
     for pattern in include_p + exclude_p:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):

@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..masks import Masks
 from ..methods.context import LossFn, default_loss, model_device, model_dtype
 from ..outputs import OutputFn, logits_of
+from ..parametrized import without_masks
 
 
 def full_pass_gradient(
@@ -48,7 +49,7 @@ def full_pass_gradient(
     count = num_batches if num_batches is not None else stream.length
     if count is None:
         raise ConfigError("the gradient over the whole training set needs data with a length (a DataLoader), or num_batches=")
-    net = copy.deepcopy(model).eval()
+    net = without_masks(copy.deepcopy(model)).eval()
     params = dict(net.named_parameters())
     missing = [n for n in names if n not in params]
     if missing:

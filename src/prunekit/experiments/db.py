@@ -250,6 +250,26 @@ class ResultsDB:
             rows = self._conn.execute(sql, params).fetchall()
         return [_decode(r) for r in rows]
 
+    def to_dataframe(self, status: str | None = None, epochs: bool = False) -> Any:
+        """The runs (or, with ``epochs=True``, every run's per-epoch metrics) as a pandas DataFrame.
+
+        Run rows have one column per database column, the resolved configuration decoded as a dict
+        in ``config`` and the results' fields flattened into columns; epoch rows have ``key``,
+        ``phase`` and one column per metric. Needs pandas (``pip install pandas``).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ResultsDBError("ResultsDB.to_dataframe needs pandas: pip install pandas") from None
+        rows = self.runs(status)
+        if epochs:
+            return pd.DataFrame([{"key": r["key"], **e} for r in rows for e in self.epochs(r["key"])])
+        flat = []
+        for r in rows:
+            results = r.get("results") if isinstance(r.get("results"), dict) else {}
+            flat.append({**{k: v for k, v in r.items() if k != "results"}, **{k: v for k, v in (results or {}).items() if k not in r}})
+        return pd.DataFrame(flat)
+
     def epochs(self, key: str, phase: int | None = None) -> list[dict[str, Any]]:
         """Per-epoch metrics of a run (of one phase, e.g. an IMP round, or all), in order."""
         sql = "SELECT phase, metrics FROM epochs WHERE key = ?" + (" AND phase = ?" if phase is not None else "")

@@ -19,6 +19,7 @@ from .. import inputs as inp
 from ..batches import Batch, BatchStream
 from ..errors import ConfigError, DataError, PrunekitWarning
 from ..outputs import OutputFn, logits_of
+from ..parametrized import weight_values, without_masks
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -128,7 +129,7 @@ class ScoringContext:
 
         Parameters keep the caller's ``requires_grad`` flags; every prunable weight requires grad.
         """
-        net = copy.deepcopy(self.model)
+        net = without_masks(copy.deepcopy(self.model))  # a mask applied in the model: plain names, zeros kept
         dtype = dtype or (torch.float32 if model_dtype(self.model) in LOW_PRECISION else None)
         if dtype is not None:
             net = net.to(dtype)
@@ -146,8 +147,7 @@ class ScoringContext:
 
     def original(self) -> dict[str, Tensor]:
         """Detached views of the caller's prunable weights (read-only)."""
-        params = dict(self.model.named_parameters())
-        return {n: params[n].detach() for n in self.names}
+        return weight_values(self.model, self.names)
 
     def logits(self, outputs: Any) -> Tensor:
         """The logits in a model output (the one output contract of every method)."""

@@ -7,6 +7,7 @@ call ``trainer.set_masks(...)`` at the end of an epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError
 from .checkpoint import atomic_save
 
 if TYPE_CHECKING:
@@ -159,3 +161,47 @@ class LambdaCallback(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         self.fn(trainer, epoch, metrics)
+
+
+class TensorBoardLog(Callback):
+    """Write every epoch's metrics (losses, accuracies, learning rate, throughput) to TensorBoard,
+    next to the results database: ``tensorboard --logdir DIR``. Needs the ``tensorboard`` package."""
+
+    def __init__(self, log_dir: str | os.PathLike[str]):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError("TensorBoardLog needs TensorBoard: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(log_dir))
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        for name, value in _numeric(metrics).items():
+            self.writer.add_scalar(name, value, global_step=epoch + 1)
+        self.writer.flush()
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        self.writer.close()
+
+
+class MLflowLog(Callback):
+    """Log every epoch's metrics to the active MLflow run (``mlflow.start_run()`` first, or one is
+    started), with the training configuration as parameters. Needs the ``mlflow`` package."""
+
+    def __init__(self) -> None:
+        try:
+            import mlflow
+        except ImportError:
+            raise ConfigError("MLflowLog needs MLflow: pip install mlflow") from None
+        self.mlflow = mlflow
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if self.mlflow.active_run() is None:
+            self.mlflow.start_run()
+        self.mlflow.log_params({k: str(v) for k, v in dataclasses.asdict(trainer.config).items()})
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        self.mlflow.log_metrics(_numeric(metrics), step=epoch + 1)
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
