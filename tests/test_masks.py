@@ -249,3 +249,27 @@ def test_from_model_recovers_the_masks_of_a_pruned_model():
     masks.apply(model)
     assert Masks.from_model(model) == masks
     assert list(Masks.from_model(model, ["fc.weight"])) == ["fc.weight"]
+
+
+def test_applied_masks_hold_under_torch_compile_and_ddp(tmp_path):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.manual_seed(3)
+    model = SmallCNN().eval()
+    masks = prunekit.prune(model, "magnitude", 0.8)
+    masks.apply(model)
+    x = torch.randn(4, 1, 16, 16)
+    compiled = torch.compile(model, backend="aot_eager")  # graph capture through the parametrization
+    torch.testing.assert_close(compiled(x), model(x))
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model.train())
+        opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+        for _ in range(3):
+            opt.zero_grad()
+            ddp(x).square().mean().backward()
+            opt.step()
+    finally:
+        dist.destroy_process_group()
+    assert masks.is_applied(model)
