@@ -18,6 +18,7 @@ from . import __version__
 from . import inputs as inp
 from .allocation import ALLOCATIONS, Ranker, Selection, check_density, density_schedule, kept_count
 from .batches import BatchStream
+from .distributed import check_agreement, world_size
 from .errors import ConfigError, PrunekitWarning, ScoreError, unknown
 from .masks import Masks
 from .methods import Method, get_method
@@ -240,6 +241,7 @@ def prune(
     if model_device(model).type == "cuda":
         torch.cuda.synchronize()
     assert masks is not None
+    check_agreement(masks, method)  # under torch.distributed: every rank must hold the same mask
     meta = {
         "method": method,
         "sparsity": 1.0 - keep,
@@ -253,6 +255,7 @@ def prune(
         "loss": _loss_name(loss_fn, opts),
         "output_fn": None if output_fn is None else getattr(output_fn, "__name__", type(output_fn).__name__),
         "tie_steps": tie_steps,
+        "world_size": world_size(),
         "input_shape": None if ctx.input_shape is None else list(ctx.input_shape),
         "model": type(model).__name__,
         "scoring_seconds": time.perf_counter() - start,

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from .. import inputs as inp
 from ..batches import BatchStream
+from ..distributed import sum_across_ranks_
 from ..errors import ConfigError
 from ..masks import Masks
 from ..methods.context import LossFn, default_loss, model_device, model_dtype
@@ -64,6 +65,7 @@ def full_pass_gradient(
         for t, g in zip(total, torch.autograd.grad(loss, wanted, allow_unused=True)):
             if g is not None:
                 t.add_(g)
+    sum_across_ranks_(total)  # under torch.distributed: the sum over every rank's shard of the data
     return dict(zip(names, total))
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .. import inputs as inp
 from ..batches import Batch, BatchStream
+from ..distributed import mean_across_ranks_
 from ..errors import ConfigError, DataError, PrunekitWarning
 from ..outputs import OutputFn, logits_of
 from ..parametrized import weight_values, without_masks
@@ -171,6 +172,7 @@ class ScoringContext:
                     t.add_(g, alpha=1.0 / len(batches))
                     unused.discard(i)
         self.warn_unused([self.names[i] for i in sorted(unused)] if len(params) == len(self.names) else [])
+        mean_across_ranks_(total)  # under torch.distributed: the mean over every rank's batches
         return total
 
     def warn_unused(self, names: Sequence[str]) -> None:

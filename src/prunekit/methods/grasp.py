@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from .. import inputs as inp
 from ..batches import Batch, class_balanced
+from ..distributed import mean_across_ranks_
 from ..errors import ScoreError
 from ..options import option
 from ..outputs import OutputFn, logits_of
@@ -88,6 +89,7 @@ def hessian_gradient_product(
             if gi is not None:
                 acc.add_(gi)
                 used.add(i)
+    mean_across_ranks_(g)  # under torch.distributed: g over every rank's samples, then H g likewise
     hg = [torch.zeros_like(p) for p in params]
     for x, y in chunks:
         gf = torch.autograd.grad(chunk_loss(x, y), params, create_graph=True, allow_unused=True)
@@ -97,6 +99,7 @@ def hessian_gradient_product(
         for acc, hi in zip(hg, torch.autograd.grad(z, params, allow_unused=True)):
             if hi is not None:
                 acc.add_(hi)
+    mean_across_ranks_(hg)
     return [t if i in used else None for i, t in enumerate(g)], [t if i in used else None for i, t in enumerate(hg)]
 
 

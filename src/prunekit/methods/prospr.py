@@ -43,6 +43,7 @@ from torch.func import functional_call
 
 from .. import inputs as inp
 from ..batches import Batch
+from ..distributed import mean_across_ranks_
 from ..options import option
 from .context import ScoringContext, second_order_attention
 from .registry import Method, count_rule_option, official_option, register_method
@@ -97,6 +98,7 @@ class _Unroll:
             for a, g in zip(acc, torch.autograd.grad(self._loss(theta, x, y, total), theta, allow_unused=True)):
                 if g is not None:
                     a.add_(g)
+        mean_across_ranks_(acc)  # under torch.distributed: data-parallel SGD's gradient
         return acc
 
     def hvp(self, theta: list[Tensor], batch: Batch, v: list[Tensor]) -> list[Tensor]:
@@ -112,6 +114,7 @@ class _Unroll:
             for a, h in zip(acc, torch.autograd.grad(dot, theta, allow_unused=True)):
                 if h is not None:
                     a.add_(h)
+        mean_across_ranks_(acc)
         return acc
 
 

@@ -1,0 +1,82 @@
+"""Masks under torch.distributed: two gloo processes on this machine score their own batches and get
+the mask one process gets on both ranks' batches together; a rank that diverged is one clear error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+import prunekit
+from prunekit import Masks
+
+K = 4  # batches per rank
+# method -> (options, reference data: "concat" = step k scores rank 0's and rank 1's k-th batches as one batch,
+#            "all" = every batch of both ranks, one after another (a full-pass sum))
+CASES = {
+    "snip": ({}, "concat"),
+    "iter_snip": ({"num_steps": 3}, "concat"),
+    "force": ({"num_steps": 3}, "concat"),
+    "grasp": ({"samples_per_class": None, "num_batches": 1, "reinit_linear": False}, "concat"),
+    "prospr": ({"inner_steps": 2}, "concat"),
+    "autosparse": ({}, "all"),
+}
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+
+
+def _batches(rank: int) -> list:
+    g = torch.Generator().manual_seed(100 + rank)
+    return [(torch.randn(6, 12, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)) for _ in range(K)]
+
+
+def _worker(rank: int, world: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
+    try:
+        model = _model()
+        for method, (opts, _) in CASES.items():
+            masks = prunekit.prune(model, method, 0.8, data=_batches(rank), seed=3, **opts)
+            masks.save(Path(folder) / f"{method}-{rank}.pt")
+        if rank == 1:  # a rank whose weights drifted
+            with torch.no_grad():
+                model[1].weight.add_(torch.randn(model[1].weight.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64))
+        outcome = {}
+        for method in ("snip", "magnitude"):
+            try:
+                prunekit.prune(model, method, 0.8, data=_batches(rank), seed=3)
+                outcome[method] = "no error"
+            except prunekit.ScoreError as exc:
+                outcome[method] = str(exc)
+        (Path(folder) / f"diverged-{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_get_the_mask_of_one_process_on_both_ranks_data(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    model = _model()
+    b0, b1 = _batches(0), _batches(1)
+    for method, (opts, reference) in CASES.items():
+        m0, m1 = Masks.load(tmp_path / f"{method}-0.pt"), Masks.load(tmp_path / f"{method}-1.pt")
+        assert m0 == m1, f"{method}: the ranks disagree"
+        assert m0.meta["world_size"] == 2
+        if reference == "concat":
+            data = [(torch.cat([x0, x1]), torch.cat([y0, y1])) for (x0, y0), (x1, y1) in zip(b0, b1)]
+        else:
+            data = b0 + b1
+        single = prunekit.prune(model, method, 0.8, data=data, seed=3, **opts)
+        assert single.meta["world_size"] == 1
+        assert m0 == single, f"{method}: two ranks and one process disagree"
+    for rank in (0, 1):
+        outcome = json.loads((tmp_path / f"diverged-{rank}.json").read_text())
+        for method in ("snip", "magnitude"):
+            assert "rank(s) 1 differ from rank 0" in outcome[method], outcome
