@@ -4,8 +4,12 @@ the mask one process gets on both ranks' batches together; a rank that diverged 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
@@ -80,3 +84,38 @@ def test_two_ranks_get_the_mask_of_one_process_on_both_ranks_data(tmp_path):
         outcome = json.loads((tmp_path / f"diverged-{rank}.json").read_text())
         for method in ("snip", "magnitude"):
             assert "rank(s) 1 differ from rank 0" in outcome[method], outcome
+
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FMNIST.exists() and os.environ.get("PRUNEKIT_REQUIRE_DATA") != "1", reason="Fashion-MNIST not installed")
+def test_a_two_process_run_learns_keeps_masks_and_matches_one_process(tmp_path):
+    from prunekit.experiments.db import ResultsDB
+
+    args = ["run", "--model", "lenet5", "--dataset", "fashion-mnist", "--method", "snip", "--sparsity", "0.9", "--epochs", "2",
+            "--train", "train_subset=6000", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for out, extra in (("one", []), ("two", ["--nproc", "2"])):
+        proc = subprocess.run([sys.executable, "-m", "prunekit.cli", *args, "--out", str(tmp_path / out), *extra],
+                              capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {}
+    for out in ("one", "two"):
+        with ResultsDB(tmp_path / out / "results.db") as db:
+            (rows[out],) = db.runs()
+            rows[out]["history"] = db.epochs(rows[out]["key"])
+    one, two = rows["one"], rows["two"]
+    assert one["key"] == two["key"] and two["status"] == "done"  # the same run, trained on two ranks
+    assert two["extra"]["world_size"] == 2 and "world_size" not in one["extra"]
+    assert two["final_acc"] > 0.6  # learns: chance is 0.1
+    # the ranks split every global batch of 128 in halves: the same SGD as one process, up to float order
+    for a, b in zip(one["history"], two["history"]):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+        assert abs(b["test_acc"] - a["test_acc"]) < 0.01
+    # rank 0 checkpointed; both ranks ended with identical weights (checked when training ends), pruned ones 0
+    run_dir = tmp_path / "two" / "runs" / two["key"]
+    masks = Masks.load(run_dir / "masks.pt")
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+    for name, m in masks.items():
+        assert torch.count_nonzero(state[name][~m]) == 0

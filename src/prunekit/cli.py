@@ -192,7 +192,58 @@ def _print_table(out_dir: Path, metric: str) -> None:
         print(f"wrote {f}", file=sys.stderr)
 
 
+def _launch_data_parallel(args: argparse.Namespace) -> int:
+    """Run this command again as ``--nproc`` processes under ``torchrun`` (standalone: this machine)."""
+    import subprocess
+
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    rest, skip = [], False
+    for token in args.argv:
+        if skip:
+            skip = False
+            continue
+        if token == "--nproc":
+            skip = True
+            continue
+        if token.startswith("--nproc="):
+            continue
+        rest.append(token)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "prunekit.cli", *rest]
+    return subprocess.call(cmd)
+
+
+def _join_process_group(args: argparse.Namespace) -> torch.device:
+    """Inside a torchrun launch: this rank's device, process group joined."""
+    import os
+
+    from .distributed import init_from_environment
+
+    device = _device(args.device)
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    init_from_environment(device)
+    return device
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _launch_data_parallel(args)
+    device = _join_process_group(args)
+    try:
+        return _run(args, device)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(args: argparse.Namespace, device: torch.device) -> int:
+    from .distributed import rank
     from .experiments import RunSpec, run_one
     from .experiments.config import method_options_class
     from .experiments.execute import DatasetCache
@@ -223,8 +274,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         ablation=args.ablation, allocation=args.allocation, method_options=opts, train=_train_overrides(args.train),
         structured=args.structured, budget=args.budget,
     )
-    outcome = run_one(spec, args.out, datasets=DatasetCache(args.data_dir), device=_device(args.device), force=args.force,
+    outcome = run_one(spec, args.out, datasets=DatasetCache(args.data_dir), device=device, force=args.force,
                       retry_failed=args.retry_failed, progress=None if not args.no_progress else False)
+    if rank() > 0:
+        return 0
     print(describe_outcome(outcome))
     row = outcome.row or {}
     if row.get("status") == "done":
@@ -427,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--train", action="append", default=[], metavar="NAME=VALUE", help="training option, repeatable")
     r.add_argument("--force", action="store_true", help="discard an earlier result and run again")
     r.add_argument("--retry-failed", action="store_true", help="run again if it failed before")
+    r.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel on N processes of this machine (a torchrun launch: NCCL on GPUs, gloo on the CPU)")
     common(r)
     r.set_defaults(func=cmd_run)
 
@@ -499,6 +554,7 @@ class _NoticeFormat(logging.Formatter):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     # the library logs to the "prunekit" logger; the command line shows its INFO lines on stderr
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_NoticeFormat())

@@ -27,12 +27,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import ScoreError
+from .errors import PrunekitError, ScoreError
 
 
 def world_size() -> int:
@@ -113,3 +114,57 @@ def check_agreement(masks: Mapping[str, Tensor], method: str) -> None:
             f"(of {size} ranks): the ranks' models or options differ. Initialise every rank from the same seed "
             "(or broadcast rank 0's weights, as DistributedDataParallel does) before pruning, and pass the same options"
         )
+
+
+# -- data-parallel training -------------------------------------------------------------------------
+def rank() -> int:
+    """This process's rank in the default process group (0 when there is none)."""
+    import torch.distributed as dist
+
+    return int(dist.get_rank()) if world_size() > 1 else 0
+
+
+def decided_by_rank0(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (a decision all ranks must share, e.g. "resume from the
+    checkpoint"); ``value`` itself without a process group."""
+    import torch.distributed as dist
+
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def check_replicas(model: torch.nn.Module, what: str = "training") -> None:
+    """Raise on every rank if the ranks' copies of ``model`` hold different weights (after DDP training
+    they must be identical, bit for bit)."""
+    import torch.distributed as dist
+
+    size = world_size()
+    if size == 1:
+        return
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    mine = torch.tensor([int.from_bytes(h.digest()[:8], "little") >> 1], dtype=torch.int64, device=_comm_device())
+    gathered = [torch.zeros_like(mine) for _ in range(size)]
+    dist.all_gather(gathered, mine)
+    differ = [r for r, t in enumerate(gathered) if int(t.item()) != int(gathered[0].item())]
+    if differ:
+        raise PrunekitError(f"after {what}, the weights of rank(s) {', '.join(map(str, differ))} differ from rank 0's")
+
+
+def init_from_environment(device: torch.device) -> bool:
+    """Join the process group a ``torchrun`` launch describes (``RANK``, ``WORLD_SIZE`` in the
+    environment): NCCL on CUDA, gloo on the CPU. Returns whether this process is one of several."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return world_size() > 1
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    return True

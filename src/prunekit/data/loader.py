@@ -106,6 +106,8 @@ class DeviceLoader:
         drop_last: drop a final incomplete batch.
         dtype: floating dtype of the produced inputs.
         channels_last: produce channels-last inputs (faster convolutions on recent GPUs).
+        shard: ``(rank, world_size)`` for data-parallel training: every batch is the rank's share
+            of the global batch of ``batch_size`` (same order and augmentation on every rank).
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class DeviceLoader:
         drop_last: bool = False,
         dtype: torch.dtype = torch.float32,
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -145,6 +148,12 @@ class DeviceLoader:
         self.channels_last = channels_last
         self.scale, self.shift = normalization(mean, std, self.device, dtype)
         self.epoch = 0
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ConfigError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+        if world > batch_size:
+            raise ConfigError(f"a batch of {batch_size} cannot be shared by {world} ranks")
+        self.shard = (rank, world)
 
     def __len__(self) -> int:
         n = len(self.dataset)
@@ -171,8 +180,13 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         plan = self.plan()
+        rank, world = self.shard
+        n = len(self.dataset)
         for i in range(len(self)):
-            sl = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, n)
+            # data-parallel: every rank takes its share of the same global batch, so that the ranks'
+            # averaged gradients are the gradient of the global batch (exactly when world divides it)
+            sl = slice(lo + (hi - lo) * rank // world, lo + (hi - lo) * (rank + 1) // world)
             idx = plan.order[sl]
             x = self.dataset.images.index_select(0, idx)
             if self.augment:

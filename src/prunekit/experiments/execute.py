@@ -22,6 +22,8 @@ from typing import Any
 import torch
 
 from ..data import Dataset, load_dataset, scoring_batches
+from ..distributed import decided_by_rank0, rank, world_size
+from ..errors import ConfigError
 from ..files import atomic_write_json
 from ..masks import Masks
 from ..models import create
@@ -67,14 +69,20 @@ def _scoring_data(run: ResolvedRun, ds: Dataset, device: torch.device, num_batch
 
 
 def prepare(run: ResolvedRun, run_dir: Path, ds: Dataset, device: torch.device, progress: bool | None = None) -> tuple[torch.nn.Module, Masks | None]:
-    """The initialised model and its masks (scored now, or read back from an earlier attempt), ablation applied."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", run.config, indent=1, sort_keys=True)
+    """The initialised model and its masks (scored now, or read back from an earlier attempt), ablation applied.
+
+    Data-parallel (several ranks): rank 0 decides whether the masks are read back, every rank scores
+    (the scores are reduced across ranks, so the masks agree), and only rank 0 writes files.
+    """
+    writer = rank() == 0
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", run.config, indent=1, sort_keys=True)
     model = make_model(run, ds, device)
     if run.method == DENSE:
         return model, None
     mask_path = run_dir / "masks.pt"
-    if mask_path.is_file():
+    if decided_by_rank0(mask_path.is_file()):
         masks = Masks.load(mask_path, model=model)
     else:
         batches = _scoring_data(run, ds, device)
@@ -84,7 +92,8 @@ def prepare(run: ResolvedRun, run_dir: Path, ds: Dataset, device: torch.device, 
         )
         if run.ablation == "shuffle":
             masks = shuffle_masks(masks, run.seed)
-        masks.save(mask_path)
+        if writer:
+            masks.save(mask_path)
     if run.ablation == "reinit":
         model = make_model(run, ds, device, reinit_seed(run.seed))
     return model, masks
@@ -138,6 +147,11 @@ def execute(
         imp_callbacks: for IMP, ``imp_callbacks(round) -> callbacks`` of each round's training.
     """
     ds = datasets.get(run.dataset)
+    if world_size() > 1 and (run.method == IMP or run.structured is not None):
+        raise ConfigError(
+            "data-parallel training (--nproc) runs pruning-at-initialisation methods and dense baselines; "
+            "IMP and early structured pruning train on one process"
+        )
     if run.method == IMP:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(run_dir / "config.json", run.config, indent=1, sort_keys=True)
@@ -168,6 +182,8 @@ def execute(
         desc=f"{run.method} {run.sparsity:.4g}" if structured is None else f"structured {structured['trigger']}",
     )
     extra: dict[str, Any] = {"history_epochs": result.epochs}
+    if world_size() > 1:
+        extra["world_size"] = world_size()
     if early is not None:
         final = early.pruned_model if early.pruned_model is not None else model
         summary = early.summary()

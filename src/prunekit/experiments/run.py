@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..distributed import decided_by_rank0, rank, world_size
 from ..errors import ConfigError, DataError
 from .config import ResolvedRun, RunSpec, resolve
 from .db import Heartbeat, ResultsDB, make_owner
@@ -103,9 +104,19 @@ def run_one(
     out_dir = Path(out_dir)
     datasets = datasets or DatasetCache()
     datasets.get(run.dataset)  # a missing or unreadable dataset is an error here, before anything is written
+    if rank() > 0:
+        return _follow(run, out_dir, datasets, device, progress)
     check_output_folder(out_dir)
     own_db = db is None
     db = db or ResultsDB(out_dir / "results.db")
+    told = False
+
+    def tell(go: bool) -> None:  # data-parallel: the other ranks train this run only if rank 0 claimed it
+        nonlocal told
+        if not told:
+            told = True
+            decided_by_rank0(go)
+
     try:
         db.ensure(key, run.config)
         run_dir = out_dir / "runs" / key
@@ -120,7 +131,9 @@ def run_one(
                 shutil.rmtree(run_dir / "imp")
         owner = owner or make_owner()
         if not db.claim(key, owner, retry_failed=retry_failed):
+            tell(False)
             return outcome_of_claim_refused(db, key)
+        tell(True)
         device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
             with Heartbeat(db, key, owner):
@@ -140,8 +153,20 @@ def run_one(
         db.finish(key, owner, results)
         return RunOutcome(key, "done", db.get(key))
     finally:
+        if not told and world_size() > 1:
+            tell(False)
         if own_db:
             db.close()
+
+
+def _follow(run: ResolvedRun, out_dir: Path, datasets: DatasetCache, device: torch.device | None, progress: bool | None) -> RunOutcome:
+    """A rank other than 0 of a data-parallel run: train alongside rank 0 if it claimed the run.
+    Rank 0 alone writes the database, the masks and the checkpoints."""
+    if not decided_by_rank0(None):
+        return RunOutcome(run.key, "skipped", None)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    execute(run, out_dir / "runs" / run.key, datasets=datasets, device=device, progress=False if progress is None else progress)
+    return RunOutcome(run.key, "follower", None)
 
 
 def describe_outcome(outcome: RunOutcome) -> str:

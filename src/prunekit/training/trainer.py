@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .. import inputs as inp
 from ..data import Dataset, DeviceLoader
 from ..data.loader import mix_seed
+from ..distributed import check_replicas, decided_by_rank0, rank, world_size
 from ..errors import ConfigError, DataError, PrunekitError
 from ..masks import Masks
 from ..outputs import OutputFn, checked_output_fn
@@ -160,7 +161,19 @@ class Trainer:
         self.masks: Masks | None = None
         self._enforce: Any = None
         self._amp = False
+        self.forward_model = self._data_parallel(model)
         self.set_masks(masks)
+
+    @staticmethod
+    def _data_parallel(model: nn.Module) -> nn.Module:
+        """``model`` wrapped in DistributedDataParallel under torch.distributed (the forward and backward
+        pass average the ranks' gradients); the Trainer keeps, checkpoints and masks the plain module."""
+        if world_size() == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(model.parameters()).device
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     def set_masks(self, masks: Masks | None) -> None:
         """Use new masks from now on (zeroes the newly pruned weights at once)."""
@@ -182,6 +195,7 @@ class Trainer:
         if self.masks is not None:
             raise ConfigError("a model with unstructured masks cannot be replaced by a structurally pruned one")
         self.model = model.to(self.device)
+        self.forward_model = self._data_parallel(self.model)
         self.optimizer = optimizer
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -207,7 +221,7 @@ class Trainer:
 
     def _step(self, x: Any, y: Tensor) -> tuple[Tensor, Tensor, int]:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
-            out = self.output_fn(inp.call(self.model, x))
+            out = self.output_fn(inp.call(self.forward_model, x))
             loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -260,9 +274,10 @@ def build_loaders(
     channels_last = config.channels_last and device.type == "cuda"
     augment = info.augment if config.augment is None else config.augment
     common: dict[str, Any] = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last, dtype=dtype)
+    rest = len(train) % config.batch_size  # a last batch of 1 (BN) or with fewer samples than ranks is dropped
     train_loader = DeviceLoader(
         train, config.batch_size, shuffle=True, augment=augment, crop_padding=info.crop_padding,
-        seed=mix_seed(seed, 0x7EA1), drop_last=len(train) % config.batch_size == 1, **common,
+        seed=mix_seed(seed, 0x7EA1), drop_last=rest == 1 or 0 < rest < world_size(), shard=(rank(), world_size()), **common,
     )
     evals = {}
     if val is not None:
@@ -315,15 +330,18 @@ def fit(
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     train_loader, evals = build_loaders(dataset, config, device, seed, dtype)
     cbs: list[Callback] = [Evaluate(evals, amp=config.amp), *callbacks]
-    if checkpoint is not None:
+    if checkpoint is not None and rank() == 0:  # data-parallel: one checkpoint, written by rank 0
         cbs.append(Checkpoint(checkpoint))
-    cbs.append(ProgressBar(desc, enabled=progress))
+    if rank() == 0:  # data-parallel: rank 0 reports for all
+        cbs.append(ProgressBar(desc, enabled=progress))
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(mix_seed(seed, 0xD20))
         trainer = Trainer(model, train_loader, config, masks=masks, callbacks=cbs, seed=seed)
         if not 0 <= start_epoch < config.epochs:
             raise ConfigError(f"start_epoch must be in [0, {config.epochs}), got {start_epoch}")
         trainer.epoch = start_epoch
-        if checkpoint is not None and resume and Path(checkpoint).is_file():
+        if checkpoint is not None and resume and decided_by_rank0(Path(checkpoint).is_file()):
             trainer.load_state_dict(load_checkpoint(checkpoint, map_location=device))
-        return trainer.fit()
+        result = trainer.fit()
+        check_replicas(trainer.model)  # data-parallel: every rank must end with the same weights
+        return result
