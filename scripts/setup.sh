@@ -16,7 +16,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing $TORCH_SPEC" >&2
   .venv/bin/python -m pip install -q "$TORCH_SPEC"
 fi
-if ! .venv/bin/python -c "import prunekit, pytest, tqdm, matplotlib, mypy, torch_pruning, transformers, accelerate, lightning, tensorboard, pandas" 2>/dev/null || [ ! -x .venv/bin/ruff ]; then
+if ! .venv/bin/python -c "import prunekit, pytest, tqdm, matplotlib, mypy, torch_pruning, transformers, accelerate, lightning, tensorboard, pandas, ray" 2>/dev/null || [ ! -x .venv/bin/ruff ]; then
   echo "setup: installing prunekit" >&2
   .venv/bin/python -m pip install -q -e ".[test]"
 fi

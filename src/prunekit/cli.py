@@ -335,7 +335,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.report and args.metric not in METRICS:  # checked before the sweep, not after it
         raise unknown("metric", args.metric, METRICS)
-    summary = run_sweep(spec, args.out, device=_device(args.device), retry_failed=args.retry_failed,
+    summary = run_sweep(spec, args.out, device=_device(args.device), retry_failed=args.retry_failed, backend=args.backend, address=args.address,
                         progress=None if not args.no_progress else False, stack=args.stack)
     print(summary, file=sys.stderr)
     if args.report:
@@ -502,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--opt", action="append", default=[], metavar="[METHOD.]NAME=VALUE")
     w.add_argument("--train", action="append", default=[], metavar="NAME=VALUE")
     w.add_argument("--retry-failed", action="store_true")
+    w.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="local: this process; ray: every run a Ray task (pip install 'prunekit[ray]'); --out must be shared storage")
+    w.add_argument("--address", default=None, help="the Ray cluster: auto or HOST:PORT (default: start a local Ray instance)")
     w.add_argument("--stack", type=int, default=None,
                    help="runs of one architecture trained stacked as one network (default: fit GPU memory; 1 on the CPU)")
     w.add_argument("--report", action="store_true", help="print the table and write plots at the end")

@@ -22,7 +22,7 @@ from .config import SweepSpec
 from .db import ResultsDB, make_owner
 from .execute import DatasetCache
 from .groups import estimate_group_size, plan_groups, run_group
-from .run import RunOutcome, check_output_folder, describe_outcome, run_one
+from .run import RunOutcome, check_output_folder, describe_outcome, outcome_of_claim_refused, run_one
 
 logger = logging.getLogger("prunekit")
 
@@ -51,6 +51,8 @@ def run_sweep(
     retry_failed: bool = False,
     log: bool = True,
     stack: int | None = None,
+    backend: str = "local",
+    address: str | None = None,
 ) -> SweepSummary:
     """Run every run of ``spec`` not yet done; return what happened to each.
 
@@ -62,8 +64,19 @@ def run_sweep(
         stack: how many runs of one architecture, dataset and recipe train stacked as one network
             (1: one at a time). Default: as many as fit in free GPU memory (at most 32) on CUDA, 1 on
             the CPU, where stacking brings no speed-up.
+        backend: ``"local"`` (this process, runs one after another or stacked) or ``"ray"`` (each run
+            a Ray task; see :mod:`prunekit.experiments.ray_backend`).
+        address: the Ray cluster (``"auto"``, ``"HOST:PORT"``); None starts a local Ray instance.
     """
     out_dir = Path(out_dir)
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"unknown backend {backend!r}; choose local or ray")
+    if address is not None and backend != "ray":
+        raise ConfigError("--address is for --backend ray")
+    if backend == "ray":
+        from .ray_backend import import_ray
+
+        import_ray()  # missing Ray is an error here, before anything is written
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if stack is not None and (isinstance(stack, bool) or not isinstance(stack, int) or stack < 1):
         raise ConfigError(f"stack must be a positive integer, got {stack!r}")
@@ -92,6 +105,25 @@ def run_sweep(
             elif log and outcome.status != "skipped":
                 logger.info(line)
 
+        if backend == "ray":
+            from .ray_backend import run_on_ray
+
+            todo_runs = []
+            for r in runs:
+                row = db.get(r.key)
+                if row is not None and row["status"] == "done":
+                    record(RunOutcome(r.key, "skipped", row))
+                else:
+                    todo_runs.append(r)
+            if todo_runs:
+                run_on_ray(
+                    todo_runs, out_dir, db, owner, data_dir=spec.data_dir, device=device, address=address, retry_failed=retry_failed,
+                    claimed_elsewhere=lambda key: record(outcome_of_claim_refused(db, key)),
+                    finished=lambda key, status, row: record(RunOutcome(key, status, row)),
+                )
+            bar.close()
+            summary.seconds = time.time() - start
+            return summary
         for group in plan_groups(runs):
             todo = []
             for r in group:

@@ -1,0 +1,168 @@
+"""Sweeps on a Ray cluster (``prunekit sweep --backend ray [--address auto|HOST:PORT]``).
+
+The driver (the ``prunekit sweep`` process) claims each run in the results database and submits it
+as a Ray task with its resources (one CPU; one GPU as well when the sweep's device is CUDA). A task
+trains the run exactly as ``prunekit run`` would, writing its masks and checkpoints to
+``<out>/runs/<key>/``, and returns its result row and per-epoch metrics: the driver is the only
+writer of the SQLite database (SQLite on a network file system is not safe for concurrent writers).
+
+* ``--out`` must be storage every node sees (NFS, a cluster file system): the driver writes a marker
+  file there and a task on a node that cannot read it fails at once with an error saying so.
+* A task whose worker process dies (a node lost, OOM, ``kill -9``) is retried by Ray and resumes from
+  the run's last checkpoint; the run is recorded once.
+* Without an address a local Ray instance is started (and stopped at the end), so the same command
+  works on a laptop and on a cluster (``ray start --head`` there, then ``--address auto``).
+
+Ray is an optional dependency: ``pip install prunekit[ray]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, DataError
+from ..training import Callback
+from .config import ResolvedRun, resolve_config
+from .db import Heartbeat, ResultsDB
+
+RETRIES = 3  # worker deaths retried by Ray per run
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("--backend ray needs Ray: pip install 'prunekit[ray]' (or pip install ray)") from None
+    return ray
+
+
+class _Collect(Callback):
+    """Per-epoch metrics of an IMP run's rounds, kept for the driver (phase: the round)."""
+
+    def __init__(self, rows: list[tuple[int, dict[str, Any]]], phase: int):
+        self.rows, self.phase = rows, phase
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, Any]) -> None:
+        self.rows.append((self.phase, dict(metrics)))
+
+
+def train_on_worker(config: dict[str, Any], out_dir: str, data_dir: str | None, marker: str, device_name: str, threads: int) -> dict[str, Any]:
+    """What a Ray task runs: one run, trained where Ray placed it; returns its row for the driver."""
+    from .execute import DatasetCache, execute
+    from .record import result_fields
+
+    out = Path(out_dir)
+    host = socket.gethostname()
+    if not (out / marker).is_file():
+        raise DataError(
+            f"--out {out_dir} is not the driver's folder as seen from node {host}: a Ray sweep needs --out on storage "
+            "every node sees (NFS or a cluster file system), at the same path"
+        )
+    torch.set_num_threads(max(1, threads))
+    run = resolve_config(config)
+    run_dir = out / "runs" / run.key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "worker.json").write_text(json.dumps({"host": host, "pid": os.getpid()}))
+    checkpoint = run_dir / "checkpoint.pt"
+    resumed = None
+    if checkpoint.is_file():
+        try:
+            resumed = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
+        except Exception:  # an unreadable checkpoint is dealt with (and reported) by the training itself
+            resumed = None
+    if device_name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(device_name)
+    datasets = DatasetCache(data_dir)
+    rounds: list[tuple[int, dict[str, Any]]] = []
+    done = execute(run, run_dir, datasets=datasets, device=device, imp_callbacks=lambda r: [_Collect(rounds, r)], progress=False)
+    extra = dict(done.extra)
+    extra["ray"] = {"host": host, "resumed_from_epoch": resumed}
+    results = result_fields(done.model, done.masks, done.result, run_dir, datasets.get(run.dataset), device, extra, done.train_seconds)
+    epochs = rounds if rounds else [(0, dict(h)) for h in done.result.history]
+    return {"results": results, "epochs": epochs}
+
+
+def run_on_ray(
+    runs: list[ResolvedRun],
+    out_dir: Path,
+    db: ResultsDB,
+    owner: str,
+    *,
+    data_dir: str | None,
+    device: torch.device,
+    address: str | None,
+    retry_failed: bool,
+    claimed_elsewhere: Callable[[str], Any],
+    finished: Callable[[str, str, dict[str, Any] | None], None],
+) -> None:
+    """Train ``runs`` as Ray tasks; record each outcome in ``db`` (this process is its only writer).
+
+    ``claimed_elsewhere(key)`` reports a run another process holds; ``finished(key, status, row)``
+    reports each run the driver recorded.
+    """
+    ray = import_ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from .run import failure_kind
+
+    marker = f".prunekit-ray-{secrets.token_hex(6)}"
+    (out_dir / marker).write_text(socket.gethostname())
+    gpu = device.type == "cuda"
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=RETRIES, retry_exceptions=False)(train_on_worker)
+    device_name = "cuda" if gpu else "cpu"
+    pending: dict[Any, ResolvedRun] = {}
+    claimed: list[ResolvedRun] = []
+    recorded: set[str] = set()
+    try:
+        for run in runs:
+            if db.claim(run.key, owner, retry_failed=retry_failed):
+                claimed.append(run)
+            else:
+                claimed_elsewhere(run.key)
+        with Heartbeat(db, [r.key for r in claimed], owner):
+            for run in claimed:
+                pending[task.remote(run.config, str(out_dir.resolve()), data_dir, marker, device_name, 1)] = run
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                run = pending.pop(ready[0])
+                try:
+                    payload = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as exc:  # the run itself failed: recorded, the sweep goes on
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
+                    db.fail(run.key, owner, f"{type(cause).__name__}: {cause}\n{traceback.format_exc(limit=4)}", failure_kind(cause))
+                    recorded.add(run.key)
+                    finished(run.key, "failed", db.get(run.key))
+                    continue
+                except ray.exceptions.RayError as exc:  # workers died more often than Ray retries
+                    db.fail(run.key, owner, f"{type(exc).__name__}: {exc}", "environment")
+                    recorded.add(run.key)
+                    finished(run.key, "failed", db.get(run.key))
+                    continue
+                for phase, metrics in payload["epochs"]:
+                    db.add_epoch(run.key, metrics, phase)
+                db.finish(run.key, owner, payload["results"])
+                recorded.add(run.key)
+                finished(run.key, "done", db.get(run.key))
+    except BaseException:  # interrupted: nothing half-recorded, the runs are free for the next sweep
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        for run in claimed:
+            if run.key not in recorded:
+                db.release(run.key, owner)
+        raise
+    finally:
+        (out_dir / marker).unlink(missing_ok=True)
+        if started:
+            ray.shutdown()
