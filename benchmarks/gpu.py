@@ -54,11 +54,13 @@ def part_stacked(dry: bool, device: Any) -> dict[str, Any]:
         rows.append({"model": name, "variant": "one at a time", "model_img_s": base, "ratio": 1.0})
         rows.append(_compiled(sb, name, device, batch, steps, warmup, base, dry))
         for n in sizes:
-            try:
-                v = sb.bench_stacked(name, n, device, batch, steps, warmup)
-                rows.append({"model": name, "variant": f"stacked, N = {n}", "n": n, "model_img_s": v, "ratio": v / base})
-            except Exception as exc:
-                rows.append({"model": name, "variant": f"stacked, N = {n}", "n": n, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            for path in ("fused", "vmap"):
+                label = f"stacked ({path}), N = {n}"
+                try:
+                    v = sb.bench_stacked(name, n, device, batch, steps, warmup, path)
+                    rows.append({"model": name, "variant": label, "n": n, "model_img_s": v, "ratio": v / base})
+                except Exception as exc:
+                    rows.append({"model": name, "variant": label, "n": n, "error": f"{type(exc).__name__}: {exc}"[:300]})
     return {"batch": batch, "steps": steps, "rows": rows}
 
 

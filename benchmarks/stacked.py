@@ -76,10 +76,10 @@ def bench_single(name: str, device: torch.device, batch: int, steps: int, warmup
     return batch * steps / timed(step, x, y, steps, warmup, device)
 
 
-def bench_stacked(name: str, n: int, device: torch.device, batch: int, steps: int, warmup: int) -> float:
+def bench_stacked(name: str, n: int, device: torch.device, batch: int, steps: int, warmup: int, path: str = "fused") -> float:
     members = [models.create(name, 10, (3, 32, 32), seed=s).to(device) for s in range(n)]
     masks = [prunekit.prune(m, "random", 0.9, seed=s) for s, m in enumerate(members)]
-    stacked = StackedModel(members).to(device)
+    stacked = StackedModel(members, fused=path == "fused").to(device)
     pairs = [(stacked.stacked_parameter(k), torch.stack([m[k] for m in masks]).to(device=device, dtype=torch.float32)) for k in masks[0]]
     opt = torch.optim.SGD(stacked.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     amp = device.type == "cuda"
@@ -133,11 +133,12 @@ def main() -> None:
                 except Exception as exc:  # report, do not hide, a baseline that does not run here
                     print(f"| {name} | one at a time, torch.compile {mode} | failed: {type(exc).__name__} | |", flush=True)
         for n in sizes:
-            try:
-                v = bench_stacked(name, n, device, args.batch, args.steps, args.warmup)
-                print(f"| {name} | stacked, N = {n} | {v:,.0f} | {v / base:.2f}x |", flush=True)
-            except torch.cuda.OutOfMemoryError:
-                print(f"| {name} | stacked, N = {n} | out of memory | |", flush=True)
+            for path in ("fused", "vmap"):
+                try:
+                    v = bench_stacked(name, n, device, args.batch, args.steps, args.warmup, path)
+                    print(f"| {name} | stacked ({path}), N = {n} | {v:,.0f} | {v / base:.2f}x |", flush=True)
+                except torch.cuda.OutOfMemoryError:
+                    print(f"| {name} | stacked ({path}), N = {n} | out of memory | |", flush=True)
                 torch.cuda.empty_cache()
 
 

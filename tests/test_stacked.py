@@ -24,8 +24,8 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_member_follows_its_single_trajectory_for_20_steps(case):
+@pytest.mark.parametrize(("case", "path"), [("mlp", "fused"), ("mlp", "vmap"), ("vgg", "fused"), ("resnet", "fused"), ("resnet", "vmap")])
+def test_member_follows_its_single_trajectory_for_20_steps(case, path):
     name, shape = CASES[case]
     n, steps, batch = (2, 20, 4) if case == "vgg" else (3, 20, 6)  # VGG is the costly one on 2 CPU cores
     singles = [models.create(name, 10, shape, seed=s).double() for s in range(n)]
@@ -33,7 +33,7 @@ def test_member_follows_its_single_trajectory_for_20_steps(case):
     g = torch.Generator().manual_seed(0)
     xs = torch.randn(steps, n, batch, *shape, generator=g, dtype=torch.float64)
     ys = torch.randint(0, 10, (steps, n, batch), generator=g)
-    stacked = StackedModel([copy.deepcopy(m) for m in singles])
+    stacked = StackedModel([copy.deepcopy(m) for m in singles], fused=path == "fused")
 
     def sgd(params):
         return torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -68,6 +68,7 @@ def test_member_follows_its_single_trajectory_for_20_steps(case):
                 p.mul_(m)
         stacked_losses[t] = losses.detach()
     torch.testing.assert_close(stacked_losses, single_losses, rtol=0, atol=1e-8)
+    assert stacked.path == path
     for i, (model, mask) in enumerate(zip(singles, masks)):
         state = stacked.member_state_dict(i)
         for k, v in model.state_dict().items():
@@ -257,3 +258,82 @@ def test_a_group_that_cannot_be_stacked_falls_back_with_a_notice(tmp_path, tiny_
     assert sum("cannot be stacked (RuntimeError: not here); training its 3 runs one at a time" in m for m in notices) == 1
     with ResultsDB(tmp_path / "o" / "results.db") as db:
         assert all("stacked" not in r["extra"] for r in db.runs())
+
+
+# ops that launch no kernel of their own (views, metadata, allocation)
+_NO_KERNEL = {
+    "aten::view", "aten::reshape", "aten::_reshape_alias", "aten::flatten", "aten::transpose", "aten::t", "aten::permute",
+    "aten::expand", "aten::unsqueeze", "aten::squeeze", "aten::as_strided", "aten::alias", "aten::detach", "aten::select",
+    "aten::slice", "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::resize_", "aten::_unsafe_view",
+    "aten::lift_fresh", "aten::result_type", "aten::to", "aten::_to_copy", "aten::contiguous", "aten::unbind", "aten::split",
+    "aten::chunk", "aten::narrow", "aten::view_as", "aten::expand_as", "aten::is_nonzero", "aten::item",
+    "aten::_local_scalar_dense", "aten::zeros", "aten::ones",
+}
+
+
+def _kernel_ops(step) -> int:
+    """Leaf aten calls of one call of ``step`` that launch a kernel (views and allocations left out)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(2):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return sum(
+        1 for e in prof.events()
+        if e.name.startswith("aten::") and e.name not in _NO_KERNEL and not any(c.name.startswith("aten::") for c in e.cpu_children)
+    )
+
+
+@pytest.mark.parametrize(("name", "shape"), [("resnet20", (3, 16, 16)), ("lenet5", (1, 28, 28))])
+def test_a_fused_stacked_step_issues_the_kernels_of_one_model(name, shape):
+    def single_step():
+        model = models.create(name, 10, shape, seed=0)
+        enforce = prunekit.prune(model, "random", 0.9, seed=0).bind(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        x, y = torch.randn(4, *shape), torch.randint(0, 10, (4,))
+
+        def step():
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            enforce()
+
+        return step
+
+    def stacked_step(n, path):
+        members = [models.create(name, 10, shape, seed=s) for s in range(n)]
+        masks = [prunekit.prune(m, "random", 0.9, seed=s) for s, m in enumerate(members)]
+        stacked = StackedModel(members, fused=path == "fused")
+        pairs = [(stacked.stacked_parameter(k), torch.stack([m[k] for m in masks]).float()) for k in masks[0]]
+        opt = torch.optim.SGD(stacked.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        x, y = torch.randn(n, 4, *shape), torch.randint(0, 10, (n, 4))
+
+        def step():
+            losses = F.cross_entropy(stacked(x).flatten(0, 1), y.reshape(-1), reduction="none").view(n, -1).mean(1)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            opt.step()
+            with torch.no_grad():
+                torch._foreach_mul_([p for p, _ in pairs], [m for _, m in pairs])
+
+        return step, stacked
+
+    one = _kernel_ops(single_step())
+    for n in (1, 4, 8):
+        step, stacked = stacked_step(n, "fused")
+        ops = _kernel_ops(step)
+        assert stacked.path == "fused"
+        assert ops <= 1.1 * one, (n, ops, one)  # forward, backward, optimizer and masks: as lean as one model
+    step, stacked = stacked_step(4, "vmap")
+    assert stacked.path == "vmap" and _kernel_ops(step) > 1.1 * one  # what the fused path saves (vmap's batching rules)
+
+
+def test_an_architecture_the_fused_path_cannot_express_uses_vmap_and_says_why():
+    members = [models.create("resnet20", 10, (3, 8, 8), seed=s, shortcut="A") for s in range(2)]  # zero-padding shortcuts
+    stacked = StackedModel(members)
+    out = stacked(torch.randn(2, 3, 3, 8, 8))
+    assert out.shape == (2, 3, 10) and stacked.path == "vmap" and "getitem" in stacked.fallback_reason
+    with pytest.raises(Exception, match="fused stacked path cannot run"):
+        StackedModel(members, fused=True)(torch.randn(2, 3, 3, 8, 8))

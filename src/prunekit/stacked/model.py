@@ -1,10 +1,19 @@
-"""N networks of one architecture as one: stacked parameters, a vmapped forward.
+"""N networks of one architecture as one: stacked parameters, a fused or a vmapped forward.
 
-``torch.func.vmap`` over ``functional_call`` runs every member on its own inputs with its own
-parameters and buffers; its batching rules turn each convolution into one grouped convolution and
-each BatchNorm into one over ``N x C`` channels (per-member statistics), and apply any functional op
-of the forward (residual adds, pooling, flatten, channel padding) per member. Nothing in the models
-has to be rewritten, and every member computes exactly what it would alone.
+Two paths compute the same thing, and :class:`StackedModel` picks one itself:
+
+* **fused** (:mod:`prunekit.stacked.fused`): the members side by side in the channel dimension, one
+  grouped convolution per convolution, one BatchNorm over ``N x C`` channels, a grouped 1x1
+  convolution per Linear: the kernels of one plain model per step. For networks built from
+  convolutions, BatchNorm, Linear, residual additions, activations, pooling and flatten (every
+  zoo model but ProsPr's ResNet with zero-padding shortcuts);
+* **vmap**: ``torch.func.vmap`` over ``functional_call`` runs every member on its own inputs with its
+  own parameters and buffers, for any architecture (channel padding, custom ops), at the cost of the
+  batching rules' extra reshapes and a split BatchNorm affine.
+
+The fused path is checked once, at the first forward, against the vmap path on a float64 probe of
+two members (outputs in train and eval mode and gradients); any difference or unsupported operation
+selects vmap, and ``path`` / ``fallback_reason`` say which and why.
 """
 
 from __future__ import annotations
@@ -16,6 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+
+from .fused import FusionError, build_fused, from_fused_layout, to_fused_layout
 
 
 class StackedModel(nn.Module):
@@ -30,7 +41,7 @@ class StackedModel(nn.Module):
         ValueError: the members do not share one architecture (names, shapes, dtypes).
     """
 
-    def __init__(self, models: Sequence[nn.Module]):
+    def __init__(self, models: Sequence[nn.Module], fused: bool | None = None):
         super().__init__()
         if len(models) < 1:
             raise ValueError("need at least one model to stack")
@@ -54,6 +65,12 @@ class StackedModel(nn.Module):
             self.register_buffer(f"_buffer_{i}", buffers[name].clone())
         # the architecture only: kept out of the module tree so that .to(device) leaves it on "meta"
         self.__dict__["template"] = copy.deepcopy(base).to("meta")
+        self.param_index = {n: i for i, n in enumerate(self.param_names)}
+        self.buffer_index = {n: i for i, n in enumerate(self.buffer_names)}
+        self.want_fused = fused  # None: fused when it checks out, True: fused or an error, False: vmap
+        self.path: str | None = None if fused is not False else "vmap"
+        self.fallback_reason: str | None = None if fused is not False else "asked for vmap"
+        self.__dict__["fused_net"] = None
         self.train(base.training)
 
     @property
@@ -72,10 +89,30 @@ class StackedModel(nn.Module):
         return {name: getattr(self, f"_buffer_{i}") for i, name in enumerate(self.buffer_names)}
 
     def forward(self, x: Tensor, shared: bool = False) -> Any:
+        if self.path is None:
+            self._choose_path(x, shared)
+        if self.path == "fused":
+            return from_fused_layout(self.__dict__["fused_net"](to_fused_layout(x, self.n, shared)), self.n)
+        return self.vmap_forward(x, shared)
+
+    def vmap_forward(self, x: Tensor, shared: bool = False) -> Any:
+        """The forward through ``torch.func.vmap`` (any architecture)."""
+
         def one(params: dict[str, Tensor], buffers: dict[str, Tensor], xi: Tensor) -> Any:
             return functional_call(self._template, (params, buffers), (xi,))
 
         return vmap(one, in_dims=(0, 0, None if shared else 0), randomness="different")(self._param_dict(), self._buffer_dict(), x)
+
+    def _choose_path(self, x: Tensor, shared: bool) -> None:
+        try:
+            self.__dict__["fused_net"] = build_fused(self, self._template)
+            _probe(self, x, shared)
+            self.path = "fused"
+        except Exception as exc:
+            if self.want_fused:
+                raise FusionError(f"the fused stacked path cannot run this model: {exc}") from exc
+            self.__dict__["fused_net"] = None
+            self.path, self.fallback_reason = "vmap", f"{type(exc).__name__}: {exc}"
 
     def stacked_parameter(self, name: str) -> nn.Parameter:
         return self.stacked[self.param_names.index(name)]
@@ -92,6 +129,40 @@ class StackedModel(nn.Module):
                 p[i].copy_(state[n])
             for n, b in self._buffer_dict().items():
                 b[i].copy_(state[n])
+
+
+def _probe(stacked: StackedModel, x: Tensor, shared: bool) -> None:
+    """Compare the fused path with vmap on a float64 CPU copy of two members (outputs in train and
+    eval mode, gradients of the outputs' sum); raise :class:`FusionError` on any difference."""
+    members = []
+    for i in (0, min(1, stacked.n - 1)):
+        m = copy.deepcopy(stacked._template).to_empty(device="cpu")
+        m.load_state_dict({k: v.detach().to("cpu") for k, v in stacked.member_state_dict(i).items()})
+        members.append(m.double())
+    probe = StackedModel(members, fused=True)
+    probe.__dict__["fused_net"] = build_fused(probe, probe._template)
+    probe.path = "fused"
+    g = torch.Generator().manual_seed(0)
+    shape = (2, *x.shape[1:]) if shared else (2, 2, *x.shape[2:])
+    xp = torch.randn(shape, generator=g, dtype=torch.float64) if x.is_floating_point() else x[:2].to("cpu")
+    with torch.random.fork_rng(devices=[]):
+        for mode in (True, False):
+            probe.train(mode)
+            twin = copy.deepcopy(probe)
+            torch.manual_seed(0)
+            fused_out = probe(xp, shared=shared)
+            torch.manual_seed(0)
+            vmap_out = twin.vmap_forward(xp, shared=shared)
+            if not isinstance(vmap_out, Tensor) or fused_out.shape != vmap_out.shape:
+                raise FusionError("the fused output's shape differs from the vmap path's")
+            if not torch.allclose(fused_out, vmap_out, rtol=1e-9, atol=1e-12):
+                raise FusionError(f"the fused output differs from the vmap path's by {(fused_out - vmap_out).abs().max():.3g}")
+            if mode:
+                ga = torch.autograd.grad(fused_out.sum(), list(probe.stacked), allow_unused=True)
+                gb = torch.autograd.grad(vmap_out.sum(), list(twin.stacked), allow_unused=True)
+                for a, b in zip(ga, gb):
+                    if (a is None) != (b is None) or (a is not None and b is not None and not torch.allclose(a, b, rtol=1e-9, atol=1e-12)):
+                        raise FusionError("the fused gradients differ from the vmap path's")
 
 
 def can_stack(model: nn.Module, input_shape: Sequence[int], device: torch.device | str = "cpu") -> tuple[bool, str]:
