@@ -21,4 +21,4 @@ def test_gpu_check_dry_run_writes_every_part(tmp_path):
         ["stacked", "scoring", "sweep", "probe", "profile"], "ok")
     assert report["results"]["probe"]["result"]["ok"]
     md = (out / "gpu.md").read_text()
-    assert "### GPU check:" in md and "| resnet20 | stacked, N = 2 |" in md
+    assert "### GPU check:" in md and "| resnet20 | stacked (fused), N = 2 |" in md and "| resnet20 | stacked (vmap), N = 2 |" in md
