@@ -52,6 +52,15 @@ def main() -> None:
     print("|---|---:|---:|")
     for backend, t in times.items():
         print(f"| {backend} | {t:.1f} | {t / n:.1f} |")
+    from prunekit.experiments.db import ResultsDB
+
+    with ResultsDB(root / "ray" / "results.db") as db:
+        tasks = [r["extra"]["ray"] for r in db.runs()]
+        local = {r["key"]: r["train_seconds"] for r in ResultsDB(root / "local" / "results.db").runs()}
+        ray_train = sum(r["train_seconds"] for r in db.runs())
+    print(f"inside the Ray tasks: {sum(t['task_seconds'] for t in tasks):.1f} s in all, of which loading data "
+          f"{sum(t['data_seconds'] for t in tasks):.1f} s and training {ray_train:.1f} s (local training: {sum(local.values()):.1f} s); "
+          f"{len({t['pid'] for t in tasks})} worker processes")
 
 
 if __name__ == "__main__":

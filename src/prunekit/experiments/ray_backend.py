@@ -35,6 +35,7 @@ from .config import ResolvedRun, resolve_config
 from .db import Heartbeat, ResultsDB
 
 RETRIES = 3  # worker deaths retried by Ray per run
+_WORKER_DATASETS: dict[str | None, Any] = {}  # per worker process: Ray reuses workers, so data loads once per worker
 
 
 def import_ray() -> Any:
@@ -57,9 +58,12 @@ class _Collect(Callback):
 
 def train_on_worker(config: dict[str, Any], out_dir: str, data_dir: str | None, marker: str, device_name: str, threads: int) -> dict[str, Any]:
     """What a Ray task runs: one run, trained where Ray placed it; returns its row for the driver."""
+    import time
+
     from .execute import DatasetCache, execute
     from .record import result_fields
 
+    begin = time.perf_counter()
     out = Path(out_dir)
     host = socket.gethostname()
     if not (out / marker).is_file():
@@ -83,11 +87,16 @@ def train_on_worker(config: dict[str, Any], out_dir: str, data_dir: str | None, 
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
         device = torch.device(device_name)
-    datasets = DatasetCache(data_dir)
+    datasets = _WORKER_DATASETS.setdefault(data_dir, DatasetCache(data_dir))
+    datasets.get(run.dataset)
+    loaded = time.perf_counter()
     rounds: list[tuple[int, dict[str, Any]]] = []
     done = execute(run, run_dir, datasets=datasets, device=device, imp_callbacks=lambda r: [_Collect(rounds, r)], progress=False)
     extra = dict(done.extra)
-    extra["ray"] = {"host": host, "resumed_from_epoch": resumed}
+    extra["ray"] = {
+        "host": host, "pid": os.getpid(), "resumed_from_epoch": resumed,
+        "data_seconds": loaded - begin, "task_seconds": time.perf_counter() - begin,
+    }
     results = result_fields(done.model, done.masks, done.result, run_dir, datasets.get(run.dataset), device, extra, done.train_seconds)
     epochs = rounds if rounds else [(0, dict(h)) for h in done.result.history]
     return {"results": results, "epochs": epochs}
