@@ -14,5 +14,6 @@ $PK run --model lenet_300_100 --dataset fashion-mnist --method imp --sparsity 0.
 #  $PK autosparse teach --from-run KEY --out runs/irp --save src/prunekit/autosparse/scorers/lenet300-fmnist.pt)
 $PK sweep --config benchmarks/configs/autosparse/fmnist_lenet300_newseed.toml --out "$OUT" --no-progress
 $PK sweep --config benchmarks/configs/autosparse/fmnist_lenet5.toml --out "$OUT" --no-progress
-$PK sweep --config benchmarks/configs/autosparse/cifar_lenet5.toml --data-dir "$CIFAR" --out "$OUT" --no-progress
+$PK sweep --config benchmarks/configs/autosparse/cifar_lenet5.toml --data-dir "$CIFAR" --out "${OUT}_cifar" --no-progress
 $PK report --out "$OUT"
+$PK report --out "${OUT}_cifar"
