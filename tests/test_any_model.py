@@ -4,6 +4,7 @@ torch.nn.utils.prune models, foreign loaders and losses in the Trainer, one vers
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 
 import pytest
 import torch
@@ -245,3 +246,26 @@ def test_tensorboard_log_callback_writes_each_epoch(tmp_path):
     losses = events.Scalars("train_loss")
     assert [e.step for e in losses] == [1, 2]
     assert [e.value for e in losses] == pytest.approx([h["train_loss"] for h in result.history])
+
+
+def test_mlflow_log_callback_logs_params_and_each_epoch(monkeypatch):
+    import types
+
+    from prunekit.training import MLflowLog
+
+    calls: dict[str, list] = {"params": [], "metrics": [], "runs": []}
+    fake = types.SimpleNamespace(
+        active_run=lambda: None if not calls["runs"] else "run",
+        start_run=lambda: calls["runs"].append("started"),
+        log_params=lambda params: calls["params"].append(params),
+        log_metrics=lambda metrics, step: calls["metrics"].append((step, metrics)),
+    )
+    monkeypatch.setitem(sys.modules, "mlflow", fake)  # MLflow's API, recorded (MLflow itself is not a test dependency)
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, val_size=0, schedule="constant")
+    result = Trainer(TwoInputs(seed=9), tuple_batches(n=3), cfg, callbacks=[MLflowLog()]).fit()
+    assert calls["runs"] == ["started"] and calls["params"][0]["lr"] == "0.05"
+    assert [s for s, _ in calls["metrics"]] == [1, 2]
+    assert calls["metrics"][1][1]["train_loss"] == pytest.approx(result.history[1]["train_loss"])
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    with pytest.raises(ConfigError, match="pip install mlflow"):
+        MLflowLog()
