@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything prunekit needs, from nothing: a virtual environment (.venv) with the CPU build of
-# torch, prunekit with its test dependencies, and the Fashion-MNIST Debian package (the default data).
+# torch, prunekit (with its test dependencies when called with --test), and the Fashion-MNIST Debian
+# package (the default data).
 # Safe to run again: every step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,9 +17,14 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   echo "setup: installing $TORCH_SPEC" >&2
   .venv/bin/python -m pip install -q "$TORCH_SPEC"
 fi
-if ! .venv/bin/python -c "import prunekit, pytest, tqdm, matplotlib, mypy, torch_pruning, transformers, accelerate, lightning, tensorboard, pandas, ray" 2>/dev/null || [ ! -x .venv/bin/ruff ]; then
+if [ "${1:-}" = "--test" ]; then   # the test suite's tools: linters and the frameworks the tests drive
+  if ! .venv/bin/python -c "import prunekit, pytest, mypy, torch_pruning, transformers, accelerate, lightning, tensorboard, pandas, ray" 2>/dev/null || [ ! -x .venv/bin/ruff ]; then
+    echo "setup: installing prunekit with its test dependencies" >&2
+    .venv/bin/python -m pip install -q -e ".[test]"
+  fi
+elif ! .venv/bin/python -c "import prunekit, tqdm, matplotlib, torch_pruning" 2>/dev/null; then
   echo "setup: installing prunekit" >&2
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e .
 fi
 
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
