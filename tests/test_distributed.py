@@ -119,3 +119,50 @@ def test_a_two_process_run_learns_keeps_masks_and_matches_one_process(tmp_path):
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
     for name, m in masks.items():
         assert torch.count_nonzero(state[name][~m]) == 0
+
+
+def _kill_all_mentioning(text: str) -> None:
+    import signal
+
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
+
+
+@pytest.mark.skipif(not FMNIST.exists() and os.environ.get("PRUNEKIT_REQUIRE_DATA") != "1", reason="Fashion-MNIST not installed")
+def test_a_killed_two_process_run_resumes_from_rank_0s_checkpoint(tmp_path):
+    import time
+
+    from prunekit.experiments.db import ResultsDB
+
+    args = [sys.executable, "-m", "prunekit.cli", "run", "--model", "lenet5", "--dataset", "fashion-mnist", "--method", "snip",
+            "--sparsity", "0.9", "--epochs", "3", "--train", "train_subset=4000", "--no-progress", "--out", str(tmp_path), "--nproc", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = None
+    while proc.poll() is None and checkpoint is None:  # kill every process of the launch once epoch 1 is checkpointed
+        found = list((tmp_path / "runs").glob("*/checkpoint.pt")) if (tmp_path / "runs").is_dir() else []
+        if found:
+            checkpoint = found[0]
+            _kill_all_mentioning(str(tmp_path))  # the launcher, torchrun and both ranks (torchrun starts new sessions)
+        time.sleep(0.05)
+    proc.wait()
+    assert checkpoint is not None, "the run finished before it could be killed"
+    epoch_at_kill = torch.load(checkpoint, weights_only=False)["epoch"]
+    assert 1 <= epoch_at_kill < 3
+    again = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    said = again.stdout + again.stderr  # the relaunch trains only the epochs after the checkpoint
+    assert f"epoch {epoch_at_kill}/3," not in said and f"epoch {epoch_at_kill + 1}/3," in said, said
+    with ResultsDB(tmp_path / "results.db") as db:
+        (row,) = db.runs()
+        assert row["status"] == "done" and row["extra"]["world_size"] == 2
+        assert [e["epoch"] for e in db.epochs(row["key"])] == [1, 2, 3]  # continued, nothing twice
+    masks = Masks.load(checkpoint.parent / "masks.pt")
+    state = torch.load(checkpoint, weights_only=False)["model"]
+    assert all(torch.count_nonzero(state[n][~m]) == 0 for n, m in masks.items())
