@@ -95,19 +95,24 @@ def mask_digest(masks: Mapping[str, Tensor]) -> int:
     return int.from_bytes(h.digest()[:8], "little") >> 1
 
 
+def _ranks_differing(digest: int) -> list[int]:
+    """The ranks whose ``digest`` differs from rank 0's (gathered from every rank)."""
+    import torch.distributed as dist
+
+    mine = torch.tensor([digest], dtype=torch.int64, device=_comm_device())
+    gathered = [torch.zeros_like(mine) for _ in range(world_size())]
+    dist.all_gather(gathered, mine)
+    values = [int(t.item()) for t in gathered]
+    return [r for r, v in enumerate(values) if v != values[0]]
+
+
 def check_agreement(masks: Mapping[str, Tensor], method: str) -> None:
     """Raise :class:`ScoreError` on every rank if any rank's masks differ from rank 0's."""
-    import torch.distributed as dist
 
     size = world_size()
     if size == 1:
         return
-    device = _comm_device()
-    mine = torch.tensor([mask_digest(masks)], dtype=torch.int64, device=device)
-    gathered = [torch.zeros_like(mine) for _ in range(size)]
-    dist.all_gather(gathered, mine)
-    digests = [int(t.item()) for t in gathered]
-    differ = [r for r, d in enumerate(digests) if d != digests[0]]
+    differ = _ranks_differing(mask_digest(masks))
     if differ:
         raise ScoreError(
             f"method {method!r}: the masks of rank(s) {', '.join(map(str, differ))} differ from rank 0's "
@@ -139,19 +144,13 @@ def decided_by_rank0(value: Any) -> Any:
 def check_replicas(model: torch.nn.Module, what: str = "training") -> None:
     """Raise on every rank if the ranks' copies of ``model`` hold different weights (after DDP training
     they must be identical, bit for bit)."""
-    import torch.distributed as dist
-
-    size = world_size()
-    if size == 1:
+    if world_size() == 1:
         return
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    mine = torch.tensor([int.from_bytes(h.digest()[:8], "little") >> 1], dtype=torch.int64, device=_comm_device())
-    gathered = [torch.zeros_like(mine) for _ in range(size)]
-    dist.all_gather(gathered, mine)
-    differ = [r for r, t in enumerate(gathered) if int(t.item()) != int(gathered[0].item())]
+    differ = _ranks_differing(int.from_bytes(h.digest()[:8], "little") >> 1)
     if differ:
         raise PrunekitError(f"after {what}, the weights of rank(s) {', '.join(map(str, differ))} differ from rank 0's")
 

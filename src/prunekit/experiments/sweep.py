@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from .config import SweepSpec
+from .config import ResolvedRun, SweepSpec
 from .db import ResultsDB, make_owner
 from .execute import DatasetCache
 from .groups import estimate_group_size, plan_groups, run_group
@@ -105,26 +105,8 @@ def run_sweep(
             elif log and outcome.status != "skipped":
                 logger.info(line)
 
-        if backend == "ray":
-            from .ray_backend import run_on_ray
-
-            todo_runs = []
-            for r in runs:
-                row = db.get(r.key)
-                if row is not None and row["status"] == "done":
-                    record(RunOutcome(r.key, "skipped", row))
-                else:
-                    todo_runs.append(r)
-            if todo_runs:
-                run_on_ray(
-                    todo_runs, out_dir, db, owner, data_dir=spec.data_dir, device=device, address=address, retry_failed=retry_failed,
-                    claimed_elsewhere=lambda key: record(outcome_of_claim_refused(db, key)),
-                    finished=lambda key, status, row: record(RunOutcome(key, status, row)),
-                )
-            bar.close()
-            summary.seconds = time.time() - start
-            return summary
-        for group in plan_groups(runs):
+        def not_done(group: list[ResolvedRun]) -> list[ResolvedRun]:
+            """The runs of ``group`` still to do; the finished ones are recorded as skipped."""
             todo = []
             for r in group:
                 row = db.get(r.key)
@@ -132,21 +114,36 @@ def run_sweep(
                     record(RunOutcome(r.key, "skipped", row))
                 else:
                     todo.append(r)
-            if not todo:
-                continue
-            size = 1
-            if len(todo) > 1 and todo[0].group is not None:
-                size = stack if stack is not None else estimate_group_size(todo[0], datasets, device)
-            for i in range(0, len(todo), size):
-                chunk = todo[i : i + size]
-                if len(chunk) == 1:
-                    results = [run_one(chunk[0], out_dir, db=db, datasets=datasets, device=device, owner=owner,
-                                       progress=show, retry_failed=retry_failed)]
-                else:
-                    results = run_group(chunk, out_dir, db=db, datasets=datasets, device=device, owner=owner,
-                                        progress=show, retry_failed=retry_failed)
-                for outcome in results:
-                    record(outcome)
+            return todo
+
+        if backend == "ray":
+            from .ray_backend import run_on_ray
+
+            todo_runs = not_done(runs)
+            if todo_runs:
+                run_on_ray(
+                    todo_runs, out_dir, db, owner, data_dir=spec.data_dir, device=device, address=address, retry_failed=retry_failed,
+                    claimed_elsewhere=lambda key: record(outcome_of_claim_refused(db, key)),
+                    finished=lambda key, status, row: record(RunOutcome(key, status, row)),
+                )
+        else:
+            for group in plan_groups(runs):
+                todo = not_done(group)
+                if not todo:
+                    continue
+                size = 1
+                if len(todo) > 1 and todo[0].group is not None:
+                    size = stack if stack is not None else estimate_group_size(todo[0], datasets, device)
+                for i in range(0, len(todo), size):
+                    chunk = todo[i : i + size]
+                    if len(chunk) == 1:
+                        results = [run_one(chunk[0], out_dir, db=db, datasets=datasets, device=device, owner=owner,
+                                           progress=show, retry_failed=retry_failed)]
+                    else:
+                        results = run_group(chunk, out_dir, db=db, datasets=datasets, device=device, owner=owner,
+                                            progress=show, retry_failed=retry_failed)
+                    for outcome in results:
+                        record(outcome)
         bar.close()
     summary.seconds = time.time() - start
     return summary

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..data.loader import mix_seed, validation_indices
-from ..distributed import world_size
+from ..distributed import sum_across_ranks_, world_size
 from ..options import key_dict
 from .checkpoint import FORMAT, CheckpointError
 from .config import TrainConfig
@@ -147,13 +147,9 @@ def train_epoch(
         if on_batch_end is not None:
             on_batch_end(i)
     if world_size() > 1:  # data-parallel: the epoch's loss and accuracy over every rank's samples
-        import torch.distributed as dist
-
-        totals = torch.cat([loss_sum, correct.double(), torch.tensor([float(seen)], dtype=torch.float64, device=device)])
-        comm = totals.to("cuda" if dist.get_backend() == "nccl" else "cpu")
-        dist.all_reduce(comm)
-        totals = comm.to(device)
-        loss_sum, correct, seen = totals[:n], totals[n : 2 * n], int(totals[-1].item())
+        counts = torch.cat([correct.double(), torch.tensor([float(seen)], dtype=torch.float64, device=device)])
+        sum_across_ranks_([loss_sum, counts])
+        correct, seen = counts[:n], int(counts[-1].item())
     loss = (loss_sum / seen).tolist()
     acc = (correct.double() / seen).tolist()
     return EpochTotals(loss, acc, seen, time.perf_counter() - start, lr)
