@@ -146,3 +146,18 @@ def test_train_subset_is_a_seeded_subset_of_the_training_split_and_keys_do_not_m
     from prunekit.options import key_dict
 
     assert "train_subset" not in key_dict(replace(cfg, train_subset=None)) and key_dict(cfg)["train_subset"] == 300
+
+
+@pytest.mark.parametrize("val_size", [0.0, 100])
+def test_the_training_loader_sees_only_the_subset_with_or_without_a_holdout(val_size):
+    from prunekit.training.core import split_indices
+    from prunekit.training.trainer import build_loaders
+
+    small = toy_dataset()  # 500 training images
+    cfg = training.TrainConfig(batch_size=50, val_size=val_size, train_subset=300)
+    loader, evals = build_loaders(small, cfg, torch.device("cpu"), seed=3)
+    seen = torch.cat([y for _, y in loader])
+    assert len(seen) == 300 == len(loader) * 50
+    expected = small.train.labels[split_indices(500, cfg, seed=3)[0]]
+    assert torch.equal(seen.sort().values, expected.sort().values)
+    assert ("val" in evals) == (val_size > 0)

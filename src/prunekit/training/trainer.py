@@ -269,7 +269,7 @@ def build_loaders(
     """The training loader and the evaluation loaders (``val`` if held out, ``test``), producing ``dtype`` inputs."""
     info = dataset.info
     train_idx, val_idx = split_indices(len(dataset.train), config, seed)
-    train = dataset.train if val_idx is None else dataset.train.subset(train_idx)
+    train = dataset.train if len(train_idx) == len(dataset.train) else dataset.train.subset(train_idx)
     val = None if val_idx is None else dataset.train.subset(val_idx)
     channels_last = config.channels_last and device.type == "cuda"
     augment = info.augment if config.augment is None else config.augment
