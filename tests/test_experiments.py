@@ -398,10 +398,11 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
 
 
 def test_two_sweeps_on_one_database_never_run_a_run_twice(tmp_path):
-    data_dir = write_tiny_mnist(tmp_path / "mnist", n_train=2000, n_test=200)
+    data_dir = write_tiny_mnist(tmp_path / "mnist", n_train=1000, n_test=200)
     out = tmp_path / "sweep"
-    cmd = _sweep_cmd(data_dir, out, methods="random,magnitude,snip,grasp", epochs=3)
-    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    cmd = _sweep_cmd(data_dir, out, methods="random,magnitude,snip,grasp", epochs=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes side by side: one thread each
+    procs = [subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for _ in range(2)]
     progress = _db_progress(out / "results.db")
     for p in procs:
         assert wait_while_progressing(p, progress) == 0

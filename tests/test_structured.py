@@ -303,7 +303,7 @@ def test_structured_sweep_and_report(tmp_path, tiny_mnist):
     from prunekit.report import write_report
 
     spec = sweep_from_mapping({
-        "models": ["vgg11_bn"], "dataset": "mnist", "recipe": "lenet-fmnist", "epochs": 2, "seeds": [0],
+        "models": ["resnet20"], "dataset": "mnist", "recipe": "lenet-fmnist", "epochs": 2, "seeds": [0],
         "train": {"val_size": 40.0, "batch_size": 50}, "data_dir": str(tiny_mnist),
         "structured": ["epoch:prune_at=1", "early_bird:eb_window=2,eb_threshold=0.5,evals_per_epoch=4,latest=1.0", "after_training"],
         "budgets": ["macs=0.5", "params=0.3"],
