@@ -76,15 +76,13 @@ def bench_single(name: str, device: torch.device, batch: int, steps: int, warmup
     return batch * steps / timed(step, x, y, steps, warmup, device)
 
 
-def bench_stacked(name: str, n: int, device: torch.device, batch: int, steps: int, warmup: int, path: str = "fused") -> float:
-    members = [models.create(name, 10, (3, 32, 32), seed=s).to(device) for s in range(n)]
-    masks = [prunekit.prune(m, "random", 0.9, seed=s) for s, m in enumerate(members)]
-    stacked = StackedModel(members, fused=path == "fused").to(device)
+def stacked_step_fn(stacked: StackedModel, masks: list[prunekit.Masks], amp: bool):
+    """A training step of the members of ``stacked`` (one mask each): the members' mean losses summed,
+    SGD with momentum and weight decay, masks re-applied to the stacked parameters in one call."""
+    device = next(stacked.parameters()).device
+    n = len(masks)
     pairs = [(stacked.stacked_parameter(k), torch.stack([m[k] for m in masks]).to(device=device, dtype=torch.float32)) for k in masks[0]]
     opt = torch.optim.SGD(stacked.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    amp = device.type == "cuda"
-    x = torch.randn(n, batch, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (n, batch), device=device)
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -96,6 +94,16 @@ def bench_stacked(name: str, n: int, device: torch.device, batch: int, steps: in
         with torch.no_grad():
             torch._foreach_mul_([p for p, _ in pairs], [m for _, m in pairs])
 
+    return step
+
+
+def bench_stacked(name: str, n: int, device: torch.device, batch: int, steps: int, warmup: int, path: str = "fused") -> float:
+    members = [models.create(name, 10, (3, 32, 32), seed=s).to(device) for s in range(n)]
+    masks = [prunekit.prune(m, "random", 0.9, seed=s) for s, m in enumerate(members)]
+    stacked = StackedModel(members, fused=path == "fused").to(device)
+    x = torch.randn(n, batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (n, batch), device=device)
+    step = stacked_step_fn(stacked, masks, amp=device.type == "cuda")
     return n * batch * steps / timed(step, x, y, steps, warmup, device)
 
 

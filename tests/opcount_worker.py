@@ -3,13 +3,16 @@ in a fresh interpreter): ``python opcount_worker.py MODEL C H W`` prints one JSO
 
 import json
 import sys
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import prunekit
 from prunekit import models
 from prunekit.stacked import StackedModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import stacked as sb  # the benchmark's training steps: the test counts the kernels of what it times
 
 # ops that launch no kernel of their own (views, metadata, allocation)
 _NO_KERNEL = {
@@ -40,38 +43,21 @@ def _kernel_ops(step) -> int:
 
 
 def counts(name, shape):
+    """The steps are the ones ``benchmarks/stacked.py`` times, at batch 4 per model."""
     def single_step():
         model = models.create(name, 10, shape, seed=0)
-        enforce = prunekit.prune(model, "random", 0.9, seed=0).bind(model)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        masks = prunekit.prune(model, "random", 0.9, seed=0)
+        step = sb.single_step_fn(model, model, masks, amp=False)
         x, y = torch.randn(4, *shape), torch.randint(0, 10, (4,))
-
-        def step():
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            enforce()
-
-        return step
+        return lambda: step(x, y)
 
     def stacked_step(n, path):
         members = [models.create(name, 10, shape, seed=s) for s in range(n)]
         masks = [prunekit.prune(m, "random", 0.9, seed=s) for s, m in enumerate(members)]
         stacked = StackedModel(members, fused=path == "fused")
-        pairs = [(stacked.stacked_parameter(k), torch.stack([m[k] for m in masks]).float()) for k in masks[0]]
-        opt = torch.optim.SGD(stacked.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        step = sb.stacked_step_fn(stacked, masks, amp=False)
         x, y = torch.randn(n, 4, *shape), torch.randint(0, 10, (n, 4))
-
-        def step():
-            losses = F.cross_entropy(stacked(x).flatten(0, 1), y.reshape(-1), reduction="none").view(n, -1).mean(1)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            opt.step()
-            with torch.no_grad():
-                torch._foreach_mul_([p for p, _ in pairs], [m for _, m in pairs])
-
-        return step, stacked
+        return (lambda: step(x, y)), stacked
 
     result = {"one": _kernel_ops(single_step()), "fused": {}, "vmap": {}}
     for n in (1, 4, 8):
