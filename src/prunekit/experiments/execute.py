@@ -31,7 +31,7 @@ from ..prunable import prunable_parameters
 from ..pruning import prune
 from ..structured import EarlyPruning
 from ..training import Callback, TrainResult, fit
-from ..training.core import split_indices
+from ..training.core import split_dataset
 from .ablations import reinit_seed, shuffle_masks
 from .config import DENSE, IMP, ResolvedRun
 from .imp import run_imp
@@ -60,8 +60,7 @@ def make_model(run: ResolvedRun, ds: Dataset, device: torch.device, seed: int | 
 
 def _scoring_data(run: ResolvedRun, ds: Dataset, device: torch.device, num_batches: int | None = None) -> Any:
     """The run's scoring batches: from the training part of its split (never validation data)."""
-    idx = split_indices(len(ds.train), run.train, run.seed)[0]
-    train_part = ds.train if len(idx) == len(ds.train) else ds.train.subset(idx)
+    train_part = split_dataset(ds.train, run.train, run.seed)[0]
     return scoring_batches(
         train_part, batch_size=run.scoring_batch_size, mean=ds.info.mean, std=ds.info.std, device=device, seed=run.seed,
         num_batches=num_batches,

@@ -42,6 +42,14 @@ def split_indices(n: int, config: TrainConfig, seed: int) -> tuple[Tensor, Tenso
     return train, val
 
 
+def split_dataset(train: Any, config: TrainConfig, seed: int) -> tuple[Any, Any]:
+    """``(training part, validation part or None)`` of the training set ``train`` (an ArrayDataset),
+    as :func:`split_indices` splits it."""
+    train_idx, val_idx = split_indices(len(train), config, seed)
+    part = train if len(train_idx) == len(train) else train.subset(train_idx)
+    return part, None if val_idx is None else train.subset(val_idx)
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's learning rate (a no-op write when unchanged)."""
     for group in optimizer.param_groups:

@@ -31,7 +31,7 @@ from .core import (
     rng_state,
     set_lr,
     set_rng_state,
-    split_indices,
+    split_dataset,
     train_epoch,
 )
 
@@ -268,9 +268,7 @@ def build_loaders(
 ) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
     """The training loader and the evaluation loaders (``val`` if held out, ``test``), producing ``dtype`` inputs."""
     info = dataset.info
-    train_idx, val_idx = split_indices(len(dataset.train), config, seed)
-    train = dataset.train if len(train_idx) == len(dataset.train) else dataset.train.subset(train_idx)
-    val = None if val_idx is None else dataset.train.subset(val_idx)
+    train, val = split_dataset(dataset.train, config, seed)
     channels_last = config.channels_last and device.type == "cuda"
     augment = info.augment if config.augment is None else config.augment
     common: dict[str, Any] = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last, dtype=dtype)
