@@ -50,6 +50,22 @@ def test_sweep_config_typo_names_the_key(tmp_path, capsys):
     assert not (tmp_path / "o").exists()  # validated before anything was written
 
 
+def test_methods_flag_narrows_a_config_and_drops_the_options_of_methods_left_out(tmp_path, capsys):
+    from prunekit.cli import _sweep_spec, build_parser
+
+    cfg = tmp_path / "s.toml"
+    cfg.write_text('models = ["lenet5"]\ndataset = "fashion-mnist"\nmethods = ["force", "iter_snip"]\nsparsities = [0.99]\n'
+                   '[options.force]\nnum_steps = 5\n[options.iter_snip]\nnum_steps = 7\n')
+    parser = build_parser()
+    spec = _sweep_spec(parser.parse_args(["sweep", "--config", str(cfg), "--methods", "iter_snip"]))
+    assert spec.methods == ("iter_snip",) and dict(spec.method_options) == {"iter_snip": {"num_steps": 7}}
+    assert [r.method_options for r in spec.runs() if r.method != "dense"] == [{"num_steps": 7}]
+    # options typed on the command line for a method that is not swept stay an error
+    assert main(["sweep", "--config", str(cfg), "--methods", "iter_snip", "--opt", "force.num_steps=3",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "force" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 def test_prune_run_and_report(tmp_path, tiny_mnist, capsys):
     common = ["--dataset", "mnist", "--data-dir", str(tiny_mnist)]
     assert main(["prune", "--model", "lenet_300_100", *common, "--methods", "snip,magnitude", "--sparsity", "0.9",

@@ -312,6 +312,9 @@ def _sweep_spec(args: argparse.Namespace) -> Any:
         from .methods import list_methods
 
         values["methods"] = tuple(list_methods())
+    if args.config and args.methods is not None:
+        # --methods narrows the file's grid: the file's options of the methods left out go with them
+        values["options"] = {m: o for m, o in values.get("options", {}).items() if m in values["methods"]}
     if args.no_dense:
         values["dense"] = False
     if args.train:
