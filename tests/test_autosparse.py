@@ -47,6 +47,16 @@ def test_g0_is_the_sum_of_batch_mean_gradients_over_a_full_pass_in_eval_mode():
         full_pass_gradient(net, iter(data), ["0.weight"])
 
 
+def test_g0_from_fewer_batches_is_scaled_to_the_full_pass_the_scorer_was_taught_on():
+    net = _mlp()
+    batch = _batches(1)[0]
+    full = full_pass_gradient(net, [batch] * 6, ["0.weight"])["0.weight"]
+    # two of six identical batches: their sum x 6/2 is exactly the full-pass sum
+    torch.testing.assert_close(full_pass_gradient(net, [batch] * 6, ["0.weight"], num_batches=2)["0.weight"], full)
+    # data without a length: no full pass to scale to, the plain sum of the batches asked for
+    torch.testing.assert_close(full_pass_gradient(net, iter([batch] * 6), ["0.weight"], num_batches=2)["0.weight"], full / 3)
+
+
 def test_survival_targets_from_known_round_masks():
     r1 = {"a": torch.tensor([1, 1, 1, 0], dtype=torch.bool)}
     r2 = {"a": torch.tensor([1, 1, 0, 0], dtype=torch.bool)}

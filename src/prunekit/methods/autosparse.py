@@ -29,7 +29,7 @@ from .registry import Method, register_method
 @dataclass(frozen=True)
 class AutoSparseOptions:
     scorer: str = option("lenet300-fmnist", "a shipped scorer's name (prunekit autosparse list) or a scorer file")
-    gradient_batches: int | None = option(None, "batches of g0 (None: one full pass over data, as the official code)", min=1)
+    gradient_batches: int | None = option(None, "batches of g0, their sum scaled to a full pass (None: one full pass over data, as the official code)", min=1)
     chunk: int = option(65536, "weights scored per chunk (memory)", min=1)
 
 
