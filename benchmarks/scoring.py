@@ -5,8 +5,9 @@
     python benchmarks/scoring.py --model vgg19_bn --dataset cifar10-jpg --device cuda
 
 Every method runs with its default options (SynFlow 100 steps, FORCE/Iter-SNIP 60 steps, ProsPr 3
-inner steps, GraSP 10 samples per class) on batches of the training batch size. Times are medians of
-``--repeats`` runs, after one warm-up.
+inner steps, GraSP 10 samples per class) on batches of the training batch size, unless options follow
+its name, ``name:option=value[:option=value]`` (e.g. ``--methods autosparse,autosparse:gradient_batches=39``).
+Times are medians of ``--repeats`` runs, after one warm-up.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 
 import prunekit
 from prunekit import data, models, training
+from prunekit.cli import parse_method_options
 
 
 def sync(device: torch.device) -> None:
@@ -43,6 +45,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    plan = []  # (entry, method, options), checked before anything is timed
+    for entry in prunekit.list_methods() if args.methods == "all" else args.methods.split(","):
+        name, *pairs = entry.split(":")
+        plan.append((entry, name, parse_method_options(pairs, [name])[name]))
     ds = data.load_dataset(args.dataset, args.data_dir)
     model = models.create(args.model, ds.num_classes, ds.input_shape, seed=0).to(device)
 
@@ -52,14 +58,13 @@ def main() -> None:
     epoch_s = res.history[-1]["epoch_seconds"]
 
     batches = data.scoring_batches(ds.train, batch_size=args.batch_size, mean=ds.info.mean, std=ds.info.std, device=device, seed=0)
-    methods = prunekit.list_methods() if args.methods == "all" else args.methods.split(",")
     rows = []
-    for method in methods:
+    for method, name, options in plan:
         times = []
         for _ in range(args.repeats + 1):
             sync(device)
             start = time.perf_counter()
-            prunekit.prune(model, method, args.sparsity, data=batches, seed=0)
+            prunekit.prune(model, name, args.sparsity, data=batches, seed=0, **options)
             sync(device)
             times.append(time.perf_counter() - start)
         t = statistics.median(times[1:])
