@@ -1,0 +1,58 @@
+"""AutoSparse with g0 from fewer batches: scoring time and mask agreement with the full pass, in one run.
+
+    python benchmarks/autosparse_g0_batches.py                     # LeNet-5 / Fashion-MNIST, the shipped scorer
+
+``gradient_batches=b`` sums b batches and scales the sum by ``len(data) / b`` to the full pass's
+scale. For each b: the scoring time, and at each density the kept-set IoU with the full pass's mask
+and both masks' kept weights per layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import prunekit
+from prunekit import data, models
+
+
+def top(scores: dict[str, torch.Tensor], density: float) -> torch.Tensor:
+    flat = torch.cat([v.flatten() for v in scores.values()])
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[flat.topk(round(density * flat.numel())).indices] = True
+    return keep
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="lenet5")
+    ap.add_argument("--dataset", default="fashion-mnist")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--batches", default="47,10,1", help="gradient_batches values, comma-separated")
+    ap.add_argument("--densities", default="0.1,0.02,0.005")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    ds = data.load_dataset(args.dataset, args.data_dir)
+    model = models.create(args.model, ds.num_classes, ds.input_shape, seed=0)
+    batches = data.scoring_batches(ds.train, batch_size=128, mean=ds.info.mean, std=ds.info.std, seed=0)
+    print(f"{args.model} / {args.dataset}: a full pass is {len(batches)} batches of 128")
+    scores = {}
+    for b in [None, *(int(t) for t in args.batches.split(","))]:
+        start = time.perf_counter()
+        scores[b] = prunekit.score(model, "autosparse", data=batches, **({} if b is None else {"gradient_batches": b}))
+        print(f"gradient_batches={b}: scoring {time.perf_counter() - start:.1f} s", flush=True)
+    sizes = [v.numel() for v in scores[None].values()]
+    for d in (float(t) for t in args.densities.split(",")):
+        ref = top(scores[None], d)
+        for b in (k for k in scores if k is not None):
+            m = top(scores[b], d)
+            iou = (m & ref).sum().item() / (m | ref).sum().item()
+            print(f"density {d}, {b} batches: IoU {iou:.3f}; kept per layer {[int(x.sum()) for x in m.split(sizes)]} "
+                  f"(full pass {[int(x.sum()) for x in ref.split(sizes)]})")
+
+
+if __name__ == "__main__":
+    main()
