@@ -17,6 +17,7 @@ $PK run --model lenet5 --dataset fashion-mnist --method imp --sparsity 0.99 --re
 #  $PK autosparse teach --from-run KEY --out runs/irp --save src/prunekit/autosparse/scorers/lenet5-fmnist.pt)
 $PK sweep --config $C/baselines_lenet5_seed1.toml --out "$OUT" --no-progress
 $PK sweep --config $C/fmnist_lenet5_newseed.toml --out "$OUT" --no-progress
+$PK sweep --config $C/fmnist_lenet5_newseed_mlp_scorer.toml --out "$OUT" --no-progress
 $PK sweep --config $C/fmnist_lenet300.toml --out "$OUT" --no-progress
 $PK sweep --config $C/cifar_lenet5.toml --data-dir "$CIFAR" --out "${OUT}_cifar" --no-progress
 $PK report --out "$OUT"
