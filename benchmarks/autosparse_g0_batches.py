@@ -16,13 +16,7 @@ import torch
 
 import prunekit
 from prunekit import data, models
-
-
-def top(scores: dict[str, torch.Tensor], density: float) -> torch.Tensor:
-    flat = torch.cat([v.flatten() for v in scores.values()])
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[flat.topk(round(density * flat.numel())).indices] = True
-    return keep
+from prunekit.allocation import select
 
 
 def main() -> None:
@@ -44,14 +38,14 @@ def main() -> None:
         start = time.perf_counter()
         scores[b] = prunekit.score(model, "autosparse", data=batches, **({} if b is None else {"gradient_batches": b}))
         print(f"gradient_batches={b}: scoring {time.perf_counter() - start:.1f} s", flush=True)
-    sizes = [v.numel() for v in scores[None].values()]
     for d in (float(t) for t in args.densities.split(",")):
-        ref = top(scores[None], d)
+        ref = select(scores[None], d)  # the method's own selection: exact global top-k
         for b in (k for k in scores if k is not None):
-            m = top(scores[b], d)
-            iou = (m & ref).sum().item() / (m | ref).sum().item()
-            print(f"density {d}, {b} batches: IoU {iou:.3f}; kept per layer {[int(x.sum()) for x in m.split(sizes)]} "
-                  f"(full pass {[int(x.sum()) for x in ref.split(sizes)]})")
+            m = select(scores[b], d)
+            both = sum(int((m[n] & ref[n]).sum()) for n in m)
+            either = sum(int((m[n] | ref[n]).sum()) for n in m)
+            print(f"density {d}, {b} batches: IoU {both / either:.3f}; kept per layer {[int(x.sum()) for x in m.values()]} "
+                  f"(full pass {[int(x.sum()) for x in ref.values()]})")
 
 
 if __name__ == "__main__":
