@@ -79,6 +79,9 @@ def test_a_taught_scorer_ranks_a_representable_target_and_round_trips(tmp_path):
     again = Scorer.load(path)
     assert again.meta == scorer.meta
     torch.testing.assert_close(again.predict(features[:100]), scorer.predict(features[:100]), atol=2e-2, rtol=2e-2)  # float16 file
+    # the forward-pass chunk is a matter of speed and memory, not of the scores (eval-mode BN is per row)
+    torch.testing.assert_close(again.predict(features, chunk=7), again.predict(features, chunk=65536))
+    assert again.predict(features, device="cpu").shape == (6000,) and next(again.network.parameters()).device.type == "cpu"
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     (tmp_path / "bad.pt").write_bytes(bytes(raw))

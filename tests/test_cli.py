@@ -103,3 +103,39 @@ def test_the_main_job_shows_every_method_at_three_sparsities_against_dense():
     assert {r.method for r in runs} == {"dense", *[m for m in prunekit.list_methods() if m != "grasp_abs"]}
     assert sorted({r.sparsity for r in runs if r.method != "dense"}) == [0.9, 0.98, 0.995]
     assert len(runs) == 31
+
+
+def test_autosparse_teach_from_a_config_trains_the_irp_run_once_then_teaches(tmp_path, tiny_mnist, capsys, monkeypatch):
+    import prunekit.autosparse as autosparse
+    from prunekit.autosparse import Scorer
+
+    irp = tmp_path / "irp.toml"
+    irp.write_text('models = ["lenet_300_100"]\ndataset = "mnist"\nmethods = ["imp"]\nsparsities = [0.9]\nseeds = [0]\n'
+                   'recipe = "lenet-fmnist"\nepochs = 1\ndense = false\n[train]\nval_size = 40.0\nbatch_size = 50\n'
+                   '[options.imp]\nschedule = "num"\nrounds = 2\nprune_first = true\n')
+    taught = []
+    real_teach = autosparse.teach
+
+    def small_teach(features, targets, **kwargs):  # the real teacher on a slice: the wiring is under test here
+        taught.append((features.shape, float(targets.min()), float(targets.max())))
+        return real_teach(features[:2000], targets[:2000], **{**kwargs, "epochs": 1})
+
+    monkeypatch.setattr(autosparse, "teach", small_teach)
+    argv = ["autosparse", "teach", "--config", str(irp), "--out", str(tmp_path / "o"), "--data-dir", str(tiny_mnist),
+            "--save", str(tmp_path / "s.pt"), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    assert taught == [((266_200, 2), 0.0, 1.0)]
+    meta = Scorer.load(tmp_path / "s.pt").meta
+    assert meta["taught_on"]["model"] == "lenet_300_100" and meta["taught_on"]["rounds"] == 2
+    assert {k: meta["taught_on"]["irp"][k] for k in ("schedule", "rounds", "prune_first")} == {"schedule": "num", "rounds": 2, "prune_first": True}
+    assert "held-out Spearman" in capsys.readouterr().out
+    # again: the IRP run is read from the database, not trained again
+    assert main(argv) == 0
+    assert "1 skipped" in capsys.readouterr().err and len(taught) == 2
+    # a file with more than one run, or no IMP run, is refused before anything is written
+    irp.write_text(irp.read_text().replace("seeds = [0]", "seeds = [0, 1]"))
+    assert main(["autosparse", "teach", "--config", str(irp), "--out", str(tmp_path / "p"), "--data-dir", str(tiny_mnist),
+                 "--save", str(tmp_path / "t.pt"), "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "exactly one IMP/IRP run" in err and "2 run(s)" in err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "t.pt").exists()

@@ -411,19 +411,38 @@ def cmd_autosparse_teach(args: argparse.Namespace) -> int:
     from .experiments.db import ResultsDB
     from .experiments.execute import DatasetCache, _scoring_data, make_model
 
+    device = _device(args.device)
+    key, data_dir = args.from_run, args.data_dir
+    if args.config:  # the IRP run the file describes, trained first unless the database already holds it
+        from .experiments import load_sweep_file, run_key, run_sweep
+
+        spec = load_sweep_file(args.config)
+        if args.data_dir:
+            from dataclasses import replace
+
+            spec = replace(spec, data_dir=args.data_dir)
+        data_dir = spec.data_dir
+        runs = spec.resolved()
+        if len(runs) != 1 or runs[0].method != "imp":
+            raise ConfigError(f"{args.config} describes {len(runs)} run(s) ({', '.join(sorted({r.method for r in runs}))}); "
+                              "--config needs exactly one IMP/IRP run: methods = [\"imp\"], one model, sparsity and seed, dense = false")
+        summary = run_sweep(spec, args.out, device=device, progress=None if not args.no_progress else False)
+        print(summary, file=sys.stderr)
+        if summary.counts["failed"]:
+            raise ConfigError(f"the IRP run of {args.config} failed; see {Path(args.out) / 'results.db'}")
+        key = run_key(runs[0])
     db_path = Path(args.out) / "results.db"
     if not db_path.is_file():
         raise ConfigError(f"no results database at {db_path}; pass --out of the IRP run")
     with ResultsDB(db_path) as db:
-        rows = [r for r in db.runs(status="done") if r["key"].startswith(args.from_run)]
+        rows = [r for r in db.runs(status="done") if r["key"].startswith(key)]
     if len(rows) != 1:
-        raise ConfigError(f"--from-run {args.from_run!r} matches {len(rows)} finished runs in {db_path}; give a longer key")
+        raise ConfigError(f"--from-run {key!r} matches {len(rows)} finished runs in {db_path}; give a longer key")
     row = rows[0]
     if row["method"] != "imp":
         raise ConfigError(f"run {row['key']} is a {row['method']!r} run; a scorer is taught from an IMP/IRP run (--method imp)")
     run = resolve_config(row["config"])
-    device = _device(args.device)
-    ds = DatasetCache(args.data_dir).get(run.dataset)
+    ds = DatasetCache(data_dir).get(run.dataset)
     model = make_model(run, ds, device)
     print(f"features: initial weights and a full-pass gradient of {run.model} on {run.dataset} ...", file=sys.stderr)
     table = table_from_imp_run(row["run_dir"], model, _scoring_data(run, ds, device))
@@ -528,7 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("autosparse", help="AutoSparse scorers: teach one from an IRP run, list the shipped ones")
     asub = a.add_subparsers(dest="action", required=True)
     t = asub.add_parser("teach", help="build (theta0, g0) -> survival from an IMP/IRP run and train a score network")
-    t.add_argument("--from-run", required=True, metavar="KEY", help="the run's key (or a unique prefix) in --out's results.db")
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--from-run", metavar="KEY", help="a finished IMP/IRP run's key (or a unique prefix) in --out's results.db")
+    src.add_argument("--config", metavar="FILE", help="a sweep file describing one IMP/IRP run (methods = [\"imp\"]): "
+                     "trained into --out first (resumable; skipped when already there), then taught from")
     t.add_argument("--save", required=True, help="where to write the scorer file")
     t.add_argument("--arch", default="mlp", choices=["mlp", "resnet"])
     t.add_argument("--epochs", type=int, default=10)

@@ -5,7 +5,8 @@ The score of a weight is the network's prediction ``f((theta0, g0))`` of how lon
 IRP, from its initial value ``theta0`` and ``g0``, the sum of the batch-mean-loss gradients over one
 pass of the training data (BatchNorm in eval mode), as the official code computes its features.
 ``scorer`` names a scorer shipped with prunekit (``prunekit autosparse list``) or a scorer file
-taught with ``prunekit autosparse teach``. Inference runs in chunks, so a 25 M-weight model fits.
+taught with ``prunekit autosparse teach``. Inference runs in chunks on the model's device, so a 25 M-weight
+model fits.
 
 Deviations from the official code, by choice: the teacher's held-out split is a random set of
 *weights* (the official "test" split is the first 10 % of the training tensor, a leak used for
@@ -30,7 +31,7 @@ from .registry import Method, register_method
 class AutoSparseOptions:
     scorer: str = option("lenet300-fmnist", "a shipped scorer's name (prunekit autosparse list) or a scorer file")
     gradient_batches: int | None = option(None, "batches of g0, their sum scaled to a full pass (None: one full pass over data, as the official code)", min=1)
-    chunk: int = option(65536, "weights scored per chunk (memory)", min=1)
+    chunk: int | None = option(None, "weights scored per forward pass of the score network (None: 2,048 on the CPU, 65,536 on an accelerator)", min=1)
 
 
 def autosparse_scores(ctx: ScoringContext, opts: AutoSparseOptions, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
@@ -40,7 +41,7 @@ def autosparse_scores(ctx: ScoringContext, opts: AutoSparseOptions, masks: Mappi
     g0 = full_pass_gradient(ctx.model, ctx.data.source, ctx.names, num_batches=opts.gradient_batches,
                             loss_fn=ctx.loss_fn, output_fn=ctx.output_fn)
     theta0 = ctx.original()
-    pred = scorer.predict(feature_matrix(theta0, g0, ctx.names), chunk=opts.chunk)
+    pred = scorer.predict(feature_matrix(theta0, g0, ctx.names), chunk=opts.chunk, device=ctx.device)
     out, i = {}, 0
     for name in ctx.names:
         n = theta0[name].numel()
