@@ -139,3 +139,5 @@ def test_autosparse_teach_from_a_config_trains_the_irp_run_once_then_teaches(tmp
     err = capsys.readouterr().err
     assert "exactly one IMP/IRP run" in err and "2 run(s)" in err
     assert not (tmp_path / "p").exists() and not (tmp_path / "t.pt").exists()
+    assert main([*argv[:argv.index("--save") + 1], str(tmp_path), "--no-progress"]) == 2
+    assert "is a directory" in capsys.readouterr().err

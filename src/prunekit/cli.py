@@ -411,6 +411,8 @@ def cmd_autosparse_teach(args: argparse.Namespace) -> int:
     from .experiments.db import ResultsDB
     from .experiments.execute import DatasetCache, _scoring_data, make_model
 
+    if Path(args.save).is_dir():  # checked before any training or teaching
+        raise ConfigError(f"--save {args.save!r} is a directory; give the scorer file's path (e.g. {Path(args.save) / 'scorer.pt'})")
     device = _device(args.device)
     key, data_dir = args.from_run, args.data_dir
     if args.config:  # the IRP run the file describes, trained first unless the database already holds it
