@@ -1,6 +1,7 @@
 """AutoSparse with g0 from fewer batches: scoring time and mask agreement with the full pass, in one run.
 
-    python benchmarks/autosparse_g0_batches.py                     # LeNet-5 / Fashion-MNIST, the shipped scorer
+    python benchmarks/autosparse_g0_batches.py                     # LeNet-5 / Fashion-MNIST, the default scorer
+    python benchmarks/autosparse_g0_batches.py --scorer lenet300-fmnist
 
 ``gradient_batches=b`` sums b batches and scales the sum by ``len(data) / b`` to the full pass's
 scale. For each b: the scoring time, and at each density the kept-set IoU with the full pass's mask
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--batches", default="47,10,1", help="gradient_batches values, comma-separated")
     ap.add_argument("--densities", default="0.1,0.02,0.005")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--scorer", default=None, help="a shipped scorer's name or a scorer file (default: the method's default)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ds = data.load_dataset(args.dataset, args.data_dir)
@@ -36,7 +38,8 @@ def main() -> None:
     scores = {}
     for b in [None, *(int(t) for t in args.batches.split(","))]:
         start = time.perf_counter()
-        scores[b] = prunekit.score(model, "autosparse", data=batches, **({} if b is None else {"gradient_batches": b}))
+        options = {"scorer": args.scorer} if args.scorer else {}
+        scores[b] = prunekit.score(model, "autosparse", data=batches, **options, **({} if b is None else {"gradient_batches": b}))
         print(f"gradient_batches={b}: scoring {time.perf_counter() - start:.1f} s", flush=True)
     for d in (float(t) for t in args.densities.split(",")):
         ref = select(scores[None], d)  # the method's own selection: exact global top-k

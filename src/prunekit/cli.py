@@ -395,13 +395,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_autosparse_list(args: argparse.Namespace) -> int:
     from .autosparse import list_scorers, load_scorer
+    from .methods.autosparse import AutoSparseOptions
 
     for name, path in list_scorers().items():
         meta = load_scorer(path).meta
         taught = meta.get("taught_on", {})
+        ranking = taught.get("irp", {}).get("scorer", "magnitude")
+        default = " (default)" if name == AutoSparseOptions().scorer else ""
         print(f"{name:20s} {meta.get('arch')} taught on {taught.get('model')} / {taught.get('dataset')} "
-              f"(IRP to density {taught.get('final_density', float('nan')):.3g}, {taught.get('rounds')} rounds); "
-              f"held-out Spearman {meta.get('heldout_spearman', float('nan')):.3f}")
+              f"(IRP to density {taught.get('final_density', float('nan')):.3g}, {taught.get('rounds')} rounds ranked by {ranking}); "
+              f"held-out Spearman {meta.get('heldout_spearman', float('nan')):.3f}{default}")
     return 0
 
 

@@ -2,9 +2,10 @@
 pruning predicts, from a weight's initial value and initial gradient, how long it would survive;
 it then prunes other models at initialisation in one shot.
 
-* teach: an IRP run (``prunekit run --method imp --opt schedule=num --opt prune_first=true ...``) ->
+* teach: an IRP run (``prunekit run --method imp --opt schedule=num --opt prune_first=true --opt scorer=snip ...``,
+  or ``prunekit autosparse teach --config FILE``) ->
   :func:`table_from_imp_run` -> :func:`teach` -> :meth:`Scorer.save`;
-* prune: ``prunekit.prune(model, "autosparse", sparsity=0.98, data=loader, scorer="lenet300-fmnist")``.
+* prune: ``prunekit.prune(model, "autosparse", sparsity=0.98, data=loader, scorer="lenet300-snip-fmnist")``.
 
 Scorers shipped with prunekit are listed by :func:`list_scorers` and addressed by name.
 """

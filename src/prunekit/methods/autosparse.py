@@ -29,7 +29,7 @@ from .registry import Method, register_method
 
 @dataclass(frozen=True)
 class AutoSparseOptions:
-    scorer: str = option("lenet300-fmnist", "a shipped scorer's name (prunekit autosparse list) or a scorer file")
+    scorer: str = option("lenet300-snip-fmnist", "a shipped scorer's name (prunekit autosparse list) or a scorer file")
     gradient_batches: int | None = option(None, "batches of g0, their sum scaled to a full pass (None: one full pass over data, as the official code)", min=1)
     chunk: int | None = option(None, "weights scored per forward pass of the score network (None: 2,048 on the CPU, 65,536 on an accelerator)", min=1)
 
