@@ -116,8 +116,8 @@ class Scorer:
         Args:
             chunk: rows per forward pass (memory: a ResNet-50 has 25 M weights). Default
                 :func:`default_chunk` of the device: on the CPU, 2,048 rows keep the MLP's
-                1024-wide activations in cache, several times faster than 65,536 (measured with
-                ``benchmarks/scoring.py --methods autosparse:chunk=65536,autosparse``).
+                1024-wide activations in cache, 1.4x faster than 65,536 on a quiet machine, more
+                beside other processes (``benchmarks/scoring.py --methods autosparse:chunk=65536,autosparse``).
             device: where the network runs (default: where it is; a loaded scorer is on the CPU).
         """
         net = self.network.eval()
