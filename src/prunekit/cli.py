@@ -379,12 +379,9 @@ DEMO_CONFIG = Path(__file__).parent / "experiments" / "configs" / "demo.toml"
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments import load_sweep_file, run_sweep
+    from .experiments.config import with_overrides
 
-    spec = load_sweep_file(DEMO_CONFIG)
-    if args.data_dir:
-        from dataclasses import replace
-
-        spec = replace(spec, data_dir=args.data_dir)
+    spec = with_overrides(load_sweep_file(DEMO_CONFIG), data_dir=args.data_dir)
     print(f"main job: {len(spec.runs())} runs ({DEMO_CONFIG.name}) into {args.out}; finished runs are read from the database",
           file=sys.stderr)
     summary = run_sweep(spec, args.out, device=_device(args.device), progress=None if not args.no_progress else False)
@@ -420,12 +417,9 @@ def cmd_autosparse_teach(args: argparse.Namespace) -> int:
     key, data_dir = args.from_run, args.data_dir
     if args.config:  # the IRP run the file describes, trained first unless the database already holds it
         from .experiments import load_sweep_file, run_key, run_sweep
+        from .experiments.config import with_overrides
 
-        spec = load_sweep_file(args.config)
-        if args.data_dir:
-            from dataclasses import replace
-
-            spec = replace(spec, data_dir=args.data_dir)
+        spec = with_overrides(load_sweep_file(args.config), data_dir=args.data_dir)
         data_dir = spec.data_dir
         runs = spec.resolved()
         if len(runs) != 1 or runs[0].method != "imp":
