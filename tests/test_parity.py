@@ -337,7 +337,9 @@ def test_exact_selection_equals_a_stable_sort_reference():
         assert torch.equal(keep, expected)
 
 
-def test_run_keys_of_existing_configs_did_not_move():
+def test_run_keys_of_existing_configs_did_not_move(monkeypatch):
+    from dataclasses import replace
+
     from prunekit.experiments.config import RunSpec, resolve, run_key
 
     # keys computed by prunekit before the official-mode options existed
@@ -351,8 +353,17 @@ def test_run_keys_of_existing_configs_did_not_move():
         (RunSpec("lenet_300_100", "fashion-mnist", "imp", 0.9, 0, recipe="openlth-mnist"), "210213665dc33bfd"),
     ]
     for spec, key in pinned:
-        assert run_key(resolve(spec)) == key, spec.method
-    official = RunSpec("lenet5", "fashion-mnist", "force", 0.99, 0, recipe="lenet-fmnist", method_options={"official": True})
+        # fp32 runs, asked for (amp=False) or resolved on a device without native bf16, keep their keys
+        assert run_key(resolve(replace(spec, train={"amp": False}))) == key, spec.method
+        with monkeypatch.context() as m:
+            m.setenv("PRUNEKIT_BF16", "0")
+            assert run_key(resolve(spec)) == key, spec.method
+        with monkeypatch.context() as m:  # the same spec trained in bf16 is another run
+            m.setenv("PRUNEKIT_BF16", "1")
+            bf16 = resolve(spec)
+            assert bf16.precision == "bf16" and bf16.config["precision"] == "bf16" and run_key(bf16) != key
+    official = RunSpec("lenet5", "fashion-mnist", "force", 0.99, 0, recipe="lenet-fmnist", method_options={"official": True},
+                       train={"amp": False})
     resolved = resolve(official)
     assert resolved.method_options["count_rule"] == "official" and resolved.method_options["official_loss"] is True
     assert run_key(resolved) != "381cf25ca57e0331"

@@ -421,7 +421,7 @@ def cmd_autosparse_teach(args: argparse.Namespace) -> int:
 
         spec = with_overrides(load_sweep_file(args.config), data_dir=args.data_dir)
         data_dir = spec.data_dir
-        runs = spec.resolved()
+        runs = spec.resolved(device)
         if len(runs) != 1 or runs[0].method != "imp":
             raise ConfigError(f"{args.config} describes {len(runs)} run(s) ({', '.join(sorted({r.method for r in runs}))}); "
                               "--config needs exactly one IMP/IRP run: methods = [\"imp\"], one model, sparsity and seed, dense = false")

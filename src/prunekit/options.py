@@ -29,14 +29,19 @@ def option(
     max: float | None = None,
     min_exclusive: bool = False,
     since: str | None = None,
+    keyed: bool = True,
 ) -> Any:
     """A dataclass field with a help line and optional constraints.
 
     ``since`` marks an option added after run keys were first recorded (the prunekit version that
     added it): :func:`key_dict` leaves it out while it has its default value, so every run recorded
     before it existed keeps its key.
+
+    ``keyed=False`` marks a request whose *outcome* identifies a run, not the request itself (e.g.
+    ``amp``: the run records the precision it resolves to on its device). :func:`key_dict` writes
+    its default, as every key recorded before the outcome was keyed did.
     """
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "since": since}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "since": since, "keyed": keyed}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -180,11 +185,12 @@ def parse_value(cls: type, name: str, text: str, owner: str) -> Any:
 
 def as_dict(instance: Any) -> dict[str, Any]:
     """The options as a plain dict (tuples become lists, for JSON)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(instance).items()}
+    return {k: as_dict_value(v) for k, v in dataclasses.asdict(instance).items()}
 
 
 def key_dict(instance: Any) -> dict[str, Any]:
-    """:func:`as_dict` without the options added later (``since=``) that still have their default.
+    """:func:`as_dict` without the options added later (``since=``) that still have their default,
+    and with the options that are not keyed (``keyed=False``) at their default.
 
     This is what a run's key is computed from: adding an option to a method never changes the key
     (nor the meaning) of a run recorded before it existed.
@@ -193,4 +199,10 @@ def key_dict(instance: Any) -> dict[str, Any]:
     for f in dataclasses.fields(instance):
         if f.metadata.get("since") and getattr(instance, f.name) == f.default:
             del out[f.name]
+        elif f.metadata.get("keyed") is False:
+            out[f.name] = as_dict_value(f.default)
     return out
+
+
+def as_dict_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

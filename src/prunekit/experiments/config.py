@@ -12,6 +12,7 @@ import functools
 import hashlib
 import itertools
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -26,6 +27,7 @@ from ..methods import get_method
 from ..models import get_model_spec
 from ..options import as_dict, build, key_dict, option
 from ..training import TrainConfig, get_recipe
+from ..training.precision import BF16, FP32, Precision
 
 ABLATIONS = {
     "shuffle": "shuffle each layer's mask at random (keeps every layer's density)",
@@ -33,6 +35,7 @@ ABLATIONS = {
     "invert": "keep the lowest-scoring weights instead of the highest",
 }
 DENSE = "dense"
+logger = logging.getLogger("prunekit")
 IMP = "imp"
 DEFAULT_RECIPE = "lenet-fmnist"
 
@@ -136,6 +139,7 @@ class ResolvedRun:
     scoring_batch_size: int
     headline: str
     structured: Mapping[str, Any] | None = None  # {"trigger", "budget", "options"} of early structured pruning
+    precision: str = FP32  # what train.amp resolved to on the training device: fp32 or bf16
 
     @property
     def config(self) -> dict[str, Any]:
@@ -158,6 +162,8 @@ class ResolvedRun:
             "headline": self.headline,
             # present only for structured runs, so that every other run keeps its key
             **({} if self.structured is None else {"structured": dict(self.structured)}),
+            # present only for bf16 runs: every fp32 run keeps the key it had before bf16 came to the CPU
+            **({} if self.precision == FP32 else {"precision": self.precision}),
         }
 
     @functools.cached_property
@@ -171,7 +177,20 @@ class ResolvedRun:
         if self.method == IMP or self.structured is not None:
             return None
         c = self.config
-        return json.dumps({k: c[k] for k in ("model", "dataset", "recipe", "train", "model_kwargs", "init", "bn_gamma")}, sort_keys=True)
+        return json.dumps({k: c.get(k) for k in ("model", "dataset", "recipe", "train", "model_kwargs", "init", "bn_gamma", "precision")},
+                          sort_keys=True)
+
+    def training_precision(self, device: Any) -> Precision:
+        """How this run trains on ``device``: its keyed precision (bf16 runs so even where it would be
+        emulated, with a notice: the key says bf16) and the memory format its recipe asks for there."""
+        import torch
+
+        from ..training.precision import native_bf16
+
+        device = torch.device(device)
+        if self.precision == BF16 and not native_bf16(device)[0]:
+            logger.warning("run %s was resolved for bf16 training; %s emulates bf16 (slow)", self.key, device)
+        return Precision(self.precision, self.train.channels_last and device.type in ("cuda", "cpu"))
 
     @property
     def pruned(self) -> bool:
@@ -212,8 +231,12 @@ def _prunable_count(model: str, dataset: str, num_classes: int | None, model_kwa
     return sum(p.numel() for p in prunable_parameters(net).values())
 
 
-def resolve(spec: RunSpec) -> ResolvedRun:
+def resolve(spec: RunSpec, device: Any = None) -> ResolvedRun:
     """The complete configuration of a run, validated.
+
+    Args:
+        device: the device that will train it (default: CUDA when available, else the CPU): the
+            training precision the recipe's ``amp`` resolves to there is part of the run.
 
     Raises:
         ConfigError: any unknown name or invalid value, naming it.
@@ -269,7 +292,12 @@ def resolve(spec: RunSpec) -> ResolvedRun:
         structured = MappingProxyType({"trigger": trigger, "budget": f"{kind}={fraction:g}", "options": options})
     elif spec.budget is not None:
         raise ConfigError("budget= applies to structured runs; pass structured= too (e.g. 'epi')")
+    from ..training.precision import resolve_precision
+    from ..training.trainer import default_device
+
+    precision = resolve_precision(train_cfg.amp, train_cfg.channels_last, default_device() if device is None else device, notice=False)
     return ResolvedRun(
+        precision=precision.dtype,
         model=spec.model,
         dataset=info.name,
         method=spec.method,
@@ -304,6 +332,7 @@ def resolve_config(config: Mapping[str, Any]) -> ResolvedRun:
             model_kwargs=MappingProxyType(dict(config["model_kwargs"])), init=config["init"], bn_gamma=config["bn_gamma"],
             scoring_batch_size=config["scoring_batch_size"], headline=config["headline"],
             structured=None if config.get("structured") is None else MappingProxyType(dict(config["structured"])),
+            precision=config.get("precision", FP32),
         )
     except (KeyError, TypeError) as exc:
         raise ConfigError(f"not a prunekit run configuration (missing or bad field {exc})") from None
@@ -343,9 +372,9 @@ class SweepSpec:
     structured: tuple[str, ...] = ()  # early structured pruning specs ("epi", "epoch:prune_at=5", ...)
     budgets: tuple[str, ...] = ("macs=0.5",)
 
-    def resolved(self) -> list[ResolvedRun]:
-        """Every run of the grid, resolved once (dense baselines first)."""
-        return [resolve(r) for r in self.runs()]
+    def resolved(self, device: Any = None) -> list[ResolvedRun]:
+        """Every run of the grid, resolved once for ``device`` (dense baselines first)."""
+        return [resolve(r, device) for r in self.runs()]
 
     def runs(self) -> list[RunSpec]:
         """Every run of the grid (dense baselines first), validated."""
@@ -417,7 +446,8 @@ def sweep_from_mapping(values: Mapping[str, Any], where: str = "sweep config") -
     for key in values:
         if key not in _SWEEP_KEYS:
             raise ConfigError(f"unknown key {key!r} in {where}; valid keys: {', '.join(sorted(_SWEEP_KEYS | {'model', 'options'}))}")
-    required = ("models", "dataset") if values.get("structured") else ("models", "dataset", "methods", "sparsities")
+    # a grid of methods needs sparsities; a file of dense baselines (or structured runs) alone needs neither
+    required = ("models", "dataset") if values.get("structured") or values.get("dense") is True else ("models", "dataset", "methods", "sparsities")
     for key in required:
         if key not in values:
             raise ConfigError(f"{where} needs {key!r}")
@@ -440,7 +470,7 @@ def sweep_from_mapping(values: Mapping[str, Any], where: str = "sweep config") -
         raise ConfigError(f"the sweep in {where} has nothing to run: no methods, no structured runs and no dense baseline")
     if values.get("methods") and not values.get("sparsities"):
         raise ConfigError(f"'sparsities' in {where} is empty: the methods need at least one")
-    if "methods" in values and not values["methods"] and not values.get("structured"):
+    if "methods" in values and not values["methods"] and not values.get("structured") and values.get("dense") is not True:
         raise ConfigError(f"'methods' in {where} is empty: name at least one method (or 'dense = true' with methods for a baseline)")
     for name, table in [("options", options), ("train", values.get("train", {})), ("model_kwargs", values.get("model_kwargs", {}))]:
         if not isinstance(table, Mapping):

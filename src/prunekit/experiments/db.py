@@ -191,6 +191,24 @@ class ResultsDB:
             raise
         conn.execute("COMMIT")
 
+    def export(self, path: str | os.PathLike[str]) -> Path:
+        """A consistent single-file copy of the database at ``path`` (rows and epochs; no run files),
+        e.g. to commit a table's results beside the code. Written to a temporary file, then renamed."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        dest = sqlite3.connect(tmp)
+        try:
+            with self._lock:
+                self._conn.backup(dest)
+            dest.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+            dest.execute("VACUUM")
+        finally:
+            dest.close()
+        os.replace(tmp, path)
+        return path
+
     @property
     def schema_version(self) -> int:
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])

@@ -162,7 +162,7 @@ def execute(
             workdir=run_dir / "imp", epoch_callbacks=imp_callbacks or (lambda r: []), progress=progress,
             donors=imp_donors(run, run_dir), schedule=opts.get("schedule", "fraction"), rounds=opts.get("rounds", 20),
             scorer=opts.get("scorer", "magnitude"), prune_first=opts.get("prune_first", False),
-            scoring_data=lambda: _scoring_data(run, ds, device, num_batches=1),
+            scoring_data=lambda: _scoring_data(run, ds, device, num_batches=1), precision=run.training_precision(device),
         )
         masks.save(run_dir / "masks.pt")
         # the cost of the ticket: every round this run trained (rounds taken over from another run are
@@ -179,6 +179,7 @@ def execute(
         model, ds, run.train, masks=scored, device=device, seed=run.seed, checkpoint=run_dir / "checkpoint.pt",
         callbacks=[*(callbacks or []), *([early] if early else [])], progress=progress,
         desc=f"{run.method} {run.sparsity:.4g}" if structured is None else f"structured {structured['trigger']}",
+        precision=run.training_precision(device),
     )
     extra: dict[str, Any] = {"history_epochs": result.epochs}
     if world_size() > 1:

@@ -27,7 +27,7 @@ from .config import ResolvedRun
 from .db import Heartbeat, ResultsDB
 from .execute import DatasetCache, make_model, prepare
 from .record import EpochsToDB, result_fields
-from .run import RunOutcome, outcome_of_claim_refused, run_one
+from .run import RunOutcome, failure_kind, outcome_of_claim_refused, run_one
 
 MAX_GROUP = 32
 logger = logging.getLogger("prunekit")
@@ -61,7 +61,7 @@ def estimate_group_size(run: ResolvedRun, datasets: DatasetCache, device: torch.
     stacked = StackedModel(models).to(device)
     opt = make_optimizer(stacked.parameters(), cfg)
     x = torch.randn(2, cfg.batch_size, *ds.input_shape, device=device)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.amp):
+    with run.training_precision(device).autocast(device):
         out = stacked(x)
     out.float().sum().backward()
     opt.step()
@@ -113,7 +113,7 @@ def run_group(
             try:
                 model, masks = prepare(run, run_dir, ds, device, progress)
             except Exception as exc:
-                db.fail(run.key, owner, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
+                db.fail(run.key, owner, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}", failure_kind(exc))
                 outcomes[run.key] = RunOutcome(run.key, "failed", db.get(run.key))
                 continue
             by_epoch[checkpoint_epoch(run_dir / "checkpoint.pt")].append(Prepared(run, run_dir, model, masks))
@@ -132,7 +132,7 @@ def run_group(
                 for p in group
             ]
             try:
-                results = StackedTrainer(members, ds, group[0].run.train, device).fit(
+                results = StackedTrainer(members, ds, group[0].run.train, device, group[0].run.precision).fit(
                     progress=bool(progress), desc=f"{group[0].run.model} stacked"
                 )
             except Exception as exc:

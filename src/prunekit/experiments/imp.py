@@ -47,6 +47,7 @@ from ..data import Dataset
 from ..files import atomic_write_json
 from ..masks import Masks
 from ..training import Callback, TrainConfig, TrainResult, atomic_save, fit
+from ..training.precision import Precision
 
 SCHEDULES = {
     "fraction": "remove `fraction` of the remaining weights per round until the target (lottery tickets)",
@@ -143,6 +144,7 @@ def run_imp(
     scorer: str = "magnitude",
     prune_first: bool = False,
     scoring_data: Callable[[], Any] | None = None,
+    precision: Precision | None = None,
 ) -> tuple[Masks, TrainResult, list[dict[str, Any]]]:
     """Run IMP on ``model`` (modified: it ends as the trained final ticket).
 
@@ -155,6 +157,7 @@ def run_imp(
         schedule, rounds: the density schedule (:data:`SCHEDULES`) and, for ``num``/``pct``, its rounds.
         scorer: ``"magnitude"`` or ``"snip"`` (``|theta * g|`` on ``scoring_data()`` batches).
         prune_first: prune round 1 on the initial weights, with no dense training round (IRP).
+        precision: every round's training precision (default: what ``config`` resolves to on ``device``).
 
     Returns:
         ``(final masks, final round's TrainResult, per-round summaries)``.
@@ -209,6 +212,7 @@ def run_imp(
         result = fit(
             model, dataset, config, masks=masks, device=device, seed=seed, checkpoint=workdir / f"round_{rnd:02d}.ckpt",
             callbacks=callbacks, progress=progress, desc=f"imp round {rnd}", start_epoch=0 if rnd == 0 else rewind_epoch,
+            precision=precision,
         )
         # the trained weights first, then the record that the round is done
         atomic_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, trained_path)

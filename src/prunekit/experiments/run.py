@@ -99,7 +99,8 @@ def run_one(
         A :class:`RunOutcome`. Errors inside the run are recorded in the database (status
         ``failed``), not raised; bad configuration raises before anything is written.
     """
-    run = spec if isinstance(spec, ResolvedRun) else resolve(spec)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    run = spec if isinstance(spec, ResolvedRun) else resolve(spec, device)
     key = run.key
     out_dir = Path(out_dir)
     datasets = datasets or DatasetCache()
@@ -134,7 +135,6 @@ def run_one(
             tell(False)
             return outcome_of_claim_refused(db, key)
         tell(True)
-        device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
             with Heartbeat(db, key, owner):
                 done = execute(

@@ -82,7 +82,7 @@ def run_sweep(
         raise ConfigError(f"stack must be a positive integer, got {stack!r}")
     if stack is not None and stack > 1 and device.type == "cpu":
         logger.warning("stacking %d runs on the CPU as asked; it measured slower than one at a time there (benchmarks/RESULTS.md)", stack)
-    runs = spec.resolved()
+    runs = spec.resolved(device)
     start = time.time()
     summary = SweepSummary()
     show = sys.stderr.isatty() if progress is None else progress

@@ -35,6 +35,7 @@ from ..training.core import (
     split_indices,
     train_epoch,
 )
+from ..training.precision import Precision, resolve_precision
 from .loader import StackedLoader
 from .model import StackedModel
 
@@ -95,8 +96,11 @@ def checkpoint_epoch(path: Path | None) -> int:
 class StackedTrainer:
     """Train ``members`` together on ``dataset`` with ``config`` (see the module docstring)."""
 
-    def __init__(self, members: Sequence[Member], dataset: Dataset, config: TrainConfig, device: torch.device):
+    def __init__(self, members: Sequence[Member], dataset: Dataset, config: TrainConfig, device: torch.device, precision: str | None = None):
+        """``precision``: ``fp32`` or ``bf16`` (default: what ``config.amp`` resolves to on ``device``).
+        The fused members keep the contiguous layout (their inputs are ``[N, B, C, H, W]``)."""
         self.members = list(members)
+        self.precision = Precision(precision or resolve_precision(config.amp, False, device).dtype, channels_last=False)
         self.n = len(self.members)
         self.config = config
         self.device = device
@@ -129,7 +133,6 @@ class StackedTrainer:
         self.train_seconds = 0.0
         self.images = 0
         self.diverged: dict[int, str] = {}
-        self._amp = False
         self._resume()
         self.model = StackedModel([m.model.to(device) for m in self.members]).to(device)
         self.optimizer = make_optimizer(self.model.parameters(), config)
@@ -148,7 +151,7 @@ class StackedTrainer:
             return
         loaded = [s for s in states if s is not None]
         for m, s in zip(self.members, loaded):
-            check_resumable(s, self.config, m.seed)
+            check_resumable(s, self.config, m.seed, self.precision)
             m.model.load_state_dict(s["model"])
             if s.get("masks") is not None:
                 m.masks = Masks(s["masks"], m.masks.meta if m.masks is not None else None)
@@ -202,12 +205,12 @@ class StackedTrainer:
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
-    def _evaluate(self, loader: Any, shared: bool, amp: bool) -> tuple[list[float], list[float]]:
+    def _evaluate(self, loader: Any, shared: bool) -> tuple[list[float], list[float]]:
         self.model.eval()
         correct = torch.zeros(self.n, dtype=torch.long, device=self.device)
         loss = torch.zeros(self.n, dtype=torch.float64, device=self.device)
         count = 0
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
+        with self.precision.autocast(self.device):
             for x, y in loader:
                 out = self.model(x, shared=shared).float()
                 yy = y.expand(self.n, -1) if shared else y
@@ -219,7 +222,7 @@ class StackedTrainer:
 
     # -- loop -------------------------------------------------------------------------------------
     def _step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, int]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
+        with self.precision.autocast(self.device):
             out = self.model(x)
             losses = F.cross_entropy(out.flatten(0, 1), y.reshape(-1), reduction="none").view(self.n, -1).mean(1)
         self.optimizer.zero_grad(set_to_none=True)
@@ -230,7 +233,6 @@ class StackedTrainer:
 
     def fit(self, progress: bool = False, desc: str = "stacked") -> list[TrainResult | TrainingDiverged]:
         cfg = self.config
-        self._amp = cfg.amp and self.device.type == "cuda"
         steps = len(self.train_loader)
         self.model.train()
         self._enforce()
@@ -242,8 +244,8 @@ class StackedTrainer:
             self.train_seconds += totals.seconds
             self.images += totals.samples
             self.epoch = epoch + 1
-            test_acc, test_loss = self._evaluate(self.test_loader, True, self._amp)
-            val = self._evaluate(self.val_loader, False, self._amp) if self.val_loader is not None else None
+            test_acc, test_loss = self._evaluate(self.test_loader, True)
+            val = self._evaluate(self.val_loader, False) if self.val_loader is not None else None
             for k, member in enumerate(self.members):
                 metrics = {**epoch_metrics(epoch, totals, k), "stacked": self.n}
                 if val is not None:
@@ -268,6 +270,7 @@ class StackedTrainer:
                 res = summarize(self.histories[k], self.train_seconds, self.images)
                 res.extra["stacked"] = self.n
                 res.extra["model_images_per_second"] = self.n * res.images_per_second
+                res.extra.update(self.precision.as_dict())
                 results.append(res)
         return results
 
@@ -276,5 +279,5 @@ class StackedTrainer:
         return checkpoint_state(
             epoch=self.epoch, model=self.model.member_state_dict(i), optimizer=self._member_optimizer_state(i),
             history=self.histories[i], rng=rng_state(self.device), train_seconds=self.train_seconds, images=self.images,
-            config=self.config, seed=self.members[i].seed, masks=self.members[i].masks, callbacks=[],
+            config=self.config, seed=self.members[i].seed, masks=self.members[i].masks, callbacks=[], precision=self.precision,
         )

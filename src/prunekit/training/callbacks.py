@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 from .checkpoint import atomic_save
+from .precision import Precision
 
 if TYPE_CHECKING:
     from .trainer import Trainer
@@ -46,15 +47,16 @@ class Callback:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, amp: bool = False) -> dict[str, float]:
-    """Accuracy and mean cross-entropy of ``model`` over ``loader`` (one host sync at the end)."""
+def evaluate(model: torch.nn.Module, loader: Any, precision: Precision | None = None) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model`` over ``loader`` (one host sync at the end), in
+    ``precision`` (the training's; default fp32)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     correct = torch.zeros((), dtype=torch.long, device=device)
     loss = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+    with (precision or Precision()).autocast(device):
         for x, y in loader:
             out = model(x)
             loss += F.cross_entropy(out.float(), y, reduction="sum").double()
@@ -67,13 +69,13 @@ def evaluate(model: torch.nn.Module, loader: Any, amp: bool = False) -> dict[str
 class Evaluate(Callback):
     """Evaluate on named loaders (``test``, ``val``) at the end of every epoch."""
 
-    def __init__(self, loaders: dict[str, Any], amp: bool = False):
+    def __init__(self, loaders: dict[str, Any], precision: Precision | None = None):
         self.loaders = loaders
-        self.amp = amp
+        self.precision = precision
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         for name, loader in self.loaders.items():
-            for key, value in evaluate(trainer.model, loader, self.amp).items():
+            for key, value in evaluate(trainer.model, loader, self.precision).items():
                 metrics[f"{name}_{key}"] = value
 
 

@@ -37,8 +37,8 @@ class TrainConfig:
         None, "train on a seeded random subset of this many training images (after the validation hold-out)", min=1, since="0.2"
     )
     eval_batch_size: int = option(1000, "batch size for evaluation", min=1)
-    amp: bool = option(True, "bf16 autocast on CUDA (ignored on the CPU)")
-    channels_last: bool = option(True, "channels-last memory format on CUDA (ignored on the CPU)")
+    amp: bool = option(True, "bf16 autocast where the device runs bf16 natively (CUDA; CPUs with AVX-512 BF16 or AMX)", keyed=False)
+    channels_last: bool = option(True, "channels-last memory format (CUDA and the CPU)", keyed=False)
 
     def __post_init__(self) -> None:
         from ..errors import ConfigError

@@ -23,6 +23,7 @@ from ..distributed import sum_across_ranks_, world_size
 from ..options import key_dict
 from .checkpoint import FORMAT, CheckpointError
 from .config import TrainConfig
+from .precision import Precision
 
 # (inputs, targets) -> (per-network mean losses [n], per-network correct counts [n], samples per network)
 StepFn = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor, int]"]
@@ -92,9 +93,11 @@ def checkpoint_state(
     seed: int,
     masks: Mapping[str, Tensor] | None,
     callbacks: list[dict[str, Any]],
+    precision: Precision,
 ) -> dict[str, Any]:
     """One network's complete training state, in the one checkpoint layout both trainers write."""
     return {
+        **precision.as_dict(),
         "format": FORMAT,
         "epoch": epoch,
         "model": model,
@@ -110,10 +113,13 @@ def checkpoint_state(
     }
 
 
-def check_resumable(state: Mapping[str, Any], config: TrainConfig, seed: int) -> None:
-    """Refuse a checkpoint written by a run with another config or seed."""
+def check_resumable(state: Mapping[str, Any], config: TrainConfig, seed: int, precision: Precision) -> None:
+    """Refuse a checkpoint written by a run with another config, seed or training precision (a
+    checkpoint from before precisions were recorded is taken as it is)."""
     if state.get("config") != key_dict(config) or state.get("seed") != seed:
         raise CheckpointError("the checkpoint was written by a run with a different config or seed")
+    if state.get("precision", precision.dtype) != precision.dtype:
+        raise CheckpointError(f"the checkpoint was trained in {state['precision']}, this run trains in {precision.dtype}")
 
 
 @dataclass

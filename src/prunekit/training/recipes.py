@@ -47,6 +47,18 @@ RECIPES: dict[str, Recipe] = {
             source="prunekit (SNIP's LeNet recipe shortened for 2 CPU cores)",
         ),
         Recipe(
+            "cifar-cpu",
+            "ResNet-20 on all 50,000 CIFAR-10 images in minutes on 2 CPU cores (bf16): 15 epochs, "
+            "SGD Nesterov lr 0.1, 1 warm-up epoch then cosine, wd 5e-4, batch 128, crop + flip",
+            TrainConfig(
+                epochs=15, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="cosine",
+                warmup_epochs=1.0,
+            ),
+            "resnet20",
+            "cifar10",
+            source="prunekit (open_lth's ResNet-20 recipe compressed to 15 epochs for the CPU)",
+        ),
+        Recipe(
             "openlth-mnist",
             "open_lth LeNet-300-100: SGD lr 0.1, no momentum, batch 128, 40 epochs",
             TrainConfig(epochs=40, batch_size=128, lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant", val_size=5000),

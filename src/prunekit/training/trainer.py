@@ -34,6 +34,7 @@ from .core import (
     split_dataset,
     train_epoch,
 )
+from .precision import Precision, resolve_precision
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "build_loaders", "default_device", "fit", "make_optimizer", "set_lr", "summarize"]
 
@@ -142,9 +143,12 @@ class Trainer:
         seed: int = 0,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
         output_fn: OutputFn | None = None,
+        precision: Precision | None = None,
     ):
         self.model = model
         self.device = next(model.parameters()).device
+        # what config.amp / channels_last resolve to on this device (the caller has put the model in its memory format)
+        self.precision = precision or resolve_precision(config.amp, config.channels_last, self.device)
         self.train_loader = train_loader if isinstance(train_loader, DeviceLoader) else LoaderAdapter(train_loader, self.device)
         if loss_fn is not None and not callable(loss_fn):
             raise ConfigError(f"loss_fn must be callable(logits, targets) -> loss, got {type(loss_fn).__name__}")
@@ -160,7 +164,6 @@ class Trainer:
         self.images = 0
         self.masks: Masks | None = None
         self._enforce: Any = None
-        self._amp = False
         self.forward_model = self._data_parallel(model)
         self.set_masks(masks)
 
@@ -187,19 +190,19 @@ class Trainer:
         return checkpoint_state(
             epoch=self.epoch, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), history=self.history,
             rng=rng_state(self.device), train_seconds=self.train_seconds, images=self.images, config=self.config,
-            seed=self.seed, masks=self.masks, callbacks=[cb.state_dict() for cb in self.callbacks],
+            seed=self.seed, masks=self.masks, callbacks=[cb.state_dict() for cb in self.callbacks], precision=self.precision,
         )
 
     def replace_model(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Go on training ``model`` with ``optimizer`` (a structurally pruned model and its carried state)."""
         if self.masks is not None:
             raise ConfigError("a model with unstructured masks cannot be replaced by a structurally pruned one")
-        self.model = model.to(self.device)
+        self.model = self.precision.prepare(model.to(self.device))
         self.forward_model = self._data_parallel(self.model)
         self.optimizer = optimizer
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        check_resumable(state, self.config, self.seed)
+        check_resumable(state, self.config, self.seed, self.precision)
         for cb, cb_state in zip(self.callbacks, state.get("callbacks", [])):
             cb.on_load(self, cb_state)
         self.model.load_state_dict(state["model"])
@@ -220,7 +223,7 @@ class Trainer:
             getattr(cb, hook)(self, *args)
 
     def _step(self, x: Any, y: Tensor) -> tuple[Tensor, Tensor, int]:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self._amp):
+        with self.precision.autocast(self.device):
             out = self.output_fn(inp.call(self.forward_model, x))
             loss = self.loss_fn(out, y)
         self.optimizer.zero_grad(set_to_none=True)
@@ -236,7 +239,6 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.config
-        self._amp = cfg.amp and self.device.type == "cuda"
         steps = len(self.train_loader)
         self.model.train()
         self._call("on_fit_start")
@@ -256,7 +258,9 @@ class Trainer:
             self.history.append(metrics)
             self._call("on_epoch_end", epoch, metrics)
         self._call("on_fit_end")
-        return summarize(self.history, self.train_seconds, self.images)
+        result = summarize(self.history, self.train_seconds, self.images)
+        result.extra.update(self.precision.as_dict())
+        return result
 
 
 def default_device() -> torch.device:
@@ -264,12 +268,15 @@ def default_device() -> torch.device:
 
 
 def build_loaders(
-    dataset: Dataset, config: TrainConfig, device: torch.device, seed: int, dtype: torch.dtype = torch.float32
+    dataset: Dataset, config: TrainConfig, device: torch.device, seed: int, dtype: torch.dtype = torch.float32,
+    precision: Precision | None = None,
 ) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
-    """The training loader and the evaluation loaders (``val`` if held out, ``test``), producing ``dtype`` inputs."""
+    """The training loader and the evaluation loaders (``val`` if held out, ``test``), producing ``dtype``
+    inputs in ``precision``'s memory format (default: what ``config`` resolves to on ``device``)."""
     info = dataset.info
     train, val = split_dataset(dataset.train, config, seed)
-    channels_last = config.channels_last and device.type == "cuda"
+    precision = precision or resolve_precision(config.amp, config.channels_last, device, notice=False)
+    channels_last = precision.channels_last
     augment = info.augment if config.augment is None else config.augment
     common: dict[str, Any] = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last, dtype=dtype)
     rest = len(train) % config.batch_size  # a last batch of 1 (BN) or with fewer samples than ranks is dropped
@@ -298,6 +305,7 @@ def fit(
     progress: bool | None = None,
     desc: str = "train",
     start_epoch: int = 0,
+    precision: Precision | None = None,
 ) -> TrainResult:
     """Train ``model`` (masked by ``masks``) on ``dataset`` and evaluate it every epoch.
 
@@ -314,27 +322,29 @@ def fit(
         progress: show progress bars (default: when stderr is a terminal).
         start_epoch: begin at this epoch, with the learning rate and data order of that epoch
             (training rewound to epoch ``k`` for lottery-ticket rewinding), with a fresh optimizer.
+        precision: bf16 autocast and memory format (default: what ``config.amp`` and
+            ``config.channels_last`` resolve to on ``device``, :mod:`prunekit.training.precision`).
 
     Returns:
         :class:`TrainResult` with the per-epoch history, final and best-epoch accuracies and
-        training throughput.
+        training throughput; ``extra`` names the precision and memory format that ran.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
     device = torch.device(device) if device is not None else default_device()
     model.to(device)
-    if config.channels_last and device.type == "cuda":
-        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    precision = precision or resolve_precision(config.amp, config.channels_last, device)
+    precision.prepare(model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    train_loader, evals = build_loaders(dataset, config, device, seed, dtype)
-    cbs: list[Callback] = [Evaluate(evals, amp=config.amp), *callbacks]
+    train_loader, evals = build_loaders(dataset, config, device, seed, dtype, precision)
+    cbs: list[Callback] = [Evaluate(evals, precision), *callbacks]
     if checkpoint is not None and rank() == 0:  # data-parallel: one checkpoint, written by rank 0
         cbs.append(Checkpoint(checkpoint))
     if rank() == 0:  # data-parallel: rank 0 reports for all
         cbs.append(ProgressBar(desc, enabled=progress))
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(mix_seed(seed, 0xD20))
-        trainer = Trainer(model, train_loader, config, masks=masks, callbacks=cbs, seed=seed)
+        trainer = Trainer(model, train_loader, config, masks=masks, callbacks=cbs, seed=seed, precision=precision)
         if not 0 <= start_epoch < config.epochs:
             raise ConfigError(f"start_epoch must be in [0, {config.epochs}), got {start_epoch}")
         trainer.epoch = start_epoch
