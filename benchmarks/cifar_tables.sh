@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/cifar_full}
 DATA=${DATA:-.data/cifar10-jpg.tar.gz}   # copy of ../shared/datasets/cifar10-jpg/cifar10-jpg.tar.gz
 C=benchmarks/configs/cifar_full
-keep() { .venv/bin/python -c "import sys; from prunekit.experiments.db import ResultsDB; ResultsDB(sys.argv[1]).export(sys.argv[2])" "$OUT/results.db" benchmarks/cifar_full/results.db; }
+KEEP=${KEEP:-benchmarks/cifar_full/results.db}
+keep() { .venv/bin/python -c "import sys; from prunekit.experiments.db import ResultsDB; ResultsDB(sys.argv[1]).export(sys.argv[2])" "$OUT/results.db" "$KEEP"; }
 sweep() { .venv/bin/prunekit sweep --out "$OUT" --data-dir "$DATA" --no-progress --config "$@"; keep; }
 sweep $C/table1_seed0.toml
 sweep $C/table1_extreme_seed0.toml

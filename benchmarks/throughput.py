@@ -1,51 +1,82 @@
-"""Training throughput (images/s) of one model with prunekit's trainer, on real data.
+"""Training throughput (images/s) with prunekit's trainer on real data: precisions side by side.
 
-    python benchmarks/throughput.py --model lenet5 --dataset fashion-mnist
-    python benchmarks/throughput.py --model resnet20 --dataset cifar10-jpg --subset 5000
-    python benchmarks/throughput.py --model vgg19_bn --dataset cifar10-jpg --device cuda
+    python benchmarks/throughput.py --models lenet5,resnet20,vgg11_bn --threads 2
+    python benchmarks/throughput.py --models resnet20 --variants fp32,bf16+cl --rounds 3
+    python benchmarks/throughput.py --models vgg19_bn --device cuda
 
-Trains ``--epochs`` epochs (default 2) on the first ``--subset`` training images and reports the
-throughput of the last epoch (the first warms up), training only (evaluation excluded).
+Each variant is ``training.fit`` on the same model, data and seed with one training precision and
+memory format: ``fp32`` (fp32, contiguous: the trainer's behaviour on the CPU before bf16), ``cl``
+(fp32, channels-last), ``bf16`` (bf16 autocast, contiguous), ``bf16+cl`` (bf16 autocast,
+channels-last: the default where the CPU runs bf16 natively). The variants alternate within each
+round (so a change in the shared machine's speed hits them alike); a round trains ``--epochs``
+epochs on the first ``--subset`` images per variant and keeps the last epoch's training throughput
+(the first warms up); the table gives the median over rounds and the ratio to the first variant.
+LeNet-5 trains on Fashion-MNIST, the CIFAR models on CIFAR-10-jpg (``--data-dir``).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 from datetime import date
 
 import torch
 
-import prunekit
 from prunekit import data, models, training
+from prunekit.training.precision import Precision
+
+VARIANTS = {
+    "fp32": Precision("fp32", False),
+    "cl": Precision("fp32", True),
+    "bf16": Precision("bf16", False),
+    "bf16+cl": Precision("bf16", True),
+}
+DATASETS = {"lenet5": "fashion-mnist", "lenet_300_100": "fashion-mnist"}
+
+
+def throughput(model_name: str, ds: data.Dataset, precision: Precision, args: argparse.Namespace) -> float:
+    model = models.create(model_name, ds.num_classes, ds.input_shape, seed=0)
+    cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, schedule="constant", eval_batch_size=1000)
+    res = training.fit(model, ds, cfg, device=args.device, progress=False, precision=precision)
+    return float(res.history[-1]["images_per_second"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="lenet5")
-    ap.add_argument("--dataset", default="fashion-mnist")
-    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--models", default="lenet5,resnet20,vgg11_bn")
+    ap.add_argument("--variants", default="fp32,bf16+cl", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--data-dir", default=".data/cifar10-jpg.tar.gz", help="CIFAR-10-jpg (the tarball or its folder)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--subset", type=int, default=None, help="train on the first N images only")
+    ap.add_argument("--subset", type=int, default=5000, help="training images per epoch")
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--sparsity", type=float, default=None, help="train a random mask of this sparsity")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    ds = data.load_dataset(args.dataset, args.data_dir)
-    if args.subset:
-        ds = data.Dataset(ds.info, ds.train.subset(torch.arange(args.subset)), ds.test.subset(torch.arange(min(1000, len(ds.test)))), ds.source)
-    model = models.create(args.model, ds.num_classes, ds.input_shape, seed=0)
-    masks = prunekit.prune(model, "random", args.sparsity) if args.sparsity else None
-    cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, schedule="constant")
-    res = training.fit(model, ds, cfg, masks=masks, device=args.device, progress=False)
-    last = res.history[-1]
+    variants = [v.strip() for v in args.variants.split(",")]
+    for v in variants:
+        if v not in VARIANTS:
+            raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-    print(f"{args.model} on {args.dataset} ({len(ds.train):,} images), batch {args.batch_size}, {where}, "
-          f"torch {torch.__version__}, {date.today()}: {last['images_per_second']:,.0f} img/s "
-          f"({last['epoch_seconds']:.2f} s/epoch)")
+    print(f"batch {args.batch_size}, {args.subset:,} images x {args.epochs} epochs, median of {args.rounds} rounds, {where}, "
+          f"torch {torch.__version__}, {date.today()}\n")
+    print("| model | " + " | ".join(f"{v} img/s" for v in variants) + " | " + " | ".join(f"{v} / {variants[0]}" for v in variants[1:]) + " |")
+    print("|---|" + "---:|" * (2 * len(variants) - 1))
+    for name in [m.strip() for m in args.models.split(",")]:
+        dataset = DATASETS.get(name, "cifar10-jpg")
+        ds = data.load_dataset(dataset, args.data_dir if dataset == "cifar10-jpg" else None)
+        n = min(args.subset, len(ds.train))
+        ds = data.Dataset(ds.info, ds.train.subset(torch.arange(n)), ds.test.subset(torch.arange(min(500, len(ds.test)))), ds.source)
+        speeds: dict[str, list[float]] = {v: [] for v in variants}
+        for _ in range(args.rounds):
+            for v in variants:
+                speeds[v].append(throughput(name, ds, VARIANTS[v], args))
+        med = {v: statistics.median(s) for v, s in speeds.items()}
+        cells = [f"{med[v]:,.0f}" for v in variants] + [f"{med[v] / med[variants[0]]:.2f}x" for v in variants[1:]]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
