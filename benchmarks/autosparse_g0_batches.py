@@ -17,7 +17,7 @@ import torch
 
 import prunekit
 from prunekit import data, models
-from prunekit.allocation import select
+from prunekit.core.allocation import select
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from prunekit.experiments.config import load_sweep_file
-from prunekit.experiments.execute import DatasetCache, prepare
+from prunekit.experiments import DatasetCache, prepare
+from prunekit.experiments.spec import load_sweep_file
 
 VARIANTS = ("paper", "official_loss", "official_count", "official")
 

@@ -146,9 +146,9 @@ def part_sweep(dry: bool, device: Any) -> dict[str, Any]:
     start = time.perf_counter()
     summary = run_sweep(spec, out, device=device, progress=False, log=False)
     wall = time.perf_counter() - start
-    rows = [{"status": o.status, "final_acc": (o.row or {}).get("final_acc"), "method": (o.row or {}).get("method"),
-             "sparsity": (o.row or {}).get("sparsity"), "stacked": ((o.row or {}).get("extra") or {}).get("stacked"),
-             "train_seconds": (o.row or {}).get("train_seconds"), "error": ((o.row or {}).get("error") or "")[:300]}
+    rows = [{"status": o.status, "final_acc": o.record and o.record.final_acc, "method": o.record and o.record.method,
+             "sparsity": o.record and o.record.sparsity, "stacked": o.record and o.record.extra.get("stacked"),
+             "train_seconds": o.record and o.record.train_seconds, "error": ((o.record and o.record.error) or "")[:300]}
             for o in summary.outcomes]
     return {"runs": len(rows), "wall_seconds": wall, "rows": rows, "epochs": spec.epochs}
 

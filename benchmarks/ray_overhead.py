@@ -32,7 +32,7 @@ def main() -> None:
         "sparsities": [0.9, 0.98], "seeds": [0], "recipe": "openlth-mnist", "epochs": args.epochs, "dense": False,
         "data_dir": args.data_dir,
     })
-    n = len(spec.runs())
+    n = len(spec.requests())
     root = Path(args.runs_dir)
     shutil.rmtree(root, ignore_errors=True)
     import ray
@@ -55,9 +55,9 @@ def main() -> None:
     from prunekit.experiments.db import ResultsDB
 
     with ResultsDB(root / "ray" / "results.db") as db:
-        tasks = [r["extra"]["ray"] for r in db.runs()]
-        local = {r["key"]: r["train_seconds"] for r in ResultsDB(root / "local" / "results.db").runs()}
-        ray_train = sum(r["train_seconds"] for r in db.runs())
+        tasks = [r.extra["ray"] for r in db.runs()]
+        local = {r.key: r.train_seconds for r in ResultsDB(root / "local" / "results.db").runs()}
+        ray_train = sum(r.train_seconds or 0.0 for r in db.runs())
     print(f"inside the Ray tasks: {sum(t['task_seconds'] for t in tasks):.1f} s in all, of which loading data "
           f"{sum(t['data_seconds'] for t in tasks):.1f} s and training {ray_train:.1f} s (local training: {sum(local.values()):.1f} s); "
           f"{len({t['pid'] for t in tasks})} worker processes")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from prunekit.allocation import apportion, density_schedule, erk_densities, kept_count, layer_budgets, select, topk_flat
+from prunekit.core.allocation import apportion, density_schedule, erk_densities, kept_count, layer_budgets, select, topk_flat
 from prunekit.errors import ConfigError
 
 

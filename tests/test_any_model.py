@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import prunekit
 from prunekit import ConfigError, Masks
-from prunekit.connectivity import effective_masks
+from prunekit.core.connectivity import effective_masks
 from prunekit.training import TrainConfig, Trainer
 
 VOCAB, SEQ, CLASSES = 20, 6, 3

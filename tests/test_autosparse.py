@@ -12,7 +12,7 @@ from torch import nn
 import prunekit
 from prunekit.autosparse import Scorer, ScorerFileError, feature_matrix, full_pass_gradient, spearman, survival_targets, teach
 from prunekit.errors import ConfigError
-from prunekit.experiments.imp import imp_densities
+from prunekit.imp import imp_densities
 
 
 def _mlp(seed=0):
@@ -124,27 +124,26 @@ def test_irp_schedules():
 def test_irp_run_prunes_first_on_initial_weights_and_teaches_from_its_rounds(tmp_path, tiny_mnist):
     from conftest import TINY_TRAIN
     from prunekit.autosparse import table_from_imp_run
-    from prunekit.experiments import RunSpec, run_one
-    from prunekit.experiments.execute import DatasetCache, _scoring_data, make_model
+    from prunekit.experiments import DatasetCache, RunSpec, run_one
 
     spec = RunSpec("lenet_300_100", "mnist", "imp", 0.9, 0, recipe="lenet-fmnist", epochs=1, train=TINY_TRAIN,
                    method_options={"schedule": "num", "rounds": 3, "prune_first": True, "scorer": "magnitude"})
     datasets = DatasetCache(str(tiny_mnist))
     out = run_one(spec, tmp_path / "o", datasets=datasets, device=torch.device("cpu"))
-    assert out.status == "done", out.row.get("error")
-    rounds = out.row["extra"]["rounds"]
+    assert out.status == "done", out.record.error
+    rounds = out.record.extra["rounds"]
     assert [r["round"] for r in sorted(rounds, key=lambda r: r["round"])] == [0, 1, 2, 3] and rounds[0]["train_seconds"] == 0.0
-    run_dir = out.row["run_dir"]
+    run_dir = out.record.run_dir
     first = prunekit.Masks.load(f"{run_dir}/imp/round_01.pt")
     initial = torch.load(f"{run_dir}/imp/rewind.pt", weights_only=True)
     # round 1 is the global magnitude top-k of the *initial* weights (no dense training round)
-    expected = prunekit.allocation.select({n: initial[n].abs() for n in first}, 1 - 0.9 / 3)
+    expected = prunekit.core.allocation.select({n: initial[n].abs() for n in first}, 1 - 0.9 / 3)
     assert all(torch.equal(first[n], expected[n]) for n in first)
-    from prunekit.experiments.config import resolve
+    from prunekit.experiments.spec import resolve
 
     run = resolve(spec)
     ds = datasets.get("mnist")
-    table = table_from_imp_run(run_dir, make_model(run, ds, torch.device("cpu")), _scoring_data(run, ds, torch.device("cpu")))
+    table = table_from_imp_run(run_dir, run.make_model(ds, torch.device("cpu")), run.scoring_data(ds, torch.device("cpu")))
     assert table.features.shape == (266_200, 2) and table.targets.min() == 0 and table.targets.max() == 1
     assert table.source["rounds"] == 3 and table.source["irp"]["prune_first"] is True
     # a weight pruned in round 1 survived 0 rounds; one kept to the end survived all 3

@@ -7,8 +7,8 @@ from torch import nn
 
 import prunekit
 from conftest import FAST, ZOO, SmallCNN, make_batches
-from prunekit.allocation import kept_count
-from prunekit.masks import named_weights
+from prunekit.core.allocation import kept_count
+from prunekit.core.masks import named_weights
 
 ALL = prunekit.list_methods()
 

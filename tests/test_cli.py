@@ -59,7 +59,7 @@ def test_methods_flag_narrows_a_config_and_drops_the_options_of_methods_left_out
     parser = build_parser()
     spec = _sweep_spec(parser.parse_args(["sweep", "--config", str(cfg), "--methods", "iter_snip"]))
     assert spec.methods == ("iter_snip",) and dict(spec.method_options) == {"iter_snip": {"num_steps": 7}}
-    assert [r.method_options for r in spec.runs() if r.method != "dense"] == [{"num_steps": 7}]
+    assert [r.method_options for r in spec.requests() if r.method != "dense"] == [{"num_steps": 7}]
     # options typed on the command line for a method that is not swept stay an error
     assert main(["sweep", "--config", str(cfg), "--methods", "iter_snip", "--opt", "force.num_steps=3",
                  "--out", str(tmp_path / "o")]) == 2
@@ -69,7 +69,7 @@ def test_methods_flag_narrows_a_config_and_drops_the_options_of_methods_left_out
 def test_prune_run_and_report(tmp_path, tiny_mnist, capsys):
     common = ["--dataset", "mnist", "--data-dir", str(tiny_mnist)]
     assert main(["prune", "--model", "lenet_300_100", *common, "--methods", "snip,magnitude", "--sparsity", "0.9",
-                 "--val-size", "40", "--device", "cpu"]) == 0
+                 "--train", "val_size=40", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "| layer (size)" in out and "snip" in out and "total density" in out and "10.00%" in out
     assert main(["run", "--model", "lenet_300_100", *common, "--method", "snip", "--sparsity", "0.9", "--epochs", "1",

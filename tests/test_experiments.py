@@ -16,9 +16,9 @@ import prunekit
 from conftest import TINY_TRAIN, wait_while_progressing, write_tiny_mnist
 from prunekit.errors import ConfigError
 from prunekit.experiments import (
+    DatasetCache,
     ResultsDB,
     RunSpec,
-    imp_densities,
     load_sweep_file,
     resolve,
     run_key,
@@ -27,19 +27,20 @@ from prunekit.experiments import (
     shuffle_masks,
     sweep_from_mapping,
 )
-from prunekit.experiments.execute import DatasetCache
+from prunekit.imp import imp_densities
 
 
 def spec(method="snip", sparsity=0.9, seed=0, **kw):
     kw.setdefault("train", TINY_TRAIN)
     kw.setdefault("epochs", 2)
+    kw.setdefault("recipe", "lenet-fmnist")
     return RunSpec("lenet_300_100", "mnist", method, sparsity, seed, **kw)
 
 
 # -- configuration ------------------------------------------------------------------------------
 def test_resolved_config_has_every_default_and_a_stable_key():
     a = resolve(spec())
-    assert dict(a.method_options) == {"num_batches": 1, "bn_mode": "train", "reinit": False}
+    assert a.config["method_options"] == {"num_batches": 1, "bn_mode": "train", "reinit": False}
     assert a.train.epochs == 2 and a.train.lr == 0.05 and a.train.val_size == 40.0
     assert a.allocation == "global" and a.scoring_batch_size == 50
     assert a.config["train"]["lr"] == 0.05 and run_key(a) == run_key(a.config) == a.key
@@ -75,9 +76,9 @@ def test_sweep_file_is_validated_in_full_before_any_work(tmp_path):
         "seeds = [0, 1]\nepochs = 2\n[train]\nlr = 0.02\n[options.force]\nnum_steps = 10\n"
     )
     s = load_sweep_file(good)
-    runs = s.runs()
+    runs = s.requests()
     assert len(runs) == 2 + 2 * 2 * 2  # dense x 2 seeds + methods x sparsities x seeds
-    assert resolve(runs[-1]).method_options["num_steps"] == 10 and resolve(runs[-1]).train.lr == 0.02
+    assert resolve(runs[-1]).options.num_steps == 10 and resolve(runs[-1]).train.lr == 0.02
     for text, match in [
         ('modles = ["lenet5"]', "modles"),
         ("[options.force]\nnum_step = 10", "num_step"),
@@ -121,57 +122,57 @@ def test_claims_are_exclusive_and_stale_claims_expire(tmp_path):
         assert not db.claim(key, "d:4")
         with pytest.raises(RuntimeError):
             db.finish(key, "b:2", {"final_acc": 0.1})
-        assert db.get(key)["attempts"] == 3 and db.get(key)["status"] == "done"
+        assert db.get(key).attempts == 3 and db.get(key).status == "done"
 
 
 # -- runs ---------------------------------------------------------------------------------------
 def test_run_scores_masks_trains_stores_and_is_skipped_when_rerun(tmp_path, tiny_mnist):
     datasets = DatasetCache(str(tiny_mnist))
     out = run_one(spec(), tmp_path / "out", datasets=datasets, device=torch.device("cpu"))
-    assert out.status == "done", out.row.get("error")
-    row = out.row
-    assert row["final_acc"] > 0.5 and row["density"] == pytest.approx(0.1, abs=1e-5)
-    assert row["config"]["method"] == "snip" and row["versions"]["torch"] == torch.__version__
-    assert row["scoring_seconds"] > 0 and row["train_seconds"] > 0 and row["device"].startswith("cpu")
-    run_dir = Path(row["run_dir"])
+    assert out.status == "done", out.record.error
+    row = out.record
+    assert row.final_acc > 0.5 and row.density == pytest.approx(0.1, abs=1e-5)
+    assert row.config["method"] == "snip" and row.versions["torch"] == torch.__version__
+    assert row.scoring_seconds > 0 and row.train_seconds > 0 and row.device.startswith("cpu")
+    run_dir = Path(row.run_dir)
     for f in ("masks.pt", "layers.md", "layers.json", "config.json", "checkpoint.pt"):
         assert (run_dir / f).is_file(), f
-    masks = prunekit.Masks.load(row["mask_path"])
+    masks = prunekit.Masks.load(row.mask_path)
     assert masks.meta["method"] == "snip" and abs(masks.sparsity - 0.9) < 1e-5
-    assert [l["name"] for l in row["layers"]] == list(masks)
+    assert [l["name"] for l in row.layers] == list(masks)
     with ResultsDB(tmp_path / "out" / "results.db") as db:
         assert [e["epoch"] for e in db.epochs(out.key)] == [1, 2]
-    import prunekit.experiments.run as run_module
+    from prunekit.experiments import TrainingRun
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was executed again")
 
-    original, run_module.execute = run_module.execute, no_training
+    original, TrainingRun._execute = TrainingRun._execute, no_training  # type: ignore[method-assign]
     try:
         again = run_one(spec(), tmp_path / "out", datasets=datasets)
     finally:
-        run_module.execute = original
+        TrainingRun._execute = original  # type: ignore[method-assign]
     assert again.status == "skipped"
     forced = run_one(spec(), tmp_path / "out", datasets=datasets, force=True)
-    assert forced.status == "done" and forced.row["attempts"] == 2
+    assert forced.status == "done" and forced.record.attempts == 2
 
 
 def test_failures_are_recorded_with_the_error_and_retried_on_request(tmp_path, tiny_mnist):
     datasets = DatasetCache(str(tiny_mnist))
     bad = spec(method="dense", sparsity=0.0, train={**TINY_TRAIN, "lr": 1e6})
     out = run_one(bad, tmp_path / "o", datasets=datasets)
-    assert out.status == "failed" and "TrainingDiverged" in out.row["error"]
+    assert out.status == "failed" and "TrainingDiverged" in out.record.error
     assert run_one(bad, tmp_path / "o", datasets=datasets).status == "failed"  # not retried by default
-    assert run_one(bad, tmp_path / "o", datasets=datasets, retry_failed=True).row["attempts"] == 2
+    assert run_one(bad, tmp_path / "o", datasets=datasets, retry_failed=True).record.attempts == 2
 
 
 def test_dense_and_imp_runs(tmp_path, tiny_mnist):
     datasets = DatasetCache(str(tiny_mnist))
     dense = run_one(spec(method="dense", sparsity=0.0), tmp_path / "o", datasets=datasets)
-    assert dense.status == "done" and dense.row["density"] == 1.0 and dense.row["mask_path"] is None
+    assert dense.status == "done" and dense.record.density == 1.0 and dense.record.mask_path is None
     imp = run_one(spec(method="imp", sparsity=0.75, method_options={"fraction": 0.5}), tmp_path / "o", datasets=datasets)
-    assert imp.status == "done", imp.row.get("error")
-    rounds = imp.row["extra"]["rounds"]
+    assert imp.status == "done", imp.record.error
+    rounds = imp.record.extra["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2] and [r["density"] for r in rounds] == [1.0, 0.5, 0.25]
     masks = [prunekit.Masks.load(r["mask_file"]) for r in rounds[1:]]
     assert masks[0].density == pytest.approx(0.5, abs=1e-5) and masks[1].density == pytest.approx(0.25, abs=1e-5)
@@ -188,7 +189,7 @@ def test_imp_round_counts_match_open_lth():
 
 def test_imp_rewinds_to_init_and_resumes_after_the_last_finished_round(tmp_path, tiny_mnist):
     from prunekit import data, models, training
-    from prunekit.experiments import run_imp
+    from prunekit.imp import ImpOptions, run_imp
 
     ds = data.load_dataset("mnist", tiny_mnist)
     cfg = training.TrainConfig(epochs=2, batch_size=50, lr=0.05)
@@ -201,9 +202,10 @@ def test_imp_rewinds_to_init_and_resumes_after_the_last_finished_round(tmp_path,
             starts.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
 
     names = list(prunekit.prunable_parameters(model))
-    kw = dict(sparsity=0.75, fraction=0.5, rewind_epoch=0, allocation="global", prunable=names, device=torch.device("cpu"),
-              seed=0, workdir=tmp_path / "imp", epoch_callbacks=lambda r: [RecordStart()])
-    masks, result, rounds = run_imp(model, ds, cfg, **kw)
+    kw = dict(sparsity=0.75, prunable=names, device=torch.device("cpu"), seed=0, workdir=tmp_path / "imp",
+              epoch_callbacks=lambda r: [RecordStart()])
+    options = ImpOptions(fraction=0.5, rewind_epoch=0, allocation="global")
+    masks, result, rounds = run_imp(model, ds, cfg, options, **kw)
     assert len(starts) == 3
     assert sorted(p.name for p in (tmp_path / "imp").glob("*.ckpt")) == ["round_02.ckpt"]  # only the last round's
     for start, mask_round in zip(starts[1:], (1, 2)):
@@ -216,7 +218,7 @@ def test_imp_rewinds_to_init_and_resumes_after_the_last_finished_round(tmp_path,
     (tmp_path / "imp" / "state.json").write_text(json.dumps(state))
     (tmp_path / "imp" / "round_02.ckpt").unlink()
     starts.clear()
-    masks2, result2, _ = run_imp(models.create("lenet_300_100", 10, (1, 28, 28), seed=0), ds, cfg, **kw)
+    masks2, result2, _ = run_imp(models.create("lenet_300_100", 10, (1, 28, 28), seed=0), ds, cfg, options, **kw)
     assert len(starts) == 1 and masks2 == masks
     assert result2.final_test_acc == result.final_test_acc
 
@@ -231,27 +233,27 @@ def test_imp_runs_of_one_sweep_share_their_common_rounds(tmp_path, tiny_mnist):
     with ResultsDB(tmp_path / "o" / "results.db") as db:
         trained = sorted({e["phase"] for e in db.epochs(deep.key)})
     assert trained == [2, 3]  # rounds 0 and 1 taken over; round 2 retrained for its weights, round 3 new
-    rounds = deep.row["extra"]["rounds"]
+    rounds = deep.record.extra["rounds"]
     assert [("shared_from" in r) for r in rounds] == [True, True, False, False]
     # the same tickets and accuracies as the run that trained every round itself (bit for bit on the CPU)
     for r in (1, 2, 3):
-        got = prunekit.Masks.load(Path(deep.row["run_dir"]) / "imp" / f"round_{r:02d}.pt")
-        assert got == prunekit.Masks.load(Path(alone.row["run_dir"]) / "imp" / f"round_{r:02d}.pt")
-    assert deep.row["final_acc"] == alone.row["final_acc"] and deep.row["best_acc"] == alone.row["best_acc"]
-    assert [r["final_acc"] for r in rounds] == [r["final_acc"] for r in alone.row["extra"]["rounds"]]
-    assert deep.row["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in rounds[2:]))
-    assert deep.row["extra"]["ticket_train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in rounds))
+        got = prunekit.Masks.load(Path(deep.record.run_dir) / "imp" / f"round_{r:02d}.pt")
+        assert got == prunekit.Masks.load(Path(alone.record.run_dir) / "imp" / f"round_{r:02d}.pt")
+    assert deep.record.final_acc == alone.record.final_acc and deep.record.best_acc == alone.record.best_acc
+    assert [r["final_acc"] for r in rounds] == [r["final_acc"] for r in alone.record.extra["rounds"]]
+    assert deep.record.train_seconds == pytest.approx(sum(r["train_seconds"] for r in rounds[2:]))
+    assert deep.record.extra["ticket_train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in rounds))
 
 
 def test_imp_rewind_to_epoch(tmp_path, tiny_mnist):
     datasets = DatasetCache(str(tiny_mnist))
     out = run_one(spec(method="imp", sparsity=0.5, epochs=3, method_options={"fraction": 0.5, "rewind_epoch": 1}),
                   tmp_path / "o", datasets=datasets)
-    assert out.status == "done", out.row.get("error")
+    assert out.status == "done", out.record.error
     with ResultsDB(tmp_path / "o" / "results.db") as db:
         epochs = db.epochs(out.key)
     assert [e["epoch"] for e in epochs if e["phase"] == 1] == [2, 3]  # the rewound round restarts at epoch 2 of 3
-    rewind = torch.load(Path(out.row["run_dir"]) / "imp" / "rewind.pt", weights_only=True)
+    rewind = torch.load(Path(out.record.run_dir) / "imp" / "rewind.pt", weights_only=True)
     assert not torch.equal(rewind["classifier.0.weight"], resolve_init()["classifier.0.weight"])
 
 
@@ -289,20 +291,20 @@ def test_ablation_runs_change_what_they_should_and_nothing_else(tmp_path, tiny_m
     rows = {}
     for ablation in (None, "shuffle", "reinit", "invert"):
         out = run_one(spec(ablation=ablation), tmp_path / "o", datasets=datasets)
-        assert out.status == "done", out.row.get("error")
-        rows[ablation] = out.row
-    base = prunekit.Masks.load(rows[None]["mask_path"])
-    shuffled = prunekit.Masks.load(rows["shuffle"]["mask_path"])
-    reinit = prunekit.Masks.load(rows["reinit"]["mask_path"])
-    inverted = prunekit.Masks.load(rows["invert"]["mask_path"])
+        assert out.status == "done", out.record.error
+        rows[ablation] = out.record
+    base = prunekit.Masks.load(rows[None].mask_path)
+    shuffled = prunekit.Masks.load(rows["shuffle"].mask_path)
+    reinit = prunekit.Masks.load(rows["reinit"].mask_path)
+    inverted = prunekit.Masks.load(rows["invert"].mask_path)
     assert reinit == base  # reinit: same mask ...
-    init = json.loads((Path(rows["reinit"]["run_dir"]) / "config.json").read_text())
+    init = json.loads((Path(rows["reinit"].run_dir) / "config.json").read_text())
     assert init["ablation"] == "reinit"
     assert shuffled.layer_densities() == base.layer_densities() and shuffled != base
     assert inverted.kept == base.kept and inverted != base
     # ... but a different starting point: the checkpoints hold different trained weights
-    ck_base = torch.load(Path(rows[None]["run_dir"]) / "checkpoint.pt", weights_only=True)["model"]
-    ck_reinit = torch.load(Path(rows["reinit"]["run_dir"]) / "checkpoint.pt", weights_only=True)["model"]
+    ck_base = torch.load(Path(rows[None].run_dir) / "checkpoint.pt", weights_only=True)["model"]
+    ck_reinit = torch.load(Path(rows["reinit"].run_dir) / "checkpoint.pt", weights_only=True)["model"]
     assert not torch.equal(ck_base["classifier.0.weight"], ck_reinit["classifier.0.weight"])
     for name, keep in base.items():
         assert torch.count_nonzero(ck_reinit[name][~keep]) == 0
@@ -427,7 +429,7 @@ def test_run_sweep_in_process_and_report(tmp_path, tiny_mnist):
     md = t.to_markdown()
     assert "dense (0 %)" in md and "±" in md and md.count("**") >= 4
     with ResultsDB(tmp_path / "o" / "results.db") as db:
-        accs = [r["final_acc"] for r in db.runs(status="done", method="snip", sparsity=0.9)]
+        accs = [r.final_acc for r in db.runs(status="done", method="snip", sparsity=0.9)]
     cell = t.rows["snip"][0.9]
     assert cell.mean == pytest.approx(sum(accs) / 2) and cell.n == 2
     names = {f.name for f in files}
@@ -470,7 +472,7 @@ def test_a_database_from_before_schema_versions_is_migrated_and_a_newer_one_refu
     c.close()
     with ResultsDB(old) as db:
         assert db.schema_version == SCHEMA_VERSION
-        assert db.get("k")["status"] == "done"
+        assert db.get("k").status == "done"
     c = sqlite3.connect(old)
     c.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     c.commit()

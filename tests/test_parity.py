@@ -14,7 +14,7 @@ from torch import nn
 from torch.func import functional_call
 
 import prunekit
-from prunekit.allocation import Ranker, density_schedule, kept_count, select
+from prunekit.core.allocation import Ranker, density_schedule, kept_count, select
 from prunekit.errors import PrunekitWarning
 
 
@@ -340,7 +340,7 @@ def test_exact_selection_equals_a_stable_sort_reference():
 def test_run_keys_of_existing_configs_did_not_move(monkeypatch):
     from dataclasses import replace
 
-    from prunekit.experiments.config import RunSpec, resolve, run_key
+    from prunekit.experiments import RunSpec, resolve, run_key
 
     # keys computed by prunekit before the official-mode options existed
     pinned = [
@@ -365,7 +365,7 @@ def test_run_keys_of_existing_configs_did_not_move(monkeypatch):
     official = RunSpec("lenet5", "fashion-mnist", "force", 0.99, 0, recipe="lenet-fmnist", method_options={"official": True},
                        train={"amp": False})
     resolved = resolve(official)
-    assert resolved.method_options["count_rule"] == "official" and resolved.method_options["official_loss"] is True
+    assert resolved.options.count_rule == "official" and resolved.options.official_loss is True
     assert run_key(resolved) != "381cf25ca57e0331"
 
 
@@ -378,7 +378,7 @@ def test_official_mode_is_refused_where_the_official_code_is_the_paper():
 
 
 def test_tail_selection_is_exact_on_large_tensors_with_ties():
-    from prunekit.allocation import _kth_smallest
+    from prunekit.core.allocation import _kth_smallest
 
     g = torch.Generator().manual_seed(16)
     for dtype in (torch.float32, torch.float64):

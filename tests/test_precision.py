@@ -10,10 +10,9 @@ from torch import nn
 import prunekit
 from conftest import TINY_TRAIN
 from prunekit import models, training
+from prunekit.core.masks import Masks
 from prunekit.errors import ConfigError
-from prunekit.experiments import RunSpec, resolve, run_one
-from prunekit.experiments.execute import DatasetCache
-from prunekit.masks import Masks
+from prunekit.experiments import DatasetCache, RunSpec, resolve, run_one
 from prunekit.training import precision as prec
 from resume_worker import toy_dataset
 
@@ -70,18 +69,18 @@ def test_cpu_detection_reads_the_processor_flags(monkeypatch):
 
 def test_run_keys_tell_bf16_from_fp32_and_the_row_says_what_ran(tmp_path, tiny_mnist, monkeypatch):
     datasets = DatasetCache(str(tiny_mnist))
-    spec = RunSpec("lenet5", "mnist", "snip", 0.9, 0, epochs=1, train=TINY_TRAIN)
+    spec = RunSpec("lenet5", "mnist", "snip", 0.9, 0, recipe="lenet-fmnist", epochs=1, train=TINY_TRAIN)
     monkeypatch.setenv(prec.ENV, "1")
     bf16 = run_one(spec, tmp_path / "out", datasets=datasets, device=torch.device("cpu"))
     monkeypatch.setenv(prec.ENV, "0")
     fp32 = run_one(spec, tmp_path / "out", datasets=datasets, device=torch.device("cpu"))
     assert bf16.status == fp32.status == "done" and bf16.key != fp32.key
-    assert fp32.key == resolve(RunSpec("lenet5", "mnist", "snip", 0.9, 0, epochs=1, train={**TINY_TRAIN, "amp": False})).key
-    assert bf16.row["extra"]["precision"] == "bf16" and bf16.row["config"]["precision"] == "bf16"
-    assert fp32.row["extra"]["precision"] == "fp32" and "precision" not in fp32.row["config"]
-    assert bf16.row["extra"]["memory_format"] == "channels_last"
+    assert fp32.key == resolve(RunSpec("lenet5", "mnist", "snip", 0.9, 0, recipe="lenet-fmnist", epochs=1, train={**TINY_TRAIN, "amp": False})).key
+    assert bf16.record.extra["precision"] == "bf16" and bf16.record.config["precision"] == "bf16"
+    assert fp32.record.extra["precision"] == "fp32" and "precision" not in fp32.record.config
+    assert bf16.record.extra["memory_format"] == "channels_last"
     # scoring never runs under the training precision: the two runs prune the same weights
-    a, b = Masks.load(bf16.row["mask_path"]), Masks.load(fp32.row["mask_path"])
+    a, b = Masks.load(bf16.record.mask_path), Masks.load(fp32.record.mask_path)
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 

@@ -53,12 +53,12 @@ def test_a_ray_sweep_survives_a_killed_worker_and_records_every_run_once(tmp_pat
     assert killed is not None, "no worker was caught mid-run"
     with ResultsDB(out / "results.db") as db:
         rows = db.runs()
-        assert len(rows) == 2 and all(r["status"] == "done" and r["attempts"] == 1 for r in rows)
+        assert len(rows) == 2 and all(r.status == "done" and r.attempts == 1 for r in rows)
         for r in rows:
-            epochs = db.epochs(r["key"])
+            epochs = db.epochs(r.key)
             assert [e["epoch"] for e in epochs] == list(range(1, EPOCHS + 1))  # nothing lost, nothing twice
-        victim = next(r for r in rows if r["key"] == killed)
-        assert victim["extra"]["ray"]["resumed_from_epoch"] >= 1  # the retry continued from the checkpoint
+        victim = next(r for r in rows if r.key == killed)
+        assert victim.extra["ray"]["resumed_from_epoch"] >= 1  # the retry continued from the checkpoint
     assert not list(out.glob(".prunekit-ray-*"))  # the shared-storage marker is cleaned up
     # the same sweep again: every run is found done, no Ray instance is started
     spec = sweep_from_mapping({"models": ["lenet_300_100"], "dataset": "mnist", "methods": ["random"], "sparsities": [0.5],
@@ -69,7 +69,7 @@ def test_a_ray_sweep_survives_a_killed_worker_and_records_every_run_once(tmp_pat
 
 
 def test_a_worker_that_cannot_see_the_output_folder_says_so(tmp_path):
-    from prunekit.experiments.ray_backend import train_on_worker
+    from prunekit.experiments.backends.ray import train_on_worker
 
     with pytest.raises(DataError, match="storage every node sees"):
         train_on_worker({}, str(tmp_path), None, ".prunekit-ray-missing", "cpu", 1)

@@ -16,14 +16,14 @@ import prunekit
 from conftest import TINY_TRAIN, write_tiny_mnist
 from prunekit.cli import main
 from prunekit.errors import ConfigError, DataError, ScoreError
-from prunekit.experiments import ResultsDB, RunSpec, resolve, run_one
+from prunekit.experiments import DatasetCache, ResultsDB, RunSpec, resolve, run_one
 from prunekit.experiments.db import _start_time, make_owner
-from prunekit.experiments.execute import DatasetCache
 
 
 def spec(**kw):
     kw.setdefault("train", TINY_TRAIN)
     kw.setdefault("epochs", 1)
+    kw.setdefault("recipe", "lenet-fmnist")
     return RunSpec("lenet_300_100", "mnist", kw.pop("method", "snip"), kw.pop("sparsity", 0.9), kw.pop("seed", 0), **kw)
 
 
@@ -58,7 +58,7 @@ def test_environment_failures_are_retried_and_method_failures_kept(tmp_path):
         assert db.claim(run.key, "b:2")  # retried by the next invocation, no --retry-failed needed
         db.fail(run.key, "b:2", "ScoreError: NaN", "method")
         assert not db.claim(run.key, "c:3") and db.claim(run.key, "c:3", retry_failed=True)
-    from prunekit.experiments.run import failure_kind
+    from prunekit.experiments.lifecycle import failure_kind
 
     assert failure_kind(DataError("gone")) == "environment"
     assert failure_kind(OSError(28, "No space left on device")) == "environment"

@@ -225,15 +225,15 @@ def test_sweep_with_stacking_records_ordinary_runs(tmp_path, tiny_mnist):
     single = run_sweep(spec, tmp_path / "single", device=torch.device("cpu"), progress=False, log=False, stack=1)
     assert stacked.counts["done"] == single.counts["done"] == 5
     with ResultsDB(tmp_path / "stacked" / "results.db") as a, ResultsDB(tmp_path / "single" / "results.db") as b:
-        ra = {r["key"]: r for r in a.runs()}
-        rb = {r["key"]: r for r in b.runs()}
+        ra = {r.key: r for r in a.runs()}
+        rb = {r.key: r for r in b.runs()}
         assert ra.keys() == rb.keys()  # the same runs, by key
         for key in ra:
-            assert ra[key]["status"] == "done" and ra[key]["extra"]["stacked"] in (2, 3)
-            assert "stacked" not in rb[key]["extra"]
-            assert abs(ra[key]["final_acc"] - rb[key]["final_acc"]) <= 0.05  # float32: equal up to roundoff growth
-            if ra[key]["mask_path"]:  # scoring stays one model at a time: the same masks
-                assert prunekit.Masks.load(ra[key]["mask_path"]) == prunekit.Masks.load(rb[key]["mask_path"])
+            assert ra[key].status == "done" and ra[key].extra["stacked"] in (2, 3)
+            assert "stacked" not in rb[key].extra
+            assert abs(ra[key].final_acc - rb[key].final_acc) <= 0.05  # float32: equal up to roundoff growth
+            if ra[key].mask_path:  # scoring stays one model at a time: the same masks
+                assert prunekit.Masks.load(ra[key].mask_path) == prunekit.Masks.load(rb[key].mask_path)
             assert [e["epoch"] for e in a.epochs(key)] == [1, 2]
 
 
@@ -245,7 +245,7 @@ def test_every_zoo_model_can_be_stacked(name):
 
 
 def test_a_group_that_cannot_be_stacked_falls_back_with_a_notice(tmp_path, tiny_mnist, monkeypatch, caplog):
-    import prunekit.experiments.groups as groups
+    import prunekit.experiments.backends.stacked as groups
 
     monkeypatch.setattr(groups, "can_stack", lambda model, shape, device: (False, "RuntimeError: not here"))
     spec = sweep_from_mapping(
@@ -257,7 +257,7 @@ def test_a_group_that_cannot_be_stacked_falls_back_with_a_notice(tmp_path, tiny_
     notices = [r.getMessage() for r in caplog.records if r.name == "prunekit" and r.levelname == "WARNING"]
     assert sum("cannot be stacked (RuntimeError: not here); training its 3 runs one at a time" in m for m in notices) == 1
     with ResultsDB(tmp_path / "o" / "results.db") as db:
-        assert all("stacked" not in r["extra"] for r in db.runs())
+        assert all("stacked" not in r.extra for r in db.runs())
 
 
 @pytest.mark.parametrize(("name", "shape"), [("resnet20", (3, 16, 16)), ("lenet5", (1, 28, 28))])

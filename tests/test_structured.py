@@ -277,19 +277,18 @@ def test_a_model_it_cannot_trace_is_one_clear_error():
 
 # -- runs, sweeps, the database ------------------------------------------------------------------
 def test_structured_run_is_recorded_with_trigger_trace_costs_and_latency(tmp_path, tiny_mnist):
-    from prunekit.experiments import RunSpec, run_one
-    from prunekit.experiments.execute import DatasetCache
+    from prunekit.experiments import DatasetCache, RunSpec, run_one
 
     spec = RunSpec("vgg11_bn", "mnist", "dense", 0.0, 0, recipe="lenet-fmnist", epochs=3,
                    train={"val_size": 40.0, "batch_size": 50}, structured="epi:window=2,tau=0.5,evals_per_epoch=2", budget="macs=0.4")
     out = run_one(spec, tmp_path / "o", datasets=DatasetCache(str(tiny_mnist)), device=torch.device("cpu"))
-    assert out.status == "done", out.row.get("error")
-    info = out.row["extra"]["structured"]
+    assert out.status == "done", out.record.error
+    info = out.record.extra["structured"]
     assert info["trigger"] == "epi" and info["pruned_epoch"] in (1, 2) and info["trace"]
     assert info["macs_after"] <= 0.4 * info["macs_before"] and info["params_after"] < info["params_before"]
     assert info["latency_before_ms"] > 0 and info["latency_after_ms"] > 0
     assert info["train_seconds_before_pruning"] > 0 and info["train_seconds_after_pruning"] > 0
-    assert set(info["layer_channels"]) and out.row["config"]["structured"]["budget"] == "macs=0.4"
+    assert set(info["layer_channels"]) and out.record.config["structured"]["budget"] == "macs=0.4"
     again = run_one(spec, tmp_path / "o", datasets=DatasetCache(str(tiny_mnist)))
     assert again.status == "skipped"
     with pytest.raises(ConfigError, match="dense"):
@@ -309,9 +308,9 @@ def test_structured_sweep_and_report(tmp_path, tiny_mnist):
         "budgets": ["macs=0.5", "params=0.3"],
     })
     runs = spec.resolved()
-    assert len(runs) == 1 + 3 * 2 and runs[0].structured is None and all(r.structured for r in runs[1:])
+    assert len(runs) == 1 + 3 * 2 and runs[0].kind == "training" and all(r.kind == "structured" for r in runs[1:])
     summary = run_sweep(spec, tmp_path / "o", device=torch.device("cpu"), progress=False, log=False)
-    assert summary.counts["done"] == 7, [o.row.get("error") for o in summary.outcomes if o.status == "failed"]
+    assert summary.counts["done"] == 7, [o.record.error for o in summary.outcomes if o.status == "failed"]
     tables, files = write_report(tmp_path / "o", "final")
     (t,) = tables
     md = t.to_markdown()

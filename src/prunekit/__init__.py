@@ -9,6 +9,10 @@ Public API::
 """
 
 from ._version import __version__
+from .core.layer_report import LayerComparison, MaskReport, compare_masks
+from .core.masks import Masks
+from .core.prunable import prunable_parameters
+from .core.pruning import prune, score
 from .errors import (
     ConfigError,
     DataError,
@@ -18,11 +22,7 @@ from .errors import (
     PrunekitWarning,
     ScoreError,
 )
-from .layer_report import LayerComparison, MaskReport, compare_masks
-from .masks import Masks
 from .methods import get_method, list_methods
-from .prunable import prunable_parameters
-from .pruning import prune, score
 
 __all__ = [
     "ConfigError",

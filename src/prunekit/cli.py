@@ -8,7 +8,7 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,47 +17,139 @@ import torch
 from . import __version__
 from .errors import ConfigError, PrunekitError, unknown
 
+_SPECIAL = ("method_options", "train", "model_kwargs", "_resolved")  # tables: --opt, --train, --model-args
 
-def _methods_arg(text: str) -> list[str]:
-    from .methods import list_methods
 
-    if text == "all":
-        return list_methods()
-    names = [t.strip() for t in text.split(",") if t.strip()]
-    if not names:
-        raise ConfigError("--methods needs at least one method name (or 'all')")
-    return names
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_spec_flags(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (), defaults: Mapping[str, Any] | None = None) -> None:
+    """One flag per field of the request type ``cls`` (:class:`~prunekit.experiments.RunSpec`,
+    :class:`~prunekit.experiments.SweepSpec`), with the field's help text and default; its tables
+    become ``--opt``, ``--train`` and ``--model-args``. The values are converted and validated by the
+    field's own rules (:func:`spec_values`), then the request is resolved once, by the spec."""
+    from .options import describe
+
+    defaults = dict(defaults or {})
+    help_of = {name: (typ, default, help_) for name, typ, default, help_ in describe(cls)}
+    for f in dataclasses.fields(cls):
+        if f.name in skip or f.name in _SPECIAL:
+            continue
+        typ, default, help_ = help_of[f.name]
+        default = defaults.get(f.name, default)
+        missing = default is dataclasses.MISSING
+        if typ == "bool":
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                                help=f"{help_} (default: {'yes' if default else 'no'})")
+            continue
+        if isinstance(default, tuple):
+            sep = f.metadata.get("sep") or ","
+            shown = sep.join(str(v) for v in default) if default else "none"
+        else:
+            shown = "required" if missing else ("none" if default is None else str(default))
+        parser.add_argument(_flag(f.name), dest=f.name, default=None, required=missing and f.name not in defaults,
+                            metavar=f.name.upper(), help=f"{help_} (default: {shown})")
+    names = {f.name for f in dataclasses.fields(cls)}
+    if "method_options" in names:
+        parser.add_argument("--opt", action="append", default=[], metavar="[METHOD.]NAME=VALUE",
+                            help="a method option, repeatable; NAME=VALUE applies to every method that has the option, "
+                                 "METHOD.NAME=VALUE to that method (prunekit methods -v lists them)")
+    if "train" in names:
+        from .training import TrainConfig
+
+        parser.add_argument("--train", action="append", default=[], metavar="NAME=VALUE",
+                            help="a training option overriding the recipe's, repeatable: " + ", ".join(f.name for f in dataclasses.fields(TrainConfig)))
+    if "model_kwargs" in names:
+        parser.add_argument("--model-args", action="append", default=[], metavar="NAME=VALUE",
+                            help="a keyword argument of the model's builder, repeatable (VALUE read as JSON, else text)")
+
+
+def spec_values(args: argparse.Namespace, cls: type, owner: str, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The values given on the command line for the fields of ``cls``, converted and validated."""
+    from .options import parse_value
+
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        text = getattr(args, f.name, None)
+        if f.name in _SPECIAL or text is None:
+            if defaults and f.name in defaults and text is None:
+                out[f.name] = defaults[f.name]
+            continue
+        out[f.name] = text if isinstance(text, bool) else parse_value(cls, f.name, text, owner)
+    return out
+
+
+def _pairs(pairs: Sequence[str], flag: str) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"{flag} takes NAME=VALUE, got {pair!r}")
+        name, _, text = pair.partition("=")
+        out.append((name.strip(), text))
+    return out
 
 
 def parse_method_options(pairs: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``["num_steps=10", "force.num_batches=2"]`` -> ``{method: {option: value}}``.
+    """``["num_steps=10", "force.num_batches=2"]`` -> ``{method: {option: value}}`` (the one ``--opt``
+    grammar of prune, run and sweep).
 
     ``name=value`` applies to every chosen method that has the option (an error if none has);
     ``method.name=value`` to that method only.
     """
-    from .methods import get_method
+    from .experiments.spec import method_options_class
     from .options import parse_value
 
     out: dict[str, dict[str, Any]] = {m: {} for m in methods}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--opt takes name=value or method.name=value, got {pair!r}")
-        key, text = pair.split("=", 1)
+    for key, text in _pairs(pairs, "--opt"):
         target, _, name = key.rpartition(".")
-        targets = [target] if target else list(methods)
         if target and target not in methods:
-            raise ConfigError(f"--opt {pair!r} names method {target!r}, which is not among --methods {', '.join(methods)}")
+            raise ConfigError(f"--opt {key}={text} names method {target!r}, which is not among the methods ({', '.join(methods) or 'none'})")
         applied = False
-        for m in targets:
-            spec = get_method(m)
-            if name in {f.name for f in dataclasses.fields(spec.options)}:
-                out[m][name] = parse_value(spec.options, name, text, f"method {m!r}")
+        for m in [target] if target else list(methods):
+            cls = method_options_class(m)
+            if cls is not None and name in {f.name for f in dataclasses.fields(cls)}:
+                out[m][name] = parse_value(cls, name, text, f"method {m!r}")
                 applied = True
             elif target:
-                parse_value(spec.options, name, text, f"method {m!r}")  # raises: unknown option
+                if cls is None:
+                    raise ConfigError(f"method {m!r} has no options, got --opt {key}={text}")
+                parse_value(cls, name, text, f"method {m!r}")  # raises: unknown option
         if not applied:
-            raise ConfigError(f"option {name!r} belongs to none of the methods {', '.join(methods)}")
+            raise ConfigError(f"option {name!r} belongs to none of the methods {', '.join(methods) or '(none given)'}")
     return out
+
+
+def _train_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    from .options import parse_value
+    from .training import TrainConfig
+
+    return {k: parse_value(TrainConfig, k, v, "train") for k, v in _pairs(pairs, "--train")}
+
+
+def _model_args(pairs: Sequence[str]) -> dict[str, Any]:
+    import json
+
+    out: dict[str, Any] = {}
+    for k, v in _pairs(pairs, "--model-args"):
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def _methods_value(text: str | None) -> tuple[str, ...] | None:
+    from .methods import list_methods
+
+    if text is None:
+        return None
+    if text.strip() == "all":
+        return tuple(list_methods())
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise ConfigError("--methods needs at least one method name (or 'all')")
+    return names
 
 
 def _device(name: str | None) -> torch.device:
@@ -81,49 +173,47 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 
 # -- commands ----------------------------------------------------------------------------------
+_PRUNE_DEFAULTS = {"model": "lenet5", "dataset": "fashion-mnist"}
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
-    from . import prune
-    from .data import load_dataset, scoring_batches, split_validation
-    from .models import create
-    from .pruning import resolve_density
+    from .core.pruning import prune
+    from .experiments import DatasetCache, RunSpec, TrainingRun, resolve
 
-    density = resolve_density(args.sparsity if args.density is None else None, args.density)
-    methods = _methods_arg(args.methods)
-    from .methods import get_method
-
-    for m in methods:
-        get_method(m)
+    values = spec_values(args, RunSpec, "prune", _PRUNE_DEFAULTS)
+    methods = _methods_value(args.methods) or ()
     options = parse_method_options(args.opt, methods)
     device = _device(args.device)
-    dataset = load_dataset(args.dataset, args.data_dir)
-    train, _ = split_validation(dataset.train, args.val_size, args.seed) if args.val_size else (dataset.train, None)
-    batches = scoring_batches(
-        train, batch_size=args.batch_size, mean=dataset.info.mean, std=dataset.info.std, device=device, seed=args.seed
-    )
-    model = create(args.model, dataset.num_classes, dataset.input_shape, seed=args.seed).to(device)
+    runs = [resolve(RunSpec(**values, method=m, method_options=options[m], train=_train_overrides(args.train),
+                            model_kwargs=_model_args(args.model_args)), device) for m in methods]
+    for run in runs:
+        if not isinstance(run, TrainingRun) or not run.pruned:
+            raise ConfigError(f"prune scores pruning-at-initialisation methods; {run.method!r} is not one")
+    first = runs[0]
+    ds = DatasetCache(args.data_dir).get(first.dataset)
+    batches = first.scoring_data(ds, device)  # the scoring batches of a run of this spec: the masks `prunekit run` trains
     reports: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    for i, method in enumerate(methods, 1):
-        print(f"[{i}/{len(methods)}] {method} ...", file=sys.stderr, flush=True)
+    for i, run in enumerate(runs, 1):
+        assert isinstance(run, TrainingRun)
+        print(f"[{i}/{len(runs)}] {run.method} ...", file=sys.stderr, flush=True)
+        model = run.make_model(ds, device)
         start = time.perf_counter()
-        masks = prune(model, method, density=density, data=batches, seed=args.seed, allocation=args.allocation, **options[method])
-        seconds[method] = time.perf_counter() - start
+        masks = prune(model, run.method, run.sparsity, data=batches, seed=run.seed, allocation=run.allocation, options=run.options)
+        seconds[run.method] = time.perf_counter() - start
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            reports[method] = masks.report(model)
+            reports[run.method] = masks.report(model)
         if args.save_masks:
-            masks.save(Path(args.save_masks) / f"{method}.pt")
-    first = next(iter(reports.values()))
-    header = ["layer (size)"] + methods
-    rows = []
-    for j, row in enumerate(first.rows):
-        rows.append([f"{row.name} ({row.size:,})"] + [f"{reports[m].rows[j].density:.2%}" for m in methods])
-    rows.append(["total density"] + [f"{reports[m].density:.2%}" for m in methods])
-    rows.append(["effective density"] + [f"{reports[m].effective_density:.2%}" for m in methods])
-    rows.append(["collapsed layers"] + [str(len(reports[m].collapsed)) for m in methods])
-    rows.append(["scoring time (s)"] + [f"{seconds[m]:.2f}" for m in methods])
-    print(f"{args.model} on {args.dataset}, sparsity {1 - density:.2%}, seed {args.seed}, device {device}")
-    print(_table(header, rows))
+            masks.save(Path(args.save_masks) / f"{run.method}.pt")
+    names = [r.method for r in runs]
+    rows = [[f"{row.name} ({row.size:,})"] + [f"{reports[m].rows[j].density:.2%}" for m in names] for j, row in enumerate(reports[names[0]].rows)]
+    rows.append(["total density"] + [f"{reports[m].density:.2%}" for m in names])
+    rows.append(["effective density"] + [f"{reports[m].effective_density:.2%}" for m in names])
+    rows.append(["collapsed layers"] + [str(len(reports[m].collapsed)) for m in names])
+    rows.append(["scoring time (s)"] + [f"{seconds[m]:.2f}" for m in names])
+    print(f"{first.model} on {first.dataset}, sparsity {first.sparsity:.2%}, seed {first.seed}, device {device}")
+    print(_table(["layer (size)", *names], rows))
     return 0
 
 
@@ -156,28 +246,6 @@ def cmd_list(args: argparse.Namespace) -> int:
         for r in RECIPES.values():
             print(f"{r.name:14s} {r.summary}  [default: {r.model} on {r.dataset}]")
     return 0
-
-
-def _csv(text: str | None, cast: Any = str) -> tuple | None:
-    if text is None:
-        return None
-    try:
-        return tuple(cast(t.strip()) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {cast.__name__}") from None
-
-
-def _train_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    from .options import parse_value
-    from .training import TrainConfig
-
-    out = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ConfigError(f"--train takes name=value, got {pair!r}")
-        k, v = pair.split("=", 1)
-        out[k] = parse_value(TrainConfig, k, v, "train")
-    return out
 
 
 def _print_table(out_dir: Path, metric: str) -> None:
@@ -244,101 +312,69 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, device: torch.device) -> int:
     from .distributed import rank
-    from .experiments import RunSpec, run_one
-    from .experiments.config import method_options_class
-    from .experiments.execute import DatasetCache
-    from .experiments.run import describe_outcome
-    from .options import parse_value
+    from .experiments import DatasetCache, RunSpec, run_one
 
-    method = args.method or ("dense" if args.structured else None)
-    if method is None:
-        raise ConfigError("--method is required (or --structured for early structured pruning of a dense run)")
-    opts = {}
-    for pair in args.opt:
-        if "=" not in pair:
-            raise ConfigError(f"--opt takes name=value, got {pair!r}")
-        k, v = pair.split("=", 1)
-        opts[k] = parse_value(method_options_class(method), k, v, f"method {method!r}")
-    if args.sparsity is not None and args.density is not None:
-        raise ConfigError("give --sparsity or --density, not both")
-    if method in ("dense",) and (args.sparsity is not None or args.density is not None):
-        raise ConfigError("the dense baseline prunes nothing: --sparsity/--density do not apply to --method dense")
-    if args.density is not None:
-        from .allocation import check_density
-
-        sparsity = 1.0 - check_density(args.density)
-    else:
-        sparsity = 0.0 if method == "dense" else (0.9 if args.sparsity is None else args.sparsity)
-    spec = RunSpec(
-        args.model, args.dataset, method, sparsity, args.seed, recipe=args.recipe, epochs=args.epochs,
-        ablation=args.ablation, allocation=args.allocation, method_options=opts, train=_train_overrides(args.train),
-        structured=args.structured, budget=args.budget,
-    )
+    values = spec_values(args, RunSpec, "run")
+    method = values.get("method") or ("dense" if values.get("structured") else None)
+    options = parse_method_options(args.opt, [method] if method else [])
+    spec = RunSpec(**values, method_options=options.get(method, {}) if method else {}, train=_train_overrides(args.train),
+                   model_kwargs=_model_args(args.model_args))
     outcome = run_one(spec, args.out, datasets=DatasetCache(args.data_dir), device=device, force=args.force,
                       retry_failed=args.retry_failed, progress=None if not args.no_progress else False)
     if rank() > 0:
         return 0
-    print(describe_outcome(outcome))
-    row = outcome.row or {}
-    if row.get("status") == "done":
-        print(f"density {row['density']:.4%} (effective {row['effective_density']:.4%}), scoring {row['scoring_seconds']:.2f} s, "
-              f"training {row['train_seconds']:.0f} s ({row['images_per_second']:,.0f} img/s) on {row['device']}")
-        print(f"run folder: {row['run_dir']}")
-    elif row.get("status") == "failed":
-        print(row.get("error", ""), file=sys.stderr)
+    print(outcome.describe())
+    row = outcome.record
+    if row is not None and row.status == "done":
+        print(f"density {row.density or 1:.4%} (effective {row.effective_density or 1:.4%}), scoring {row.scoring_seconds or 0:.2f} s, "
+              f"training {row.train_seconds or 0:.0f} s ({row.images_per_second or 0:,.0f} img/s) on {row.device}")
+        print(f"run folder: {row.run_dir}")
+    elif row is not None and row.status == "failed":
+        print(row.error or "", file=sys.stderr)
         return 1
     return 0
 
 
-def _sweep_spec(args: argparse.Namespace) -> Any:
-    from .experiments import load_sweep_file, sweep_from_mapping
+def _sweep_spec(args: argparse.Namespace, device: torch.device | None = None) -> Any:
+    """The sweep of the command line: a sweep file's values, overridden by the flags, resolved once."""
+    from .experiments.spec import SweepSpec, read_sweep_file, sweep_from_mapping
 
     values: dict[str, Any] = {}
+    where = "the sweep flags"
     if args.config:
-        from dataclasses import asdict
-
-        base = load_sweep_file(args.config)
-        values = dict(asdict(base))
-        values["options"] = values.pop("method_options")
-    flags = {
-        "models": _csv(args.models), "dataset": args.dataset, "methods": _csv(args.methods), "sparsities": _csv(args.sparsities, float),
-        "seeds": _csv(args.seeds, int), "recipe": args.recipe, "epochs": args.epochs, "ablations": _csv(args.ablations),
-        "allocation": args.allocation, "data_dir": args.data_dir,
-        "structured": None if args.structured is None else tuple(s for s in args.structured.split(";") if s),
-        "budgets": _csv(args.budgets),
-    }
-    values.update({k: v for k, v in flags.items() if v is not None})
-    if args.methods == "all":
-        from .methods import list_methods
-
-        values["methods"] = tuple(list_methods())
-    if args.config and args.methods is not None:
-        # --methods narrows the file's grid: the file's options of the methods left out go with them
-        values["options"] = {m: o for m, o in values.get("options", {}).items() if m in values["methods"]}
-    if args.no_dense:
-        values["dense"] = False
+        values = read_sweep_file(args.config)
+        where = f"{args.config} and the sweep flags"
+        if "model" in values:
+            values["models"] = values.pop("model")
+    flags = spec_values(args, SweepSpec, "sweep")
+    methods = _methods_value(args.methods)
+    if methods is not None:
+        flags["methods"] = methods
+        if args.config:  # --methods narrows the file's grid: the file's options of the methods left out go with them
+            values["options"] = {m: o for m, o in values.get("options", {}).items() if m in methods}
+    values.update(flags)
     if args.train:
         values["train"] = {**values.get("train", {}), **_train_overrides(args.train)}
+    if args.model_args:
+        values["model_kwargs"] = {**values.get("model_kwargs", {}), **_model_args(args.model_args)}
     if args.opt:
-        methods = list(values.get("methods", ()))
-        parsed = parse_method_options(args.opt, methods)
         options = dict(values.get("options", {}))
-        for m, o in parsed.items():
+        for m, o in parse_method_options(args.opt, list(values.get("methods", ()))).items():
             if o:
                 options[m] = {**options.get(m, {}), **o}
         values["options"] = options
-    return sweep_from_mapping(values, where="the sweep (config file and flags)")
+    return sweep_from_mapping(values, where=where, device=device)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .experiments import run_sweep
-
-    spec = _sweep_spec(args)
     from .report.tables import METRICS
 
+    device = _device(args.device)
+    spec = _sweep_spec(args, device)
     if args.report and args.metric not in METRICS:  # checked before the sweep, not after it
         raise unknown("metric", args.metric, METRICS)
-    summary = run_sweep(spec, args.out, device=_device(args.device), retry_failed=args.retry_failed, backend=args.backend, address=args.address,
+    summary = run_sweep(spec, args.out, device=device, retry_failed=args.retry_failed, backend=args.backend, address=args.address,
                         progress=None if not args.no_progress else False, stack=args.stack)
     print(summary, file=sys.stderr)
     if args.report:
@@ -356,7 +392,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             from .experiments.db import ResultsDB
 
             with ResultsDB(Path(args.out) / "results.db") as db:
-                have = sorted({(r["model"], r["dataset"], r["recipe"]) for r in db.runs(status="done")})
+                have = sorted({(r.model, r.dataset, r.recipe) for r in db.runs(status="done")})
             shown = ", ".join("/".join(h) for h in have[:8]) or "none"
             wanted = ", ".join(f"{k}={v}" for k, v in filters.items())
             print(f"no finished runs match {wanted}; finished runs (model/dataset/recipe): {shown}", file=sys.stderr)
@@ -379,12 +415,13 @@ DEMO_CONFIG = Path(__file__).parent / "experiments" / "configs" / "demo.toml"
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .experiments import load_sweep_file, run_sweep
-    from .experiments.config import with_overrides
+    from .experiments.spec import with_overrides
 
-    spec = with_overrides(load_sweep_file(DEMO_CONFIG), data_dir=args.data_dir)
-    print(f"main job: {len(spec.runs())} runs ({DEMO_CONFIG.name}) into {args.out}; finished runs are read from the database",
+    device = _device(args.device)
+    spec = with_overrides(load_sweep_file(DEMO_CONFIG, device), data_dir=args.data_dir)
+    print(f"main job: {len(spec.requests())} runs ({DEMO_CONFIG.name}) into {args.out}; finished runs are read from the database",
           file=sys.stderr)
-    summary = run_sweep(spec, args.out, device=_device(args.device), progress=None if not args.no_progress else False)
+    summary = run_sweep(spec, args.out, device=device, progress=None if not args.no_progress else False)
     print(summary, file=sys.stderr)
     _print_table(Path(args.out), "auto")
     return 1 if summary.counts["failed"] else 0
@@ -407,47 +444,46 @@ def cmd_autosparse_list(args: argparse.Namespace) -> int:
 
 def cmd_autosparse_teach(args: argparse.Namespace) -> int:
     from .autosparse import table_from_imp_run, teach
-    from .experiments.config import resolve_config
+    from .experiments import DatasetCache, ImpRun
     from .experiments.db import ResultsDB
-    from .experiments.execute import DatasetCache, _scoring_data, make_model
 
     if Path(args.save).is_dir():  # checked before any training or teaching
         raise ConfigError(f"--save {args.save!r} is a directory; give the scorer file's path (e.g. {Path(args.save) / 'scorer.pt'})")
     device = _device(args.device)
     key, data_dir = args.from_run, args.data_dir
     if args.config:  # the IRP run the file describes, trained first unless the database already holds it
-        from .experiments import load_sweep_file, run_key, run_sweep
-        from .experiments.config import with_overrides
+        from .experiments import load_sweep_file, run_sweep
+        from .experiments.spec import with_overrides
 
-        spec = with_overrides(load_sweep_file(args.config), data_dir=args.data_dir)
+        spec = with_overrides(load_sweep_file(args.config, device), data_dir=args.data_dir)
         data_dir = spec.data_dir
         runs = spec.resolved(device)
-        if len(runs) != 1 or runs[0].method != "imp":
+        if len(runs) != 1 or not isinstance(runs[0], ImpRun):
             raise ConfigError(f"{args.config} describes {len(runs)} run(s) ({', '.join(sorted({r.method for r in runs}))}); "
                               "--config needs exactly one IMP/IRP run: methods = [\"imp\"], one model, sparsity and seed, dense = false")
         summary = run_sweep(spec, args.out, device=device, progress=None if not args.no_progress else False)
         print(summary, file=sys.stderr)
         if summary.counts["failed"]:
             raise ConfigError(f"the IRP run of {args.config} failed; see {Path(args.out) / 'results.db'}")
-        key = run_key(runs[0])
+        key = runs[0].key
     db_path = Path(args.out) / "results.db"
     if not db_path.is_file():
         raise ConfigError(f"no results database at {db_path}; pass --out of the IRP run")
     with ResultsDB(db_path) as db:
-        rows = [r for r in db.runs(status="done") if r["key"].startswith(key)]
+        rows = [r for r in db.runs(status="done") if r.key.startswith(key)]
     if len(rows) != 1:
         raise ConfigError(f"--from-run {key!r} matches {len(rows)} finished runs in {db_path}; give a longer key")
     row = rows[0]
-    if row["method"] != "imp":
-        raise ConfigError(f"run {row['key']} is a {row['method']!r} run; a scorer is taught from an IMP/IRP run (--method imp)")
-    run = resolve_config(row["config"])
+    run = row.run
+    if not isinstance(run, ImpRun):
+        raise ConfigError(f"run {row.key} is a {row.method!r} run; a scorer is taught from an IMP/IRP run (--method imp)")
     ds = DatasetCache(data_dir).get(run.dataset)
-    model = make_model(run, ds, device)
+    model = run.make_model(ds, device)
     print(f"features: initial weights and a full-pass gradient of {run.model} on {run.dataset} ...", file=sys.stderr)
-    table = table_from_imp_run(row["run_dir"], model, _scoring_data(run, ds, device))
-    meta = {"taught_on": {"model": run.model, "dataset": run.dataset, "run": row["key"], "sparsity": run.sparsity,
+    table = table_from_imp_run(Path(row.run_dir or Path(args.out) / "runs" / row.key), model, run.scoring_data(ds, device))
+    meta = {"taught_on": {"model": run.model, "dataset": run.dataset, "run": row.key, "sparsity": run.sparsity,
                           "final_density": table.source["final_density"], "rounds": table.source["rounds"],
-                          "irp": {**dict(run.method_options)}, "recipe": run.recipe, "epochs_per_round": run.train.epochs}}
+                          "irp": row.config["method_options"], "recipe": run.recipe, "epochs_per_round": run.train.epochs}}
     scorer = teach(table.features, table.targets, arch=args.arch, epochs=args.epochs, seed=args.seed, meta=meta,
                    progress=not args.no_progress)
     path = scorer.save(args.save)
@@ -461,85 +497,53 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"prunekit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prune", help="score and prune a model with one or more methods; print per-layer densities")
-    p.add_argument("--model", default="lenet5", help="model name (prunekit models)")
-    p.add_argument("--dataset", default="fashion-mnist", help="dataset name (prunekit datasets)")
-    p.add_argument("--data-dir", default=None, help="where the dataset lives")
-    p.add_argument("--methods", default="all", help="comma-separated method names, or 'all'")
-    p.add_argument("--sparsity", type=float, default=0.98, help="fraction of prunable weights removed")
-    p.add_argument("--density", type=float, default=None, help="fraction kept (instead of --sparsity)")
-    p.add_argument("--allocation", default=None, help="global, layerwise or erk (default: each method's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=128, help="scoring batch size")
-    p.add_argument("--val-size", type=int, default=5000, help="training images held out (not used for scoring)")
-    p.add_argument("--opt", action="append", default=[], metavar="[METHOD.]NAME=VALUE", help="method option, repeatable")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--save-masks", default=None, metavar="DIR", help="save each method's masks as DIR/<method>.pt")
-    p.set_defaults(func=cmd_prune)
+    from .experiments import RunSpec, SweepSpec
 
-    def common(q: argparse.ArgumentParser, out_default: str = "runs") -> None:
-        q.add_argument("--out", default=out_default, help="folder of the results database and run files")
+    def common(q: argparse.ArgumentParser, out_default: str | None = "runs", data_dir: bool = True) -> None:
+        if out_default is not None:
+            q.add_argument("--out", default=out_default, help=f"folder of the results database and run files (default: {out_default})")
         q.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
-        q.add_argument("--data-dir", default=None, help="where the dataset lives")
+        if data_dir:
+            q.add_argument("--data-dir", default=None, help="where the dataset lives (default: its standard places)")
         q.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("prune", help="score and prune a model with one or more methods; print per-layer densities")
+    p.add_argument("--methods", default="all", help="comma-separated method names, or all (default: all)")
+    add_spec_flags(p, RunSpec, skip=("method", "epochs", "ablation", "structured", "budget"), defaults=_PRUNE_DEFAULTS)
+    p.add_argument("--save-masks", default=None, metavar="DIR", help="save each method's masks as DIR/<method>.pt")
+    common(p, out_default=None)
+    p.set_defaults(func=cmd_prune)
+
     r = sub.add_parser("run", help="score, mask, train, evaluate and store one run")
-    r.add_argument("--model", required=True)
-    r.add_argument("--dataset", required=True)
-    r.add_argument("--method", default=None, help="dense, a pruning method, or imp (dense with --structured)")
-    r.add_argument("--sparsity", type=float, default=None, help="fraction of prunable weights removed (default 0.9)")
-    r.add_argument("--density", type=float, default=None)
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--recipe", default="lenet-fmnist")
-    r.add_argument("--epochs", type=int, default=None, help="shorten/lengthen the recipe (milestones scale)")
-    r.add_argument("--ablation", default=None, choices=["shuffle", "reinit", "invert"])
-    r.add_argument("--allocation", default=None)
-    r.add_argument("--structured", default=None, metavar="TRIGGER[:NAME=VALUE,...]",
-                   help="early structured pruning of a dense run: epi, early_bird, epoch:prune_at=N, after_training")
-    r.add_argument("--budget", default=None, help="structured budget: macs=F or params=F (the fraction kept; default macs=0.5)")
-    r.add_argument("--opt", action="append", default=[], metavar="NAME=VALUE", help="method option, repeatable")
-    r.add_argument("--train", action="append", default=[], metavar="NAME=VALUE", help="training option, repeatable")
+    add_spec_flags(r, RunSpec)
     r.add_argument("--force", action="store_true", help="discard an earlier result and run again")
     r.add_argument("--retry-failed", action="store_true", help="run again if it failed before")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
-                   help="train data-parallel on N processes of this machine (a torchrun launch: NCCL on GPUs, gloo on the CPU)")
+                   help="train data-parallel on N processes of this machine (a torchrun launch: NCCL on GPUs, gloo on the CPU; default 1)")
     common(r)
     r.set_defaults(func=cmd_run)
 
     w = sub.add_parser("sweep", help="run methods x sparsities x seeds (x models), skipping finished runs")
     w.add_argument("--config", default=None, help="TOML sweep file; flags override its values")
-    w.add_argument("--models", default=None, help="comma-separated")
-    w.add_argument("--dataset", default=None)
-    w.add_argument("--methods", default=None, help="comma-separated, or all")
-    w.add_argument("--sparsities", default=None, help="comma-separated, e.g. 0.9,0.98,0.995")
-    w.add_argument("--seeds", default=None, help="comma-separated, e.g. 0,1,2")
-    w.add_argument("--recipe", default=None)
-    w.add_argument("--epochs", type=int, default=None)
-    w.add_argument("--ablations", default=None, help="comma-separated: shuffle,reinit,invert")
-    w.add_argument("--allocation", default=None)
-    w.add_argument("--structured", default=None, help="early structured pruning specs, separated by ';' (e.g. 'epi;epoch:prune_at=5')")
-    w.add_argument("--budgets", default=None, help="structured budgets, comma-separated, e.g. macs=0.5,macs=0.3")
-    w.add_argument("--no-dense", action="store_true", help="no dense baseline runs")
-    w.add_argument("--opt", action="append", default=[], metavar="[METHOD.]NAME=VALUE")
-    w.add_argument("--train", action="append", default=[], metavar="NAME=VALUE")
-    w.add_argument("--retry-failed", action="store_true")
+    add_spec_flags(w, SweepSpec, defaults={"models": (), "dataset": None})
+    w.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
     w.add_argument("--backend", default="local", choices=["local", "ray"],
-                   help="local: this process; ray: every run a Ray task (pip install 'prunekit[ray]'); --out must be shared storage")
+                   help="local: this process; ray: every run a Ray task (pip install 'prunekit[ray]'); --out must be shared storage (default: local)")
     w.add_argument("--address", default=None, help="the Ray cluster: auto or HOST:PORT (default: start a local Ray instance)")
     w.add_argument("--stack", type=int, default=None,
                    help="runs of one architecture trained stacked as one network (default: fit GPU memory; 1 on the CPU)")
     w.add_argument("--report", action="store_true", help="print the table and write plots at the end")
-    w.add_argument("--metric", default="auto")
-    common(w)
+    w.add_argument("--metric", default="auto", help="auto, final, best or val (default: auto, the recipe's)")
+    common(w, data_dir=False)
     w.set_defaults(func=cmd_sweep)
 
     rep = sub.add_parser("report", help="tables (Markdown, CSV) and plots (PNG) from the results database")
-    rep.add_argument("--out", default="runs")
-    rep.add_argument("--metric", default="auto", help="auto, final, best or val")
-    rep.add_argument("--model", default=None)
-    rep.add_argument("--dataset", default=None)
-    rep.add_argument("--recipe", default=None)
-    rep.add_argument("--no-plots", action="store_true")
+    rep.add_argument("--out", default="runs", help="folder of the results database (default: runs)")
+    rep.add_argument("--metric", default="auto", help="auto, final, best or val (default: auto, each recipe's)")
+    rep.add_argument("--model", default=None, help="only this model's runs (default: all)")
+    rep.add_argument("--dataset", default=None, help="only this dataset's runs (default: all)")
+    rep.add_argument("--recipe", default=None, help="only this recipe's runs (default: all)")
+    rep.add_argument("--no-plots", action="store_true", help="tables only")
     rep.add_argument("--tensorboard", action="store_true", help="also write every run's per-epoch metrics as TensorBoard events to OUT/tensorboard")
     rep.set_defaults(func=cmd_report)
 
@@ -551,9 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--config", metavar="FILE", help="a sweep file describing one IMP/IRP run (methods = [\"imp\"]): "
                      "trained into --out first (resumable; skipped when already there), then taught from")
     t.add_argument("--save", required=True, help="where to write the scorer file")
-    t.add_argument("--arch", default="mlp", choices=["mlp", "resnet"])
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--arch", default="mlp", choices=["mlp", "resnet"], help="the score network (default: mlp)")
+    t.add_argument("--epochs", type=int, default=10, help="epochs of teaching the score network (default: 10)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the score network and its held-out split (default: 0)")
     common(t)
     t.set_defaults(func=cmd_autosparse_teach)
     ls = asub.add_parser("list", help="the scorers shipped with prunekit")

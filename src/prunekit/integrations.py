@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .core.masks import Masks
+from .core.parametrized import owner
 from .errors import ConfigError
-from .masks import Masks
-from .parametrized import owner
 
 
 class _Pruning:
@@ -57,7 +57,7 @@ class _Pruning:
     def start(self, model: nn.Module) -> Masks:
         target = self.target(model)
         if self.masks is None:
-            from .pruning import prune
+            from .core.pruning import prune
 
             assert self.method is not None
             self.masks = prune(target, self.method, self.sparsity, data=self.data, **self.options)

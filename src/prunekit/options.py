@@ -30,6 +30,7 @@ def option(
     min_exclusive: bool = False,
     since: str | None = None,
     keyed: bool = True,
+    sep: str | None = None,
 ) -> Any:
     """A dataclass field with a help line and optional constraints.
 
@@ -40,9 +41,18 @@ def option(
     ``keyed=False`` marks a request whose *outcome* identifies a run, not the request itself (e.g.
     ``amp``: the run records the precision it resolves to on its device). :func:`key_dict` writes
     its default, as every key recorded before the outcome was keyed did.
+
+    ``sep`` separates the items of a tuple option on the command line (default ``,``).
     """
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "since": since, "keyed": keyed}
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "since": since, "keyed": keyed,
+            "sep": sep}
     return dataclasses.field(default=default, metadata=meta)
+
+
+def required(help: str, **constraints: Any) -> Any:
+    """A dataclass field without a default (a command line makes it a required flag)."""
+    meta = {"help": help, "choices": None, "min": None, "max": None, "min_exclusive": False, "since": None, "keyed": True, **constraints}
+    return dataclasses.field(metadata=meta)
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -65,6 +75,8 @@ def _tuple_element(t: Any) -> type:
 
 
 def _is_number(v: Any, elem: type) -> bool:
+    if elem is str:
+        return isinstance(v, str) and bool(v)
     if isinstance(v, bool):
         return False
     if elem is int:
@@ -170,8 +182,11 @@ def parse_value(cls: type, name: str, text: str, owner: str) -> Any:
                 value = _NO_VALUE
         elif base is tuple:
             elem = _tuple_element(t)
+            sep = dataclasses.fields(cls)[names.index(name)].metadata.get("sep") or ","
+            if elem is not str:  # numbers: "1,28,28" or "1x28x28"
+                text = text.replace("x", sep)
             try:
-                value = tuple(elem(v) for v in text.replace("x", ",").split(",") if v)
+                value = tuple(elem(v.strip()) for v in text.split(sep) if v.strip())
             except ValueError:
                 value = _NO_VALUE
         elif base is str:

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .. import inputs as inp
-from ..batches import BatchStream
+from ..core import inputs as inp
+from ..core.batches import BatchStream
+from ..core.masks import Masks
+from ..core.outputs import OutputFn, logits_of
+from ..core.parametrized import without_masks
 from ..distributed import sum_across_ranks_
 from ..errors import ConfigError
-from ..masks import Masks
 from ..methods.context import LossFn, default_loss, model_device, model_dtype
-from ..outputs import OutputFn, logits_of
-from ..parametrized import without_masks
 
 
 def full_pass_gradient(

@@ -1,27 +1,28 @@
-"""Experiments: runs, sweeps, the results database, ablations, IMP."""
+"""Experiments: typed runs, their one lifecycle and its backends, sweeps, the results database, ablations.
+
+    run = resolve(RunSpec("lenet5", "fashion-mnist", "snip", 0.98))   # a TrainingRun, validated, keyed
+    outcome = run_one(run, "runs")                                      # claimed, trained, recorded
+    summary = run_sweep(load_sweep_file("sweep.toml"), "runs")          # a grid, resumable
+"""
 
 from .ablations import reinit_seed, shuffle_masks
-from .config import (
+from .db import ResultsDB, RunRecord
+from .kinds import DENSE, IMP, DatasetCache, ImpRun, Run, RunContext, StructuredRun, TrainingRun, run_key
+from .lifecycle import Lifecycle, RunOutcome
+from .run import run_one
+from .spec import (
     ABLATIONS,
-    DENSE,
-    IMP,
-    ImpOptions,
-    ResolvedRun,
     RunSpec,
     SweepSpec,
+    from_config,
     load_sweep_file,
     resolve,
-    run_key,
     sweep_from_mapping,
 )
-from .db import ResultsDB
-from .execute import DatasetCache
-from .imp import imp_densities, run_imp
-from .run import RunOutcome, run_one
 from .sweep import SweepSummary, run_sweep
 
 __all__ = [
-    "ABLATIONS", "DENSE", "IMP", "DatasetCache", "ImpOptions", "ResolvedRun", "ResultsDB", "RunOutcome", "RunSpec", "SweepSpec",
-    "SweepSummary", "imp_densities", "load_sweep_file", "reinit_seed", "resolve", "run_imp", "run_key", "run_one",
-    "run_sweep", "shuffle_masks", "sweep_from_mapping",
+    "ABLATIONS", "DENSE", "IMP", "DatasetCache", "ImpRun", "Lifecycle", "ResultsDB", "Run", "RunContext", "RunOutcome", "RunRecord",
+    "RunSpec", "StructuredRun", "SweepSpec", "SweepSummary", "TrainingRun", "from_config", "load_sweep_file", "reinit_seed",
+    "resolve", "run_key", "run_one", "run_sweep", "shuffle_masks", "sweep_from_mapping",
 ]

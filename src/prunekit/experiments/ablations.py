@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core.masks import Masks
 from ..data.loader import mix_seed
-from ..masks import Masks
 
 REINIT_SEED = 0x2E1417
 

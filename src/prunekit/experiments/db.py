@@ -11,6 +11,7 @@ its checkpoint by whoever claims it next.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -244,12 +246,12 @@ class ResultsDB:
                  config["recipe"], config["ablation"], json.dumps(config, sort_keys=True), time.time()),
             )
 
-    def get(self, key: str) -> dict[str, Any] | None:
+    def get(self, key: str) -> RunRecord | None:
         with self._lock:
             row = self._conn.execute("SELECT * FROM runs WHERE key = ?", (key,)).fetchone()
         return None if row is None else _decode(row)
 
-    def runs(self, status: str | None = None, **where: Any) -> list[dict[str, Any]]:
+    def runs(self, status: str | None = None, **where: Any) -> list[RunRecord]:
         """Rows matching ``status`` and column equalities, in creation order."""
         clauses, params = [], []
         if status is not None:
@@ -281,12 +283,8 @@ class ResultsDB:
             raise ResultsDBError("ResultsDB.to_dataframe needs pandas: pip install pandas") from None
         rows = self.runs(status)
         if epochs:
-            return pd.DataFrame([{"key": r["key"], **e} for r in rows for e in self.epochs(r["key"])])
-        flat = []
-        for r in rows:
-            results = r.get("results") if isinstance(r.get("results"), dict) else {}
-            flat.append({**{k: v for k, v in r.items() if k != "results"}, **{k: v for k, v in (results or {}).items() if k not in r}})
-        return pd.DataFrame(flat)
+            return pd.DataFrame([{"key": r.key, **e} for r in rows for e in self.epochs(r.key)])
+        return pd.DataFrame([r.as_dict() for r in rows])
 
     def epochs(self, key: str, phase: int | None = None) -> list[dict[str, Any]]:
         """Per-epoch metrics of a run (of one phase, e.g. an IMP round, or all), in order."""
@@ -296,22 +294,22 @@ class ResultsDB:
         return [{"phase": r["phase"], **json.loads(r["metrics"])} for r in rows]
 
     # -- claims ---------------------------------------------------------------------------------
-    def is_stale(self, row: Mapping[str, Any], now: float | None = None) -> bool:
+    def is_stale(self, owner: str | None, heartbeat: float | None, now: float | None = None) -> bool:
         """Whether a ``running`` row's owner is gone: on this host, its process no longer exists
         (a live process keeps its run however long it is paused, e.g. by ``kill -STOP``); on
         another host, its heartbeat is older than ``stale_after`` seconds."""
-        alive = _owner_alive(row.get("owner"))
+        alive = _owner_alive(owner)
         if alive is not None:
             return not alive
         now = time.time() if now is None else now
-        return (now - (row.get("heartbeat") or 0.0)) > self.stale_after
+        return (now - (heartbeat or 0.0)) > self.stale_after
 
     def owned_by_live_process(self, key: str, owner: str | None = None) -> str | None:
         """The owner of ``key`` if it is running under another live process, else None."""
         row = self.get(key)
-        if row is None or row["status"] != "running" or row["owner"] == owner or self.is_stale(row):
+        if row is None or row.status != "running" or row.owner == owner or self.is_stale(row.owner, row.heartbeat):
             return None
-        return str(row["owner"])
+        return str(row.owner)
 
     def claim(self, key: str, owner: str, retry_failed: bool = False) -> bool:
         """Atomically take the run for ``owner``; False if it is done, failed (unless retried) or
@@ -324,7 +322,7 @@ class ResultsDB:
             environment = status == "failed" and row["failure"] == "environment"
             if status == "done" or (status == "failed" and not retry_failed and not environment):
                 return False
-            if status == "running" and not self.is_stale(dict(row)):
+            if status == "running" and not self.is_stale(row["owner"], row["heartbeat"]):
                 return False
             now = time.time()
             c.execute(
@@ -389,12 +387,72 @@ class ResultsDB:
             )
 
 
-def _decode(row: sqlite3.Row) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunRecord:
+    """One run's row, decoded once: its identity, status, claim, results and resolved configuration.
+
+    :attr:`run` is the typed run (:func:`prunekit.experiments.from_config` of :attr:`config`).
+    """
+
+    key: str
+    status: str  # pending, running, done, failed
+    model: str
+    dataset: str
+    method: str
+    sparsity: float
+    seed: int
+    recipe: str
+    ablation: str | None
+    config: dict[str, Any]
+    owner: str | None = None
+    heartbeat: float | None = None
+    attempts: int = 0
+    created: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    final_acc: float | None = None
+    best_acc: float | None = None
+    best_epoch: int | None = None
+    test_at_best_val: float | None = None
+    density: float | None = None
+    effective_density: float | None = None
+    scoring_seconds: float | None = None
+    train_seconds: float | None = None
+    images_per_second: float | None = None
+    device: str | None = None
+    versions: dict[str, Any] | None = None
+    mask_path: str | None = None
+    run_dir: str | None = None
+    layers: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    failure: str | None = None  # environment | method
+
+    @functools.cached_property
+    def run(self) -> Any:
+        """The typed run this row records."""
+        from .spec import from_config
+
+        return from_config(self.config)
+
+    @property
+    def structured(self) -> dict[str, Any] | None:
+        """The structured part of the configuration (trigger, budget, options), or None."""
+        value = self.config.get("structured")
+        return None if value is None else dict(value)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as a plain dict (every column, JSON columns decoded)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _decode(row: sqlite3.Row) -> RunRecord:
     out = dict(row)
     for f in _JSON_FIELDS:
         if out.get(f) is not None:
             out[f] = json.loads(out[f])
-    return out
+    out["extra"] = out.get("extra") or {}
+    return RunRecord(**out)
 
 
 class Heartbeat:

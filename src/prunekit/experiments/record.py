@@ -13,9 +13,9 @@ import torch
 from .. import __version__
 from ..data import Dataset
 from ..files import atomic_write_json, atomic_write_text
-from ..masks import Masks
-from ..training import Callback, TrainResult
+from ..training import Callback
 from .db import ResultsDB
+from .kinds import Executed
 
 
 def versions() -> dict[str, str]:
@@ -45,18 +45,10 @@ class EpochsToDB(Callback):
         self.db.add_epoch(self.key, metrics, self.phase)
 
 
-def result_fields(
-    model: torch.nn.Module,
-    masks: Masks | None,
-    result: TrainResult,
-    run_dir: Path,
-    ds: Dataset,
-    device: torch.device,
-    extra: dict[str, Any] | None = None,
-    train_seconds: float | None = None,
-) -> dict[str, Any]:
+def result_fields(done: Executed, run_dir: Path, ds: Dataset, device: torch.device) -> dict[str, Any]:
     """The result fields of a finished run for the database; writes its per-layer report files."""
-    extra = dict(extra or {})
+    model, masks, result, train_seconds = done.model, done.masks, done.result, done.train_seconds
+    extra = dict(done.extra)
     layers = None
     effective: float | None = 1.0
     if masks is not None:

@@ -18,11 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from .config import ResolvedRun, SweepSpec
+from .backends import StackedBackend
 from .db import ResultsDB, make_owner
-from .execute import DatasetCache
-from .groups import estimate_group_size, plan_groups, run_group
-from .run import RunOutcome, check_output_folder, describe_outcome, outcome_of_claim_refused, run_one
+from .kinds import DatasetCache
+from .lifecycle import Backend, Lifecycle, RunOutcome, check_output_folder
+from .spec import SweepSpec
 
 logger = logging.getLogger("prunekit")
 
@@ -74,7 +74,7 @@ def run_sweep(
     if address is not None and backend != "ray":
         raise ConfigError("--address is for --backend ray")
     if backend == "ray":
-        from .ray_backend import import_ray
+        from .backends.ray import import_ray
 
         import_ray()  # missing Ray is an error here, before anything is written
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -90,60 +90,36 @@ def run_sweep(
     for name in dict.fromkeys(r.dataset for r in runs):
         datasets.get(name)  # a missing or unreadable dataset fails here, before any row is written
     check_output_folder(out_dir)
-    owner = make_owner()
     with ResultsDB(out_dir / "results.db") as db:
         for run in runs:
             db.ensure(run.key, run.config)
+        lifecycle = Lifecycle(db, make_owner(), out_dir, retry_failed=retry_failed)
         bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not show, position=0, dynamic_ncols=True)
 
-        def record(outcome: RunOutcome) -> None:
+        def report(outcome: RunOutcome) -> None:
             summary.outcomes.append(outcome)
-            line = f"[{len(summary.outcomes)}/{len(runs)}] {describe_outcome(outcome)}"
+            line = f"[{len(summary.outcomes)}/{len(runs)}] {outcome.describe()}"
             if show:
                 bar.set_postfix_str(line[:60])
                 bar.update(1)
             elif log and outcome.status != "skipped":
                 logger.info(line)
 
-        def not_done(group: list[ResolvedRun]) -> list[ResolvedRun]:
-            """The runs of ``group`` still to do; the finished ones are recorded as skipped."""
-            todo = []
-            for r in group:
-                row = db.get(r.key)
-                if row is not None and row["status"] == "done":
-                    record(RunOutcome(r.key, "skipped", row))
-                else:
-                    todo.append(r)
-            return todo
-
+        todo = []
+        for run in runs:  # finished runs are reported as skipped without a claim
+            row = db.get(run.key)
+            if row is not None and row.status == "done":
+                report(RunOutcome(run.key, "skipped", row))
+            else:
+                todo.append(run)
+        chosen: Backend
         if backend == "ray":
-            from .ray_backend import run_on_ray
+            from .backends.ray import RayBackend
 
-            todo_runs = not_done(runs)
-            if todo_runs:
-                run_on_ray(
-                    todo_runs, out_dir, db, owner, data_dir=spec.data_dir, device=device, address=address, retry_failed=retry_failed,
-                    claimed_elsewhere=lambda key: record(outcome_of_claim_refused(db, key)),
-                    finished=lambda key, status, row: record(RunOutcome(key, status, row)),
-                )
+            chosen = RayBackend(spec.data_dir, device, address)
         else:
-            for group in plan_groups(runs):
-                todo = not_done(group)
-                if not todo:
-                    continue
-                size = 1
-                if len(todo) > 1 and todo[0].group is not None:
-                    size = stack if stack is not None else estimate_group_size(todo[0], datasets, device)
-                for i in range(0, len(todo), size):
-                    chunk = todo[i : i + size]
-                    if len(chunk) == 1:
-                        results = [run_one(chunk[0], out_dir, db=db, datasets=datasets, device=device, owner=owner,
-                                           progress=show, retry_failed=retry_failed)]
-                    else:
-                        results = run_group(chunk, out_dir, db=db, datasets=datasets, device=device, owner=owner,
-                                            progress=show, retry_failed=retry_failed)
-                    for outcome in results:
-                        record(outcome)
+            chosen = StackedBackend(datasets, device, show, stack)
+        lifecycle.carry_out(todo, chosen, report)
         bar.close()
     summary.seconds = time.time() - start
     return summary

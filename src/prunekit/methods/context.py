@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import inputs as inp
-from ..batches import Batch, BatchStream
+from ..core import inputs as inp
+from ..core.batches import Batch, BatchStream
+from ..core.outputs import OutputFn, logits_of
+from ..core.parametrized import weight_values, without_masks
 from ..distributed import mean_across_ranks_
 from ..errors import ConfigError, DataError, PrunekitWarning
-from ..outputs import OutputFn, logits_of
-from ..parametrized import weight_values, without_masks
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -85,7 +85,7 @@ class ScoringContext:
         names: prunable parameter names, in ``named_parameters()`` order.
         stream: the scoring batches (``None`` for data-free calls).
         loss_fn: ``loss_fn(logits, targets) -> mean loss``.
-        output_fn: ``output_fn(outputs) -> logits`` (:func:`prunekit.outputs.logits_of` by default).
+        output_fn: ``output_fn(outputs) -> logits`` (:func:`prunekit.core.outputs.logits_of` by default).
         generator: a CPU generator seeded from the call's seed (for random scores and re-inits,
             drawn on the CPU so that a seed gives the same masks on every device).
         input_shape: shape of one input sample, when the inputs are one tensor and it is known.

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..allocation import SCHEDULES
+from ..core.allocation import SCHEDULES
 from ..options import option
 from .context import ScoringContext, nll_on_logits
 from .registry import Method, count_rule_option, official_option, register_method

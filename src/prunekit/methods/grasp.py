@@ -37,12 +37,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .. import inputs as inp
-from ..batches import Batch, class_balanced
+from ..core import inputs as inp
+from ..core.batches import Batch, class_balanced
+from ..core.outputs import OutputFn, logits_of
 from ..distributed import mean_across_ranks_
 from ..errors import ScoreError
 from ..options import option
-from ..outputs import OutputFn, logits_of
 from .context import LossFn, ScoringContext, apply_masks_, second_order_attention
 from .registry import Method, count_rule_option, official_option, register_method
 from .snip import BN_MODES

@@ -41,8 +41,8 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
-from .. import inputs as inp
-from ..batches import Batch
+from ..core import inputs as inp
+from ..core.batches import Batch
 from ..distributed import mean_across_ranks_
 from ..options import option
 from .context import ScoringContext, second_order_attention

@@ -49,7 +49,7 @@ class Method:
             the paper; ``official=True`` applies them to every option the caller did not set.
             Empty for methods whose official code is the paper's definition.
         official_rule: the official code's count and tie rule (a name in
-            :data:`prunekit.allocation.OFFICIAL_RULES`), used when ``count_rule="official"``.
+            :data:`prunekit.core.allocation.OFFICIAL_RULES`), used when ``count_rule="official"``.
     """
 
     name: str

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .. import inputs as inp
-from ..allocation import SCHEDULES
+from ..core import inputs as inp
+from ..core.allocation import SCHEDULES
 from ..errors import ConfigError
 from ..options import option
 from .context import ScoringContext

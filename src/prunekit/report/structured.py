@@ -16,8 +16,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from ..experiments.config import DENSE, structured_label
-from ..experiments.db import ResultsDB
+from ..experiments.db import ResultsDB, RunRecord
+from ..experiments.kinds import DENSE, StructuredRun
 from ..files import atomic_savefig
 from .tables import _COLUMN, _METRIC_NAMES, METRICS, Cell, epochs_text
 
@@ -30,19 +30,19 @@ class StructuredTable:
     epochs: int
     metric: str
     budgets: list[str]
-    rows: dict[str, dict[str, list[dict[str, Any]]]]  # label -> budget -> runs
-    dense: list[dict[str, Any]] = field(default_factory=list)
+    rows: dict[str, dict[str, list[RunRecord]]]  # label -> budget -> runs
+    dense: list[RunRecord] = field(default_factory=list)
 
     @property
     def slug(self) -> str:
         return f"{self.model}_{self.dataset}_{self.recipe}_{self.epochs}ep_structured"
 
-    def _acc(self, runs: list[dict[str, Any]]) -> Cell:
-        return Cell([r[_COLUMN[self.metric]] for r in runs if r.get(_COLUMN[self.metric]) is not None])
+    def _acc(self, runs: list[RunRecord]) -> Cell:
+        return Cell([getattr(r, _COLUMN[self.metric]) for r in runs if getattr(r, _COLUMN[self.metric]) is not None])
 
     @property
     def dense_seconds(self) -> float | None:
-        return statistics.fmean(r["train_seconds"] for r in self.dense) if self.dense else None
+        return statistics.fmean(r.train_seconds or 0.0 for r in self.dense) if self.dense else None
 
     def to_markdown(self) -> str:
         dense = self._acc(self.dense) if self.dense else None
@@ -60,11 +60,11 @@ class StructuredTable:
                 runs = by_budget.get(budget)
                 if not runs:
                     continue
-                infos = [r["extra"]["structured"] for r in runs]
+                infos = [r.extra["structured"] for r in runs]
                 epochs = ", ".join(f"{i['pruned_epoch']}{'*' if i.get('forced') else ''}" for i in infos)
                 macs = statistics.fmean(i["macs_after"] / i["macs_before"] for i in infos)
                 params = statistics.fmean(i["params_after"] / i["params_before"] for i in infos)
-                secs = statistics.fmean(r["train_seconds"] for r in runs)
+                secs = statistics.fmean(r.train_seconds or 0.0 for r in runs)
                 ratio = f"{secs / self.dense_seconds:.2f}x" if self.dense_seconds else "–"
                 lat = statistics.fmean(i["latency_after_ms"] / i["latency_before_ms"] for i in infos)
                 lines.append(f"| {label} | {budget} | {self._acc(runs).text()} | {epochs} | {macs:.1%} | {params:.1%} | {ratio} | {lat:.2f}x |")
@@ -79,24 +79,25 @@ def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any)
         from ..errors import unknown
 
         raise unknown("metric", metric, METRICS)
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, ...], list[RunRecord]] = defaultdict(list)
     for row in db.runs(status="done", **filters):
-        cfg = row["config"]
+        cfg = row.config
         if cfg["method"] == DENSE:
             key = (cfg["model"], cfg["dataset"], cfg["recipe"], json.dumps(cfg["train"], sort_keys=True))
             groups[key].append(row)
     tables = []
     for (model, dataset, recipe, train_json), rows in sorted(groups.items()):
-        structured = [r for r in rows if r["config"].get("structured")]
+        structured = [r for r in rows if r.structured is not None]
         if not structured:
             continue
-        chosen = metric if metric != "auto" else rows[0]["config"].get("headline", "final")
-        by_label: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        chosen = metric if metric != "auto" else rows[0].config.get("headline", "final")
+        by_label: dict[str, dict[str, list[RunRecord]]] = defaultdict(lambda: defaultdict(list))
         for r in structured:
-            s = r["config"]["structured"]
-            by_label[structured_label(s)][s["budget"]].append(r)
+            run = r.run
+            assert isinstance(run, StructuredRun)
+            by_label[run.spec_text][str(run.budget)].append(r)
         budgets = sorted({b for v in by_label.values() for b in v}, key=lambda b: (b.split("=")[0], -float(b.split("=")[1])))
-        dense = [r for r in rows if not r["config"].get("structured")]
+        dense = [r for r in rows if r.structured is None]
         tables.append(StructuredTable(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, budgets,
                                       {k: dict(v) for k, v in sorted(by_label.items())}, dense))
     return tables
@@ -105,14 +106,14 @@ def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any)
 def plot_indicator(table: StructuredTable, path: str | Path) -> Path | None:
     """The indicator (EPI, or Early-Bird's mask distance) over training, the pruning point marked."""
     series = [(label, budget, r) for label, bb in table.rows.items() for budget, runs in bb.items() for r in runs[:1]
-              if r["extra"]["structured"]["trigger"] in ("epi", "early_bird")]
+              if r.extra["structured"]["trigger"] in ("epi", "early_bird")]
     if not series:
         return None
     fig = Figure(figsize=(7.5, 4.5), dpi=120)
     ax = fig.subplots()
     drawn = 0
     for label, budget, r in series:
-        info = r["extra"]["structured"]
+        info = r.extra["structured"]
         looks = info["looks"]
         xs = [lk["epoch"] + lk["step"] / max(1, max(x["step"] for x in looks)) for lk in looks]
         ys = info["trace"][: len(xs)]
@@ -141,10 +142,10 @@ def plot_cost(table: StructuredTable, path: str | Path) -> Path | None:
     fig = Figure(figsize=(7.0, 4.5), dpi=120)
     ax = fig.subplots()
     if table.dense and table.dense_seconds is not None:
-        ax.scatter([table.dense_seconds], [100 * statistics.fmean(r[_COLUMN[table.metric]] for r in table.dense)],
+        ax.scatter([table.dense_seconds], [100 * statistics.fmean(getattr(r, _COLUMN[table.metric]) for r in table.dense)],
                    marker="*", s=120, color="black", label="dense")
     for label, by_budget in table.rows.items():
-        pts = [(statistics.fmean(r["train_seconds"] for r in runs), 100 * statistics.fmean(r[_COLUMN[table.metric]] for r in runs), b)
+        pts = [(statistics.fmean(r.train_seconds or 0.0 for r in runs), 100 * statistics.fmean(getattr(r, _COLUMN[table.metric]) for r in runs), b)
                for b, runs in by_budget.items()]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=label, s=25)
         for x, y, b in pts:

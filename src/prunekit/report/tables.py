@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..experiments.config import DENSE, known_methods, method_options_class
-from ..experiments.db import ResultsDB
+from ..experiments.db import ResultsDB, RunRecord
+from ..experiments.kinds import DENSE, TrainingRun
+from ..experiments.spec import known_methods
 from ..files import atomic_write_text
+from ..methods import get_method
 from ..options import as_dict
 
 METRICS = {
@@ -172,26 +174,26 @@ class Table:
         return "\n\n".join(out)
 
 
-def _row_label(row: dict[str, Any]) -> str:
-    cfg = row["config"]
-    label = cfg["method"]
-    defaults = as_dict(method_options_class(cfg["method"])())
-    diff = {k: v for k, v in cfg["method_options"].items() if defaults.get(k) != v}
-    extras = [f"{k}={v}" for k, v in sorted(diff.items())]
-    if cfg.get("allocation") and cfg["method"] not in (DENSE,):
-        from ..methods import get_method
-
-        if cfg["method"] != "imp" and cfg["allocation"] != get_method(cfg["method"]).allocation:
-            extras.append(cfg["allocation"])
+def _row_label(row: RunRecord) -> str:
+    """The method, with the options and allocation that differ from its defaults, and the ablation."""
+    run = row.run
+    label = run.method
+    options = getattr(run, "options", None)
+    extras = []
+    if options is not None:
+        defaults = as_dict(type(options)())
+        extras = [f"{k}={v}" for k, v in sorted(as_dict(options).items()) if defaults.get(k) != v]
+    if isinstance(run, TrainingRun) and run.pruned and run.allocation != get_method(run.method).allocation:
+        extras.append(str(run.allocation))
     if extras:
         label += " [" + ", ".join(extras) + "]"
-    if cfg.get("ablation"):
-        label += f" ({cfg['ablation']})"
+    if row.ablation:
+        label += f" ({row.ablation})"
     return label
 
 
-def _group_key(row: dict[str, Any]) -> tuple[str, str, str, str]:
-    cfg = row["config"]
+def _group_key(row: RunRecord) -> tuple[str, str, str, str]:
+    cfg = row.config
     return (cfg["model"], cfg["dataset"], cfg["recipe"], json.dumps(cfg["train"], sort_keys=True))
 
 
@@ -204,14 +206,14 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
     """
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
     for row in db.runs(status="done", **filters):
-        if not row["config"].get("structured"):  # structured runs have their own tables (report.structured)
+        if row.structured is None:  # structured runs have their own tables (report.structured)
             groups[_group_key(row)].append(row)
     order = {m: i for i, m in enumerate(known_methods())}
     tables = []
     for (model, dataset, recipe, train_json), rows in sorted(groups.items()):
-        chosen = metric if metric != "auto" else rows[0]["config"].get("headline", "final")
+        chosen = metric if metric != "auto" else rows[0].config.get("headline", "final")
         col = _COLUMN[chosen]
         cells: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         layers: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(dict)
@@ -220,20 +222,20 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
         dense: list[float] = []
         sort_keys: dict[str, tuple] = {}
         for r in rows:
-            value = r.get(col)
+            value = getattr(r, col)
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue
-            if r["method"] == DENSE:
+            if r.method == DENSE:
                 dense.append(value)
                 continue
             label = _row_label(r)
-            sort_keys[label] = (order.get(r["method"], 99), r["config"].get("ablation") or "", label)
-            cells[label][r["sparsity"]].append(value)
-            if r.get("layers"):
-                layers[label].setdefault(r["sparsity"], r["layers"])
-                layer_runs[label][r["sparsity"]].append(r["layers"])
-            if r.get("effective_density") is not None:
-                effective[label][r["sparsity"]].append(r["effective_density"])
+            sort_keys[label] = (order.get(r.method, 99), r.ablation or "", label)
+            cells[label][r.sparsity].append(value)
+            if r.layers:
+                layers[label].setdefault(r.sparsity, r.layers)
+                layer_runs[label][r.sparsity].append(r.layers)
+            if r.effective_density is not None:
+                effective[label][r.sparsity].append(r.effective_density)
         sparsities = sorted({s for row in cells.values() for s in row})
         table_rows = {label: {s: Cell(v) for s, v in cells[label].items()} for label in sorted(cells, key=lambda label: sort_keys[label])}
         tables.append(
@@ -251,17 +253,18 @@ CSV_FIELDS = [
 ]
 
 
-def write_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+def write_csv(rows: Iterable[RunRecord], path: str | Path) -> Path:
     """Every run (any status), one line each, with its main config fields and metrics."""
     f = io.StringIO(newline="")
     w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
     w.writeheader()
     for r in rows:
-        versions = r.get("versions") or {}
-        out = {k: r.get(k) for k in CSV_FIELDS}
-        out["epochs"] = r["config"]["train"]["epochs"]
+        row = r.as_dict()
+        versions = r.versions or {}
+        out = {k: row.get(k) for k in CSV_FIELDS}
+        out["epochs"] = r.config["train"]["epochs"]
         out["prunekit"] = versions.get("prunekit")
         out["torch"] = versions.get("torch")
-        out["error"] = (r.get("error") or "").splitlines()[0] if r.get("error") else None
+        out["error"] = r.error.splitlines()[0] if r.error else None
         w.writerow(out)
     return atomic_write_text(path, f.getvalue())

@@ -9,18 +9,16 @@ runs still training (export again to update: each run's folder is rewritten). Ne
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..experiments.db import ResultsDB
+from ..experiments.db import ResultsDB, RunRecord
 
 
-def run_label(row: Mapping[str, Any]) -> str:
+def run_label(row: RunRecord) -> str:
     """A readable, unique folder name for a run."""
-    sparsity = row.get("sparsity") or 0.0
-    parts = [row.get("model"), row.get("method"), f"{float(sparsity):g}", f"seed{row.get('seed')}", row.get("key")]
+    parts = [row.model, row.method, f"{float(row.sparsity or 0.0):g}", f"seed{row.seed}", row.key]
     return "-".join(str(p) for p in parts if p is not None)
 
 
@@ -44,7 +42,7 @@ def export_tensorboard(out_dir: str | Path, **filters: Any) -> Path:
     root = out_dir / "tensorboard"
     with ResultsDB(db_path) as db:
         for row in db.runs(**filters):
-            epochs = db.epochs(row["key"])
+            epochs = db.epochs(row.key)
             if not epochs:
                 continue
             folder = root / run_label(row)

@@ -20,14 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..core.masks import Masks
 from ..data import Dataset, DeviceLoader
 from ..data.loader import mix_seed, normalization
-from ..masks import Masks
 from ..training import Callback, TrainConfig, TrainingDiverged, TrainResult, atomic_save, load_checkpoint, summarize
 from ..training.checkpoint import CheckpointError
 from ..training.core import (
     check_resumable,
     checkpoint_state,
+    drop_last_batch,
     epoch_metrics,
     make_optimizer,
     rng_state,
@@ -85,6 +86,11 @@ class MemberView:
     def history(self) -> list[dict[str, Any]]:
         return self._trainer.histories[self.member]
 
+    @property
+    def train_loader(self) -> Any:
+        """The group's loader (its length is each member's steps per epoch)."""
+        return self._trainer.train_loader
+
 
 def checkpoint_epoch(path: Path | None) -> int:
     """The number of finished epochs in a single-run checkpoint (0 when there is none)."""
@@ -116,7 +122,7 @@ class StackedTrainer:
         self.train_loader = StackedLoader(
             images, labels, [s[0] for s in splits], [mix_seed(m.seed, 0x7EA1) for m in self.members], config.batch_size,
             scale=scale, shift=shift, shuffle=True, augment=augment, crop_padding=info.crop_padding,
-            drop_last=n_train % config.batch_size == 1, dtype=dtype,
+            drop_last=drop_last_batch(n_train, config.batch_size), dtype=dtype,
         )
         self.val_loader = None
         val_indices = [s[1] for s in splits]
@@ -231,6 +237,13 @@ class StackedTrainer:
         self._enforce()
         return losses.detach(), (out.detach().argmax(-1) == y).sum(1), y.shape[1]
 
+    def _call(self, views: list[MemberView], hook: str, *args: Any) -> None:
+        """Every member's callbacks, with the member's view standing for its trainer (the hooks and
+        order of :class:`~prunekit.training.Trainer`: the same callbacks work in both)."""
+        for view, member in zip(views, self.members):
+            for cb in member.callbacks:
+                getattr(cb, hook)(view, *args)
+
     def fit(self, progress: bool = False, desc: str = "stacked") -> list[TrainResult | TrainingDiverged]:
         cfg = self.config
         steps = len(self.train_loader)
@@ -238,9 +251,12 @@ class StackedTrainer:
         self._enforce()
         views = [MemberView(self, k) for k in range(self.n)]
         bar = tqdm(total=cfg.epochs, initial=self.epoch, desc=f"{desc} x{self.n}", unit="ep", disable=not progress, leave=False)
+        self._call(views, "on_fit_start")
         for epoch in range(self.epoch, cfg.epochs):
+            self._call(views, "on_epoch_start", epoch)
             self.train_loader.set_epoch(epoch)
-            totals = train_epoch(self.train_loader, steps, self._step, self.optimizer, cfg, epoch, self.n, self.device)
+            totals = train_epoch(self.train_loader, steps, self._step, self.optimizer, cfg, epoch, self.n, self.device,
+                                 lambda i: self._call(views, "on_batch_end", i))
             self.train_seconds += totals.seconds
             self.images += totals.samples
             self.epoch = epoch + 1
@@ -260,6 +276,7 @@ class StackedTrainer:
                     atomic_save(self.member_checkpoint(k), member.checkpoint)
             bar.set_postfix_str(f"test acc {sum(test_acc) / self.n:.4f} (mean)")
             bar.update(1)
+        self._call(views, "on_fit_end")
         bar.close()
         results: list[TrainResult | TrainingDiverged] = []
         for k, member in enumerate(self.members):

@@ -7,16 +7,18 @@ when to prune (EPI, Early-Bird).
     fit(model, ds, cfg, callbacks=[prunekit.structured.EarlyPruning("macs=0.5", trigger="epi")])
 """
 
-from .early import TRIGGERS, EarlyPruning, StructuredOptions, parse_structured
-from .graph import ChannelGraph, count_macs_params, parse_budget
+from .early import TRIGGERS, EarlyPruning, StructuredOptions, check_structured, parse_structured
+from .graph import BUDGET_KINDS, Budget, ChannelGraph, count_macs_params, parse_budget
 from .importance import ChannelImportance, get_importance, list_importances, register_importance
 from .indicator import EPI_THRESHOLDS, EarlyBirdTracker, EPITracker, epi, hamming, psi
 from .plan import ChannelPlan, plan_channels
 from .remove import remove_channels, remove_channels_and_carry
 
 __all__ = [
+    "BUDGET_KINDS",
     "EPI_THRESHOLDS",
     "TRIGGERS",
+    "Budget",
     "ChannelGraph",
     "ChannelImportance",
     "ChannelPlan",
@@ -24,6 +26,7 @@ __all__ = [
     "EarlyBirdTracker",
     "EarlyPruning",
     "StructuredOptions",
+    "check_structured",
     "count_macs_params",
     "epi",
     "get_importance",

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..options import option
 from ..training.callbacks import Callback
-from .graph import ChannelGraph, call, parse_budget
+from .graph import Budget, ChannelGraph, call, parse_budget
 from .importance import get_importance, group_importances
 from .indicator import EPI_THRESHOLDS, EarlyBirdTracker, EPITracker
 from .plan import ChannelPlan, _knapsack, check_min_keep
@@ -44,63 +44,77 @@ TRIGGERS = {
 }
 
 
+@dataclass(frozen=True)
+class StructuredOptions:
+    """Options of a structured early-pruning run (the ``--structured`` spec of ``prunekit run``)."""
+
+    importance: str = option("l1", "channel importance: l1, l2, bn_scale or taylor")
+    prune_at: int | None = option(None, "trigger epoch: the epoch to prune at (0: at initialisation)", min=0)
+    finetune_epochs: int | None = option(None, "trigger after_training: epochs of fine-tuning (default: a quarter)", min=1)
+    evals_per_epoch: int = option(4, "looks of the indicator per epoch", min=1)
+    tau: float | None = option(None, "EPI threshold (default 0.983 magnitude, 0.944 taylor)", min=0.0, max=1.0)
+    window: int = option(20, "EPI window r: sub-networks compared", min=1)
+    eb_threshold: float = option(0.1, "Early-Bird: largest mask distance that counts as settled", min=0.0, max=1.0)
+    eb_window: int = option(5, "Early-Bird: masks compared", min=1)
+    latest: float = option(0.5, "prune by this fraction of training even if the indicator has not fired", min=0.0, max=1.0, min_exclusive=True)
+    min_keep: float = option(0.1, "every group keeps at least this fraction of its channels (and one)", min=0.0, max=0.99)
+
+
+def check_structured(trigger: str, options: StructuredOptions) -> StructuredOptions:
+    """Refuse a trigger, importance or trigger/option combination that cannot run (before anything trains)."""
+    if trigger not in TRIGGERS:
+        raise ConfigError(f"unknown structured trigger {trigger!r}; valid triggers: {', '.join(TRIGGERS)}")
+    get_importance(options.importance)
+    if trigger == "epoch" and options.prune_at is None:
+        raise ConfigError("structured trigger 'epoch' needs prune_at=N (e.g. 'epoch:prune_at=5')")
+    check_min_keep(options.min_keep)
+    return options
+
+
 class EarlyPruning(Callback):
     """Structured pruning early in training (see the module docstring).
 
     Args:
-        budget: ``"macs=F"`` or ``"params=F"``.
+        budget: ``"macs=F"`` or ``"params=F"`` (or a :class:`~prunekit.structured.Budget`).
         trigger: one of :data:`TRIGGERS`.
-        importance: channel importance of the sub-networks EPI watches and of the final pruning
-            (Early-Bird always watches ``bn_scale`` masks, and prunes with ``importance``).
-        prune_at: the epoch of ``trigger="epoch"``.
-        finetune_epochs: for ``"after_training"`` (default: a quarter of the epochs).
-        evals_per_epoch: how often the indicator looks, per epoch (default 4, so that a
-            20-epoch recipe gets enough looks for a 20-wide window).
-        tau, window: EPI's threshold (default by importance family) and window ``r``.
-        eb_threshold, eb_window: Early-Bird's distance threshold and window.
-        latest: the fraction of training by which pruning happens even if the indicator has not fired.
-        min_keep: every group keeps at least this fraction of its channels (and one).
+        options: a :class:`StructuredOptions`, or its fields as keyword arguments (``importance=``,
+            ``prune_at=``, ``evals_per_epoch=``, ...; see :class:`StructuredOptions` for each one's
+            meaning and default). ``importance`` is the channel importance of the sub-networks EPI
+            watches and of the final pruning (Early-Bird always watches ``bn_scale`` masks, and
+            prunes with ``importance``).
         example_inputs: one input batch for tracing (default: the first training batch).
     """
 
     def __init__(
         self,
-        budget: str = "macs=0.5",
+        budget: str | Budget = "macs=0.5",
         *,
         trigger: str = "epi",
-        importance: str = "l1",
-        prune_at: int | None = None,
-        finetune_epochs: int | None = None,
-        evals_per_epoch: int = 4,
-        tau: float | None = None,
-        window: int = 20,
-        eb_threshold: float = 0.1,
-        eb_window: int = 5,
-        latest: float = 0.5,
-        min_keep: float = 0.1,
+        options: StructuredOptions | None = None,
         example_inputs: Any = None,
+        **values: Any,
     ):
+        from ..options import build
+
         self.budget = parse_budget(budget)
-        if trigger not in TRIGGERS:
-            raise ConfigError(f"unknown trigger {trigger!r}; valid triggers: {', '.join(TRIGGERS)}")
+        if options is not None and values:
+            raise ConfigError(f"give options= or option keywords ({', '.join(values)}), not both")
+        if options is None:
+            options = build(StructuredOptions, values, f"structured trigger {trigger!r}")
+        self.options = check_structured(trigger, options)
+        importance, prune_at, tau = options.importance, options.prune_at, options.tau
         imp = get_importance(importance)
-        if trigger == "epoch" and (prune_at is None or isinstance(prune_at, bool) or not isinstance(prune_at, int) or prune_at < 0):
-            raise ConfigError(f"trigger 'epoch' needs prune_at= an epoch >= 0, got {prune_at!r}")
-        if isinstance(evals_per_epoch, bool) or not isinstance(evals_per_epoch, int) or evals_per_epoch < 1:
-            raise ConfigError(f"evals_per_epoch must be an integer >= 1, got {evals_per_epoch!r}")
-        if not 0.0 < latest <= 1.0:
-            raise ConfigError(f"latest must be a fraction of training in (0, 1], got {latest!r}")
         self.trigger = trigger
         self.importance = importance
         self.prune_at = prune_at
-        self.finetune_epochs = finetune_epochs
-        self.evals_per_epoch = evals_per_epoch
-        self.latest = latest
-        self.min_keep = check_min_keep(min_keep)
+        self.finetune_epochs = options.finetune_epochs
+        self.evals_per_epoch = options.evals_per_epoch
+        self.latest = options.latest
+        self.min_keep = options.min_keep
         self.example_inputs = example_inputs
         tau = tau if tau is not None else EPI_THRESHOLDS["gradient" if imp.needs_gradients else "magnitude"]
-        self.epi = EPITracker(tau, window)
-        self.early_bird = EarlyBirdTracker(eb_threshold, eb_window)
+        self.epi = EPITracker(tau, options.window)
+        self.early_bird = EarlyBirdTracker(options.eb_threshold, options.eb_window)
         self.looks: list[dict[str, Any]] = []  # (epoch, step) of every look
         self.plan: ChannelPlan | None = None  # set when pruned
         self.pruned_model: nn.Module | None = None  # the smaller model training went on with
@@ -275,7 +289,7 @@ class EarlyPruning(Callback):
         return {
             "trigger": self.trigger,
             "importance": self.importance,
-            "budget": f"{self.budget[0]}={self.budget[1]:g}",
+            "budget": str(self.budget),
             "pruned_epoch": self.pruned_epoch,
             "forced": self.forced,
             "fired_at_look": self.epi.fired_at if self.trigger == "epi" else self.early_bird.fired_at,
@@ -293,8 +307,8 @@ class EarlyPruning(Callback):
 
 def _batch_gradients(model: nn.Module, loader: Any, batches: int) -> dict[str, Tensor]:
     """Gradients of ``batches`` training batches summed, on a copy (the model is not touched)."""
+    from ..core.outputs import logits_of
     from ..methods.context import default_loss
-    from ..outputs import logits_of
 
     work = copy.deepcopy(model).train()
     with torch.random.fork_rng(devices=[]):
@@ -305,25 +319,9 @@ def _batch_gradients(model: nn.Module, loader: Any, batches: int) -> dict[str, T
     return {n: p.grad.detach().clone() for n, p in work.named_parameters() if p.grad is not None}
 
 
-@dataclass(frozen=True)
-class StructuredOptions:
-    """Options of a structured early-pruning run (the ``--structured`` spec of ``prunekit run``)."""
-
-    importance: str = option("l1", "channel importance: l1, l2, bn_scale or taylor")
-    prune_at: int | None = option(None, "trigger epoch: the epoch to prune at (0: at initialisation)", min=0)
-    finetune_epochs: int | None = option(None, "trigger after_training: epochs of fine-tuning (default: a quarter)", min=1)
-    evals_per_epoch: int = option(4, "looks of the indicator per epoch", min=1)
-    tau: float | None = option(None, "EPI threshold (default 0.983 magnitude, 0.944 taylor)", min=0.0, max=1.0)
-    window: int = option(20, "EPI window r: sub-networks compared", min=1)
-    eb_threshold: float = option(0.1, "Early-Bird: largest mask distance that counts as settled", min=0.0, max=1.0)
-    eb_window: int = option(5, "Early-Bird: masks compared", min=1)
-    latest: float = option(0.5, "prune by this fraction of training even if the indicator has not fired", min=0.0, max=1.0, min_exclusive=True)
-    min_keep: float = option(0.1, "every group keeps at least this fraction of its channels (and one)", min=0.0, max=0.99)
-
-
-def parse_structured(spec: str) -> tuple[str, dict[str, Any]]:
+def parse_structured(spec: str) -> tuple[str, StructuredOptions]:
     """``"epi"`` or ``"epoch:prune_at=3,importance=taylor"`` -> ``(trigger, validated options)``."""
-    from ..options import as_dict, build, parse_value
+    from ..options import build, parse_value
 
     if not isinstance(spec, str) or not spec:
         raise ConfigError(f"structured must be a trigger ({', '.join(TRIGGERS)}), optionally with ':name=value,...'; got {spec!r}")
@@ -336,8 +334,4 @@ def parse_structured(spec: str) -> tuple[str, dict[str, Any]]:
             raise ConfigError(f"structured option {pair!r} must be name=value")
         name, _, text = pair.partition("=")
         values[name.strip()] = parse_value(StructuredOptions, name.strip(), text.strip(), f"structured trigger {trigger!r}")
-    opts = as_dict(build(StructuredOptions, values, f"structured trigger {trigger!r}"))
-    get_importance(opts["importance"])
-    if trigger == "epoch" and opts["prune_at"] is None:
-        raise ConfigError("structured trigger 'epoch' needs prune_at=N (e.g. 'epoch:prune_at=5')")
-    return trigger, opts
+    return trigger, check_structured(trigger, build(StructuredOptions, values, f"structured trigger {trigger!r}"))

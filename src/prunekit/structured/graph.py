@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -240,8 +240,23 @@ def count_macs_params(model: nn.Module, example_inputs: Any) -> tuple[float, int
     return macs, sum(p.numel() for p in model.parameters())
 
 
-def parse_budget(budget: str | Mapping[str, float]) -> tuple[str, float]:
-    """``"macs=0.5"`` / ``"params=0.3"`` / ``{"macs": 0.5}`` -> ``(kind, fraction kept)``."""
+BUDGET_KINDS = {"macs": "multiply-accumulates per sample", "params": "parameters"}
+
+
+class Budget(NamedTuple):
+    """What a structured plan keeps: ``fraction`` of the network's ``kind`` (``str``: ``"macs=0.5"``)."""
+
+    kind: str
+    fraction: float
+
+    def __str__(self) -> str:
+        return f"{self.kind}={self.fraction:g}"
+
+
+def parse_budget(budget: str | Budget | Mapping[str, float]) -> Budget:
+    """``"macs=0.5"`` / ``"params=0.3"`` / ``{"macs": 0.5}`` -> :class:`Budget` (validated once)."""
+    if isinstance(budget, Budget):
+        return budget
     items: list[tuple[str, Any]]
     if isinstance(budget, Mapping):
         items = list(budget.items())
@@ -252,10 +267,10 @@ def parse_budget(budget: str | Mapping[str, float]) -> tuple[str, float]:
         except ValueError:
             raise ConfigError(f"budget {budget!r}: the fraction after '=' must be a number") from None
     else:
-        raise ConfigError(f"budget must be 'macs=F' or 'params=F' (F: the fraction kept, in (0, 1)), got {budget!r}")
-    if len(items) != 1 or items[0][0] not in ("macs", "params"):
-        raise ConfigError(f"budget must name one of macs, params; got {budget!r}")
+        raise ConfigError(f"budget must be {' or '.join(k + '=F' for k in BUDGET_KINDS)} (F: the fraction kept, in (0, 1)), got {budget!r}")
+    if len(items) != 1 or items[0][0] not in BUDGET_KINDS:
+        raise ConfigError(f"budget must name one of {', '.join(BUDGET_KINDS)}; got {budget!r}")
     kind, value = items[0]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0.0 < value < 1.0:
         raise ConfigError(f"budget fraction must be in (0, 1) (the share of {kind} kept), got {value!r}")
-    return kind, float(value)
+    return Budget(kind, float(value))

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..batches import BatchStream
+from ..core.batches import BatchStream
+from ..core.outputs import logits_of
 from ..errors import ConfigError
 from ..methods.context import default_loss, model_device, model_dtype
-from ..outputs import logits_of
 from .graph import ChannelGraph, call, parse_budget
 from .importance import get_importance, group_importances
 

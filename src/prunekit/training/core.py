@@ -51,6 +51,14 @@ def split_dataset(train: Any, config: TrainConfig, seed: int) -> tuple[Any, Any]
     return part, None if val_idx is None else train.subset(val_idx)
 
 
+def drop_last_batch(n: int, batch_size: int, world: int = 1) -> bool:
+    """Whether an epoch of ``n`` samples drops its last, incomplete batch: when it would hold a single
+    sample (BatchNorm cannot train on one) or fewer samples than data-parallel ranks. The one rule of
+    every trainer (one model, stacked members, data-parallel ranks)."""
+    rest = n % batch_size
+    return rest == 1 or 0 < rest < world
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's learning rate (a no-op write when unchanged)."""
     for group in optimizer.param_groups:

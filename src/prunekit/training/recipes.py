@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..errors import unknown
+from ..errors import ConfigError, unknown
 from .config import TrainConfig
 
 
@@ -128,6 +128,32 @@ RECIPES: dict[str, Recipe] = {
         ),
     ]
 }
+
+
+# datasets a recipe written for one of them suits (same images, sizes and classes)
+DATASET_FAMILIES = {"mnist": ("mnist", "fashion-mnist"), "fashion-mnist": ("fashion-mnist", "mnist"),
+                    "cifar10": ("cifar10", "cifar10-jpg"), "cifar10-jpg": ("cifar10-jpg", "cifar10"), "cifar100": ("cifar100",)}
+# the recipe of a dataset family when no recipe names the model: prunekit's CPU-sized ones
+FAMILY_DEFAULTS = {"mnist": "lenet-fmnist", "fashion-mnist": "lenet-fmnist", "cifar10": "cifar-cpu", "cifar10-jpg": "cifar-cpu",
+                   "cifar100": "cifar-cpu"}
+
+
+def default_recipe(model: str, dataset: str) -> Recipe:
+    """The recipe for ``model`` on ``dataset`` when none is named: the first recipe written for this
+    model on this dataset, then on its family (e.g. CIFAR-10 for CIFAR-10-jpg), then the family's
+    CPU-sized default (``lenet-fmnist`` for MNIST-like data, ``cifar-cpu`` for CIFAR).
+
+    Raises:
+        ConfigError: no recipe suits the dataset (name one with ``recipe=``).
+    """
+    family = DATASET_FAMILIES.get(dataset, (dataset,))
+    for wanted in family:
+        for r in RECIPES.values():
+            if r.dataset == wanted and (r.model == model or model in r.model_overrides or model in r.model_kwargs):
+                return r
+    if dataset in FAMILY_DEFAULTS:
+        return RECIPES[FAMILY_DEFAULTS[dataset]]
+    raise ConfigError(f"no recipe is written for dataset {dataset!r}; name one (recipe=, --recipe): {', '.join(RECIPES)}")
 
 
 def list_recipes() -> list[str]:

@@ -13,19 +13,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import inputs as inp
+from ..core import inputs as inp
+from ..core.masks import Masks
+from ..core.outputs import OutputFn, checked_output_fn
 from ..data import Dataset, DeviceLoader
 from ..data.loader import mix_seed
 from ..distributed import check_replicas, decided_by_rank0, rank, world_size
 from ..errors import ConfigError, DataError, PrunekitError
-from ..masks import Masks
-from ..outputs import OutputFn, checked_output_fn
 from .callbacks import Callback, Checkpoint, Evaluate, ProgressBar
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
 from .core import (
     check_resumable,
     checkpoint_state,
+    drop_last_batch,
     epoch_metrics,
     make_optimizer,
     rng_state,
@@ -122,7 +123,7 @@ class Trainer:
     ``train_loader`` is prunekit's :class:`~prunekit.data.DeviceLoader` or any re-iterable of
     ``(inputs, targets)`` batches with a length (a ``DataLoader``): inputs a tensor, a tuple
     (``model(*inputs)``) or a dict (``model(**inputs)``). The loss is ``loss_fn(output_fn(outputs),
-    targets)``: cross-entropy on the logits by default (:mod:`prunekit.outputs` finds them in a
+    targets)``: cross-entropy on the logits by default (:mod:`prunekit.core.outputs` finds them in a
     tensor, tuple, dict or ``ModelOutput``); training accuracy is counted when the logits are
     ``(batch, classes)`` and the targets class indices.
 
@@ -279,10 +280,10 @@ def build_loaders(
     channels_last = precision.channels_last
     augment = info.augment if config.augment is None else config.augment
     common: dict[str, Any] = dict(device=device, mean=info.mean, std=info.std, channels_last=channels_last, dtype=dtype)
-    rest = len(train) % config.batch_size  # a last batch of 1 (BN) or with fewer samples than ranks is dropped
     train_loader = DeviceLoader(
         train, config.batch_size, shuffle=True, augment=augment, crop_padding=info.crop_padding,
-        seed=mix_seed(seed, 0x7EA1), drop_last=rest == 1 or 0 < rest < world_size(), shard=(rank(), world_size()), **common,
+        seed=mix_seed(seed, 0x7EA1), drop_last=drop_last_batch(len(train), config.batch_size, world_size()), shard=(rank(), world_size()),
+        **common,
     )
     evals = {}
     if val is not None:

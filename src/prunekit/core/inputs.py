@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .errors import DataError
+from ..errors import DataError
 
 Inputs = Any  # Tensor | tuple | list | Mapping[str, Any]
 

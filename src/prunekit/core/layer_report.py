@@ -172,7 +172,7 @@ def compare_masks(a: Mapping[str, Tensor], b: Mapping[str, Tensor], labels: tupl
     Raises:
         MaskError: the two masks do not cover the same tensors with the same shapes.
     """
-    from .errors import MaskError
+    from ..errors import MaskError
 
     if list(a) != list(b) or any(tuple(a[n].shape) != tuple(b[n].shape) for n in a):
         raise MaskError("compare_masks needs two masks over the same parameters with the same shapes")

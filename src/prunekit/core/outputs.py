@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from .errors import ScoreError
+from ..errors import ScoreError
 
 OutputFn = Callable[[Any], Tensor]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor
 
+from ..errors import ConfigError, DataError
 from . import inputs as inp
-from .errors import ConfigError, DataError
 
 Batch = tuple[inp.Inputs, Tensor]
 
@@ -21,7 +21,7 @@ Batch = tuple[inp.Inputs, Tensor]
 class BatchStream:
     """Batches from ``data``, moved to ``device``; restarts ``data`` when it runs out.
 
-    Inputs may be a tensor, a tuple or a mapping of tensors (:mod:`prunekit.inputs`). Floating-point
+    Inputs may be a tensor, a tuple or a mapping of tensors (:mod:`prunekit.core.inputs`). Floating-point
     input tensors are cast to ``dtype`` (the model's parameter dtype) so that a float64 model can be
     scored with float32 data; integer ones (token ids, attention masks) keep their dtype.
     """

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import MaskFileError
-from .files import atomic_torch_save
+from ..errors import MaskFileError
+from ..files import atomic_torch_save
 
 FILE_FORMAT = "prunekit-masks"
 FILE_VERSION = 1

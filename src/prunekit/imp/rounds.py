@@ -36,35 +36,54 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..allocation import select
+from ..core.allocation import density_schedule, select
+from ..core.masks import Masks
 from ..data import Dataset
 from ..files import atomic_write_json
-from ..masks import Masks
+from ..options import option
 from ..training import Callback, TrainConfig, TrainResult, atomic_save, fit
 from ..training.precision import Precision
 
-SCHEDULES = {
-    "fraction": "remove `fraction` of the remaining weights per round until the target (lottery tickets)",
-    "num": "`rounds` rounds removing the same number of weights each (AutoSparse's teacher)",
-    "pct": "`rounds` rounds removing the same fraction of the remaining weights each: d^(k/rounds)",
-}
+# IRP's schedule names (AutoSparse's code) for the density schedules of prunekit.core.allocation
+IRP_SCHEDULES = {"num": "linear", "pct": "exponential"}
+
+
+@dataclass(frozen=True)
+class ImpOptions:
+    """Iterative magnitude pruning with rewinding (lottery tickets), and IRP (AutoSparse's teacher)."""
+
+    fraction: float = option(0.2, "fraction of the remaining weights pruned per round (open_lth: 0.2)", min=0.0, max=0.99, min_exclusive=True)
+    rewind_epoch: int = option(0, "rewind survivors to their value after this many epochs (0: to initialization)", min=0)
+    allocation: str = option("global", "global magnitude ranking (open_lth) or layerwise", choices=("global", "layerwise"))
+    schedule: str = option(
+        "fraction", "fraction: (1 - fraction)^k, lottery tickets; num: the linear density schedule over `rounds` rounds; "
+        "pct: the exponential one (AutoSparse's IRP names)", choices=("fraction", *IRP_SCHEDULES), since="0.2",
+    )
+    rounds: int = option(20, "pruning rounds of the num / pct schedules", min=1, since="0.2")
+    scorer: str = option("magnitude", "per-round ranking: magnitude or snip (|theta * g| of the current weights)",
+                         choices=("magnitude", "snip"), since="0.2")
+    prune_first: bool = option(False, "prune round 1 on the initial weights, no dense round (AutoSparse's IRP)", since="0.2")
+
+    def densities(self, target_density: float) -> list[float]:
+        """Densities after each pruning round, the last one exactly the target."""
+        return imp_densities(target_density, self.fraction, self.schedule, self.rounds)
 
 
 def imp_densities(target_density: float, fraction: float, schedule: str = "fraction", rounds: int = 20) -> list[float]:
     """Densities after each pruning round, the last one exactly the target.
 
-    ``"fraction"``: ``(1-fraction)^k``; ``"num"``: ``1 - (1-d) k / rounds``; ``"pct"``: ``d^(k / rounds)``.
+    ``"fraction"``: ``(1-fraction)^k``; ``"num"`` and ``"pct"``: the linear and exponential density
+    schedules of :func:`prunekit.core.allocation.density_schedule` over ``rounds`` rounds.
     """
-    if schedule == "num":
-        return [1.0 - (1.0 - target_density) * k / rounds for k in range(1, rounds)] + [target_density]
-    if schedule == "pct":
-        return [target_density ** (k / rounds) for k in range(1, rounds)] + [target_density]
+    if schedule in IRP_SCHEDULES:
+        return density_schedule(target_density, rounds, IRP_SCHEDULES[schedule])
     count = max(1, math.ceil(math.log(target_density) / math.log(1.0 - fraction) - 1e-9))
     return [max(target_density, (1.0 - fraction) ** k) for k in range(1, count)] + [target_density]
 
@@ -127,11 +146,9 @@ def run_imp(
     model: nn.Module,
     dataset: Dataset,
     config: TrainConfig,
+    options: ImpOptions,
     *,
     sparsity: float,
-    fraction: float,
-    rewind_epoch: int,
-    allocation: str,
     prunable: list[str],
     device: torch.device,
     seed: int,
@@ -139,33 +156,31 @@ def run_imp(
     epoch_callbacks: Callable[[int], list[Callback]] = lambda r: [],
     progress: bool | None = None,
     donors: Iterable[Path] = (),
-    schedule: str = "fraction",
-    rounds: int = 20,
-    scorer: str = "magnitude",
-    prune_first: bool = False,
     scoring_data: Callable[[], Any] | None = None,
     precision: Precision | None = None,
 ) -> tuple[Masks, TrainResult, list[dict[str, Any]]]:
     """Run IMP on ``model`` (modified: it ends as the trained final ticket).
 
     Args:
+        options: the rounds' schedule, rewinding, allocation and ranking (:class:`ImpOptions`).
         prunable: parameter names to prune.
         workdir: where rounds' masks, checkpoints and the rewind point are kept.
         epoch_callbacks: ``round -> callbacks`` added to every round's training (e.g. DB logging).
         donors: work directories of IMP runs identical but for the target sparsity, whose common
             rounds this run may take over (only when it starts from nothing).
-        schedule, rounds: the density schedule (:data:`SCHEDULES`) and, for ``num``/``pct``, its rounds.
-        scorer: ``"magnitude"`` or ``"snip"`` (``|theta * g|`` on ``scoring_data()`` batches).
-        prune_first: prune round 1 on the initial weights, with no dense training round (IRP).
+        scoring_data: ``() -> batches`` for ``scorer="snip"`` (``|theta * g|`` on them).
         precision: every round's training precision (default: what ``config`` resolves to on ``device``).
 
     Returns:
         ``(final masks, final round's TrainResult, per-round summaries)``.
     """
+    if not isinstance(options, ImpOptions):
+        raise TypeError(f"options must be ImpOptions, got {type(options).__name__}")
+    rewind_epoch, scorer, prune_first = options.rewind_epoch, options.scorer, options.prune_first
     workdir.mkdir(parents=True, exist_ok=True)
     state_path = workdir / "state.json"
-    densities = imp_densities(1.0 - sparsity, fraction, schedule, rounds)
-    settings = {"fraction": fraction, "rewind_epoch": rewind_epoch, "seed": seed, "scorer": scorer, "prune_first": prune_first}
+    densities = options.densities(1.0 - sparsity)
+    settings = {"fraction": options.fraction, "rewind_epoch": rewind_epoch, "seed": seed, "scorer": scorer, "prune_first": prune_first}
     if state_path.is_file():
         state = json.loads(state_path.read_text())
     else:
@@ -195,7 +210,7 @@ def run_imp(
                 scores = _snip_scores(model, trained, prunable, previous, scoring_data, seed)
             else:
                 scores = {n: trained[n].abs() for n in prunable}
-            kept = select(scores, densities[rnd - 1], allocation, None if previous is None else dict(previous))
+            kept = select(scores, densities[rnd - 1], options.allocation, None if previous is None else dict(previous))
             meta = {"method": "imp", "round": rnd, "density": densities[rnd - 1], **settings}
             Masks(kept, meta).save(mask_file)
         masks = Masks.load(mask_file) if rnd > 0 else None
@@ -243,7 +258,7 @@ def _snip_scores(
     """``|theta * g|`` of the pruned network at ``weights`` (IRP's SNIP scorer), on a copy."""
     import copy
 
-    from ..pruning import score
+    from ..core.pruning import score
 
     if scoring_data is None:
         raise ValueError("scorer='snip' needs scoring_data")

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .parametrized import mask_parametrization, named_weights
 
 PRUNABLE_MODULE_TYPES: tuple[type[nn.Module], ...] = (

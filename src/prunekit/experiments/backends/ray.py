@@ -22,17 +22,19 @@ import json
 import os
 import secrets
 import socket
-import traceback
-from collections.abc import Callable
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import ConfigError, DataError
-from ..training import Callback
-from .config import ResolvedRun, resolve_config
-from .db import Heartbeat, ResultsDB
+from ...errors import ConfigError, DataError
+from ...training import Callback
+from ..kinds import DatasetCache, Run, RunContext
+from ..lifecycle import EnvironmentFailure, Lifecycle, Trained
+from ..record import result_fields
+from ..spec import from_config
 
 RETRIES = 3  # worker deaths retried by Ray per run
 _WORKER_DATASETS: dict[str | None, Any] = {}  # per worker process: Ray reuses workers, so data loads once per worker
@@ -47,7 +49,7 @@ def import_ray() -> Any:
 
 
 class _Collect(Callback):
-    """Per-epoch metrics of an IMP run's rounds, kept for the driver (phase: the round)."""
+    """Per-epoch metrics of a run (of an IMP run's rounds: phase the round), kept for the driver."""
 
     def __init__(self, rows: list[tuple[int, dict[str, Any]]], phase: int):
         self.rows, self.phase = rows, phase
@@ -58,11 +60,6 @@ class _Collect(Callback):
 
 def train_on_worker(config: dict[str, Any], out_dir: str, data_dir: str | None, marker: str, device_name: str, threads: int) -> dict[str, Any]:
     """What a Ray task runs: one run, trained where Ray placed it; returns its row for the driver."""
-    import time
-
-    from .execute import DatasetCache, execute
-    from .record import result_fields
-
     begin = time.perf_counter()
     out = Path(out_dir)
     host = socket.gethostname()
@@ -72,7 +69,7 @@ def train_on_worker(config: dict[str, Any], out_dir: str, data_dir: str | None, 
             "every node sees (NFS or a cluster file system), at the same path"
         )
     torch.set_num_threads(max(1, threads))
-    run = resolve_config(config)
+    run = from_config(config)
     run_dir = out / "runs" / run.key
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "worker.json").write_text(json.dumps({"host": host, "pid": os.getpid()}))
@@ -83,66 +80,48 @@ def train_on_worker(config: dict[str, Any], out_dir: str, data_dir: str | None, 
             resumed = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"])
         except Exception:  # an unreadable checkpoint is dealt with (and reported) by the training itself
             resumed = None
-    if device_name == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_name)
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device_name == "auto" else device_name)
     datasets = _WORKER_DATASETS.setdefault(data_dir, DatasetCache(data_dir))
     datasets.get(run.dataset)
     loaded = time.perf_counter()
-    rounds: list[tuple[int, dict[str, Any]]] = []
-    done = execute(run, run_dir, datasets=datasets, device=device, imp_callbacks=lambda r: [_Collect(rounds, r)], progress=False)
-    extra = dict(done.extra)
-    extra["ray"] = {
+    epochs: list[tuple[int, dict[str, Any]]] = []
+    done = run.execute(RunContext(run_dir, datasets, device, epoch_callbacks=lambda phase: [_Collect(epochs, phase)], progress=False))
+    done.extra["ray"] = {
         "host": host, "pid": os.getpid(), "resumed_from_epoch": resumed,
         "data_seconds": loaded - begin, "task_seconds": time.perf_counter() - begin,
     }
-    results = result_fields(done.model, done.masks, done.result, run_dir, datasets.get(run.dataset), device, extra, done.train_seconds)
-    epochs = rounds if rounds else [(0, dict(h)) for h in done.result.history]
-    return {"results": results, "epochs": epochs}
+    if not any(phase for phase, _ in epochs):  # one phase: its whole history (a retried task trained only the epochs after the checkpoint)
+        epochs = [(0, dict(h)) for h in done.result.history]
+    return {"results": result_fields(done, run_dir, datasets.get(run.dataset), device), "epochs": epochs}
 
 
-def run_on_ray(
-    runs: list[ResolvedRun],
-    out_dir: Path,
-    db: ResultsDB,
-    owner: str,
-    *,
-    data_dir: str | None,
-    device: torch.device,
-    address: str | None,
-    retry_failed: bool,
-    claimed_elsewhere: Callable[[str], Any],
-    finished: Callable[[str, str, dict[str, Any] | None], None],
-) -> None:
-    """Train ``runs`` as Ray tasks; record each outcome in ``db`` (this process is its only writer).
+class RayBackend:
+    """Every claimed run a Ray task; the driver (this process) is the only writer of the database.
 
-    ``claimed_elsewhere(key)`` reports a run another process holds; ``finished(key, status, row)``
-    reports each run the driver recorded.
+    Args:
+        address: the Ray cluster (``"auto"``, ``"HOST:PORT"``); None starts a local Ray instance.
     """
-    ray = import_ray()
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    from .run import failure_kind
 
-    marker = f".prunekit-ray-{secrets.token_hex(6)}"
-    (out_dir / marker).write_text(socket.gethostname())
-    gpu = device.type == "cuda"
-    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=RETRIES, retry_exceptions=False)(train_on_worker)
-    device_name = "cuda" if gpu else "cpu"
-    pending: dict[Any, ResolvedRun] = {}
-    claimed: list[ResolvedRun] = []
-    recorded: set[str] = set()
-    try:
-        for run in runs:
-            if db.claim(run.key, owner, retry_failed=retry_failed):
-                claimed.append(run)
-            else:
-                claimed_elsewhere(run.key)
-        with Heartbeat(db, [r.key for r in claimed], owner):
-            for run in claimed:
-                pending[task.remote(run.config, str(out_dir.resolve()), data_dir, marker, device_name, 1)] = run
+    def __init__(self, data_dir: str | None, device: torch.device, address: str | None = None):
+        self.data_dir, self.device, self.address = data_dir, device, address
+
+    def units(self, runs: Sequence[Run]) -> Iterable[Sequence[Run]]:
+        return [list(runs)]  # claimed together, trained as concurrent tasks
+
+    def train(self, runs: Sequence[Run], lifecycle: Lifecycle) -> Iterator[tuple[Run, Trained | BaseException]]:
+        ray = import_ray()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        out_dir = lifecycle.out_dir
+        marker = f".prunekit-ray-{secrets.token_hex(6)}"
+        (out_dir / marker).write_text(socket.gethostname())
+        gpu = self.device.type == "cuda"
+        task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=RETRIES, retry_exceptions=False)(train_on_worker)
+        pending: dict[Any, Run] = {}
+        try:
+            for run in runs:
+                pending[task.remote(run.config, str(out_dir.resolve()), self.data_dir, marker, "cuda" if gpu else "cpu", 1)] = run
             while pending:
                 ready, _ = ray.wait(list(pending), num_returns=1)
                 run = pending.pop(ready[0])
@@ -150,28 +129,15 @@ def run_on_ray(
                     payload = ray.get(ready[0])
                 except ray.exceptions.RayTaskError as exc:  # the run itself failed: recorded, the sweep goes on
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
-                    db.fail(run.key, owner, f"{type(cause).__name__}: {cause}\n{traceback.format_exc(limit=4)}", failure_kind(cause))
-                    recorded.add(run.key)
-                    finished(run.key, "failed", db.get(run.key))
+                    yield run, cause
                     continue
                 except ray.exceptions.RayError as exc:  # workers died more often than Ray retries
-                    db.fail(run.key, owner, f"{type(exc).__name__}: {exc}", "environment")
-                    recorded.add(run.key)
-                    finished(run.key, "failed", db.get(run.key))
+                    yield run, EnvironmentFailure(f"{type(exc).__name__}: {exc}")
                     continue
-                for phase, metrics in payload["epochs"]:
-                    db.add_epoch(run.key, metrics, phase)
-                db.finish(run.key, owner, payload["results"])
-                recorded.add(run.key)
-                finished(run.key, "done", db.get(run.key))
-    except BaseException:  # interrupted: nothing half-recorded, the runs are free for the next sweep
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        for run in claimed:
-            if run.key not in recorded:
-                db.release(run.key, owner)
-        raise
-    finally:
-        (out_dir / marker).unlink(missing_ok=True)
-        if started:
-            ray.shutdown()
+                yield run, Trained(payload["results"], [(phase, metrics) for phase, metrics in payload["epochs"]])
+        finally:  # interrupted: the unfinished tasks are cancelled (the lifecycle releases their runs)
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            (out_dir / marker).unlink(missing_ok=True)
+            if started:
+                ray.shutdown()

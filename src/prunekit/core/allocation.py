@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, ScoreError, unknown
+from ..errors import ConfigError, ScoreError, unknown
 
 ALLOCATIONS: dict[str, str] = {
     "global": "one ranking across all prunable layers (the default of every method)",

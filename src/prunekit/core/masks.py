@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .errors import MaskError
+from ..errors import MaskError
 from .layer_report import MaskReport
 from .parametrized import MaskParametrization, mask_parametrization, named_weights, owner, parametrization_list
 
@@ -253,7 +253,7 @@ class Masks(Mapping[str, Tensor]):
         """Per-layer size, kept count, density and effective density.
 
         Effective density counts kept weights that still lie on an input-to-output path (see
-        :mod:`prunekit.connectivity`); it needs the model and the shape of one input sample
+        :mod:`prunekit.core.connectivity`); it needs the model and the shape of one input sample
         (taken from the masks' metadata when they came from :func:`prunekit.prune` with data).
         A layer with no kept weight is flagged and a ``UserWarning`` is issued.
 
@@ -308,7 +308,7 @@ class Masks(Mapping[str, Tensor]):
         """Write the masks to ``path`` atomically (bit-packed tensors, metadata, checksum).
 
         The file is a ``torch.save`` of plain tensors, lists and strings (no pickled classes), readable
-        with ``torch.load(path, weights_only=True)``; the format is described in :mod:`prunekit.mask_file`.
+        with ``torch.load(path, weights_only=True)``; the format is described in :mod:`prunekit.core.mask_file`.
         """
         from .mask_file import write_masks
 

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from . import inputs as inp
-from .errors import ConfigError
 from .outputs import logits_of
 from .parametrized import without_masks
 
@@ -80,7 +80,7 @@ def effective_masks(
         input_shape: shape of one input sample, without the batch dimension.
         example_inputs: instead of ``input_shape``, one batch of inputs (a tensor, tuple or dict):
             floating-point tensors are replaced by ones, integer ones (token ids) kept, and the
-            embeddings emit ones (see :func:`prunekit.inputs.embeddings_emit_ones`).
+            embeddings emit ones (see :func:`prunekit.core.inputs.embeddings_emit_ones`).
 
     Returns:
         ``{param_name: bool tensor}`` (CPU), a subset of ``masks``.

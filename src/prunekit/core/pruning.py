@@ -14,16 +14,16 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import __version__
+from .. import __version__
+from ..distributed import check_agreement, world_size
+from ..errors import ConfigError, PrunekitWarning, ScoreError, unknown
+from ..methods import Method, get_method
+from ..methods.context import LossFn, ScoringContext, default_loss, model_device, scoring_dtype
+from ..options import as_dict
 from . import inputs as inp
 from .allocation import ALLOCATIONS, Ranker, Selection, check_density, density_schedule, kept_count
 from .batches import BatchStream
-from .distributed import check_agreement, world_size
-from .errors import ConfigError, PrunekitWarning, ScoreError, unknown
 from .masks import Masks
-from .methods import Method, get_method
-from .methods.context import LossFn, ScoringContext, default_loss, model_device, scoring_dtype
-from .options import as_dict
 from .outputs import OutputFn, checked_output_fn
 from .prunable import prunable_parameters
 
@@ -86,13 +86,21 @@ def _setup(
     exclude: str | Sequence[str] | None,
     loss_fn: LossFn | None,
     output_fn: OutputFn | None,
-    options: Mapping[str, Any],
+    options: Any,
+    values: Mapping[str, Any],
     example_inputs: Any = None,
 ) -> tuple[Method, Any, ScoringContext, dict[str, nn.Parameter]]:
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     spec = get_method(method)
-    opts = spec.build_options(options)
+    if options is None:
+        opts = spec.build_options(values)
+    elif values:
+        raise ConfigError(f"method {method!r}: give options= or option keywords ({', '.join(values)}), not both")
+    elif not isinstance(options, spec.options):
+        raise ConfigError(f"options= of method {method!r} must be a {spec.options.__name__}, got {type(options).__name__}")
+    else:
+        opts = options
     seed = _check_seed(seed)
     params = prunable_parameters(model, include, exclude)
     if spec.needs_data and data is None:
@@ -147,7 +155,8 @@ def prune(
     callback: Callable[[int, float, dict[str, Tensor]], None] | None = None,
     invert: bool = False,
     example_inputs: Any = None,
-    **options: Any,
+    options: Any = None,
+    **values: Any,
 ) -> Masks:
     """Compute pruning masks for ``model`` with ``method``; the model is not modified.
 
@@ -172,14 +181,16 @@ def prune(
         loss_fn: ``loss_fn(logits, targets) -> mean loss``; default cross-entropy. Every method
             calls it on the same tensor, ``output_fn(model(inputs))``.
         output_fn: ``output_fn(outputs) -> logits``: where the logits are in what the model returns;
-            default :func:`prunekit.outputs.logits_of` (a tensor; a mapping's ``"logits"``; a tuple's
+            default :func:`prunekit.core.outputs.logits_of` (a tensor; a mapping's ``"logits"``; a tuple's
             first element). SynFlow sums these logits and GraSP divides them by its temperature.
         progress: show a progress bar for iterative methods (default: when stderr is a terminal).
         callback: called as ``callback(step, density, masks)`` after every step of the schedule
             (once for one-shot methods), e.g. to record how masks evolve.
         invert: keep the *lowest*-scoring weights instead (the score-inversion sanity check of
             Frankle et al., 2021), at every step of an iterative schedule.
-        **options: method options (see ``prunekit methods`` or ``get_method(name).options``).
+        options: the method's options as its dataclass (``get_method(name).options``), already
+            built (e.g. by ``get_method(name).build_options(...)``); or give them as keywords:
+        **values: method options (see ``prunekit methods`` or ``get_method(name).options``).
             ``official=True`` reproduces the method's official code where it differs from the
             paper (count and tie rule, loss, optimiser settings: see the method's docstring).
 
@@ -199,7 +210,7 @@ def prune(
             than by the scores (and once more at the end if later steps were too).
     """
     keep = resolve_density(sparsity, density)
-    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options, example_inputs)
+    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options, values, example_inputs)
     check_keeps_some(sum(p.numel() for p in params.values()), keep)
     allocation = allocation or spec.allocation
     if allocation not in ALLOCATIONS:
@@ -280,7 +291,8 @@ def score(
     loss_fn: LossFn | None = None,
     output_fn: OutputFn | None = None,
     example_inputs: Any = None,
-    **options: Any,
+    options: Any = None,
+    **values: Any,
 ) -> dict[str, Tensor]:
     """Saliency scores of ``method`` for every prunable weight (higher = more important).
 
@@ -291,7 +303,7 @@ def score(
     Returns:
         ``{param_name: float tensor}`` on the model's device.
     """
-    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options, example_inputs)
+    spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options, values, example_inputs)
     if masks is not None:
         masks = Masks(masks)
         for name in params:

@@ -1,0 +1,40 @@
+"""One run at a time, in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+
+from ..kinds import DatasetCache, Run, RunContext
+from ..lifecycle import Lifecycle, Trained
+from ..record import EpochsToDB, result_fields
+
+
+class LocalBackend:
+    """Each run claimed and trained alone, its epochs logged to the database as they finish."""
+
+    def __init__(self, datasets: DatasetCache, device: torch.device, progress: bool | None = None):
+        self.datasets, self.device, self.progress = datasets, device, progress
+
+    def units(self, runs: Sequence[Run]) -> Iterable[Sequence[Run]]:
+        return [[run] for run in runs]
+
+    def train(self, runs: Sequence[Run], lifecycle: Lifecycle) -> Iterator[tuple[Run, Trained | BaseException]]:
+        for run in runs:
+            yield run, self.train_one(run, lifecycle)
+
+    def context(self, run: Run, lifecycle: Lifecycle) -> RunContext:
+        return RunContext(
+            lifecycle.run_dir(run), self.datasets, self.device,
+            epoch_callbacks=lambda phase: [EpochsToDB(lifecycle.db, run.key, phase)], progress=self.progress,
+        )
+
+    def train_one(self, run: Run, lifecycle: Lifecycle) -> Trained | Exception:
+        """``run`` carried out here; an exception inside it is returned (recorded), not raised."""
+        ctx = self.context(run, lifecycle)
+        try:
+            done = run.execute(ctx)
+            return Trained(result_fields(done, ctx.run_dir, self.datasets.get(run.dataset), self.device))
+        except Exception as exc:  # recorded, so that a sweep goes on with the next run
+            return exc

@@ -1,0 +1,142 @@
+"""Runs that share architecture, dataset, recipe and precision, trained together as one network.
+
+To the database and the report a stacked group is N ordinary runs: each member is claimed, scored,
+checkpointed (in the single-run format), evaluated and recorded on its own. Scoring stays one model
+at a time (it is cheap) and gives the masks a single run would. A group whose architecture cannot be
+stacked, or whose stacked training fails, is trained one run at a time with a one-line notice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ...core.masks import Masks
+from ...stacked import Member, StackedModel, StackedTrainer, can_stack, checkpoint_epoch
+from ...training import TrainingDiverged
+from ...training.trainer import make_optimizer
+from ..kinds import DatasetCache, Run, TrainingRun
+from ..lifecycle import Lifecycle, Trained
+from ..record import EpochsToDB, result_fields
+from .local import LocalBackend
+
+MAX_GROUP = 32
+logger = logging.getLogger("prunekit")
+
+
+def plan_groups(runs: Sequence[Run]) -> list[list[Run]]:
+    """Compatible runs together, in order of first appearance; runs that never stack (IMP, structured) alone."""
+    groups: OrderedDict[str, list[Run]] = OrderedDict()
+    alone = []
+    for run in runs:
+        if run.group is None:
+            alone.append([run])
+        else:
+            groups.setdefault(run.group, []).append(run)
+    return list(groups.values()) + alone
+
+
+def estimate_group_size(run: TrainingRun, datasets: DatasetCache, device: torch.device, cap: int = MAX_GROUP) -> int:
+    """How many members fit on ``device``: free memory over the memory one member's training step takes.
+
+    On the CPU stacking brings no speed-up (the kernels are not launch-bound), so the answer is 1.
+    """
+    if device.type != "cuda":
+        return 1
+    ds = datasets.get(run.dataset)
+    cfg = run.train
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    models = [run.make_model(ds, device, s) for s in (0, 1)]
+    stacked = StackedModel(models).to(device)
+    opt = make_optimizer(stacked.parameters(), cfg)
+    x = torch.randn(2, cfg.batch_size, *ds.input_shape, device=device)
+    with run.training_precision(device).autocast(device):
+        out = stacked(x)
+    out.float().sum().backward()
+    opt.step()
+    torch.cuda.synchronize(device)
+    per_member = max(1, (torch.cuda.max_memory_allocated(device) - base) // 2)
+    del models, stacked, opt, x, out
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(max(1, min(cap, (0.6 * free) // per_member)))
+
+
+@dataclass
+class Prepared:
+    """A claimed run of a group, scored and ready to train."""
+
+    run: TrainingRun
+    run_dir: Path
+    model: nn.Module
+    masks: Masks | None
+
+
+class StackedBackend:
+    """Compatible runs in groups of ``size`` (default: as many as fit in free GPU memory, at most 32;
+    1 on the CPU, where stacking brings no speed-up); a group of one is trained by :class:`LocalBackend`."""
+
+    def __init__(self, datasets: DatasetCache, device: torch.device, progress: bool | None = None, size: int | None = None):
+        self.datasets, self.device, self.progress, self.size = datasets, device, progress, size
+        self.alone = LocalBackend(datasets, device, progress)
+
+    def units(self, runs: Sequence[Run]) -> Iterable[Sequence[Run]]:
+        for group in plan_groups(runs):
+            first = group[0]
+            size = 1
+            if len(group) > 1 and isinstance(first, TrainingRun):
+                size = self.size if self.size is not None else estimate_group_size(first, self.datasets, self.device)
+            for i in range(0, len(group), size):
+                yield group[i : i + size]
+
+    def train(self, runs: Sequence[Run], lifecycle: Lifecycle) -> Iterator[tuple[Run, Trained | BaseException]]:
+        if len(runs) == 1 or not all(isinstance(r, TrainingRun) for r in runs):
+            yield from self.alone.train(runs, lifecycle)
+            return
+        ds = self.datasets.get(runs[0].dataset)
+        by_epoch: dict[int, list[Prepared]] = defaultdict(list)
+        for run in runs:
+            assert isinstance(run, TrainingRun)
+            ctx = self.alone.context(run, lifecycle)
+            try:
+                run.start(ctx)
+                model, masks = run.prepare(ctx, ds)
+            except Exception as exc:
+                yield run, exc
+                continue
+            by_epoch[checkpoint_epoch(ctx.run_dir / "checkpoint.pt")].append(Prepared(run, ctx.run_dir, model, masks))
+        for group in by_epoch.values():
+            if len(group) == 1:
+                yield from self.alone.train([group[0].run], lifecycle)
+                continue
+            ok, why = can_stack(group[0].model, ds.input_shape, self.device)
+            if not ok:
+                logger.warning("%s cannot be stacked (%s); training its %d runs one at a time", group[0].run.model, why, len(group))
+                yield from self.alone.train([p.run for p in group], lifecycle)
+                continue
+            members = [
+                Member(p.model, p.masks, p.run.seed, checkpoint=p.run_dir / "checkpoint.pt", callbacks=[EpochsToDB(lifecycle.db, p.run.key)])
+                for p in group
+            ]
+            try:
+                results = StackedTrainer(members, ds, group[0].run.train, self.device, group[0].run.precision).fit(
+                    progress=bool(self.progress), desc=f"{group[0].run.model} stacked"
+                )
+            except Exception as exc:
+                logger.warning("stacked training of %d runs failed (%s: %s); running them one at a time", len(group), type(exc).__name__, exc)
+                yield from self.alone.train([p.run for p in group], lifecycle)
+                continue
+            for p, member, result in zip(group, members, results):
+                if isinstance(result, TrainingDiverged):
+                    yield p.run, result
+                    continue
+                done = p.run.executed(member.model, member.masks, result)
+                yield p.run, Trained(result_fields(done, p.run_dir, ds, self.device))

@@ -1,0 +1,100 @@
+"""A training run: the dense baseline, or a pruning-at-initialisation method at a sparsity (with an
+optional sanity-check ablation): score the masks, train the masked network, evaluate it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from ...core.masks import Masks
+from ...core.pruning import prune
+from ...data import Dataset
+from ...distributed import decided_by_rank0, rank, world_size
+from ...options import key_dict
+from ...training import TrainResult, fit
+from ..ablations import reinit_seed, shuffle_masks
+from .base import DENSE, Executed, Run, RunContext
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingRun(Run):
+    """Dense (``method="dense"``, ``options=None``) or ``method`` at ``sparsity`` with its typed ``options``."""
+
+    method: str = DENSE  # a field here, a property on the base
+    options: Any = None  # the method's options dataclass (None for dense)
+    allocation: str | None = None
+    ablation: str | None = None
+
+    kind: ClassVar[str] = "training"
+    data_parallel: ClassVar[bool] = True
+
+    @property
+    def pruned(self) -> bool:
+        """Whether the run scores masks at initialisation."""
+        return self.method != DENSE
+
+    @property
+    def label(self) -> str:
+        return super().label + (f" ({self.ablation})" if self.ablation else "")
+
+    @property
+    def group(self) -> str | None:
+        c = self.config
+        return json.dumps({k: c.get(k) for k in ("model", "dataset", "recipe", "train", "model_kwargs", "init", "bn_gamma", "precision")},
+                          sort_keys=True)
+
+    def _kind_config(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "sparsity": self.sparsity,
+            "ablation": self.ablation,
+            "allocation": self.allocation,
+            "method_options": {} if self.options is None else key_dict(self.options),
+        }
+
+    def prepare(self, ctx: RunContext, ds: Dataset) -> tuple[nn.Module, Masks | None]:
+        """The initialised model and its masks (scored now, or read back from an earlier attempt), ablation applied.
+
+        Data-parallel (several ranks): rank 0 decides whether the masks are read back, every rank scores
+        (the scores are reduced across ranks, so the masks agree), and only rank 0 writes files.
+        """
+        model = self.make_model(ds, ctx.device)
+        if not self.pruned:
+            return model, None
+        mask_path = ctx.run_dir / "masks.pt"
+        if decided_by_rank0(mask_path.is_file()):
+            masks = Masks.load(mask_path, model=model)
+        else:
+            masks = prune(
+                model, self.method, self.sparsity, data=self.scoring_data(ds, ctx.device), seed=self.seed, allocation=self.allocation,
+                invert=self.ablation == "invert", progress=ctx.progress, options=self.options,
+            )
+            if self.ablation == "shuffle":
+                masks = shuffle_masks(masks, self.seed)
+            if rank() == 0:
+                masks.save(mask_path)
+        if self.ablation == "reinit":
+            model = self.make_model(ds, ctx.device, reinit_seed(self.seed))
+        return model, masks
+
+    def _execute(self, ctx: RunContext) -> Executed:
+        ds = ctx.datasets.get(self.dataset)
+        model, masks = self.prepare(ctx, ds)
+        result = fit(
+            model, ds, self.train, masks=masks, device=ctx.device, seed=self.seed, checkpoint=ctx.run_dir / "checkpoint.pt",
+            callbacks=ctx.epoch_callbacks(0), progress=ctx.progress, desc=f"{self.method} {self.sparsity:.4g}",
+            precision=self.training_precision(ctx.device),
+        )
+        return self.executed(model, masks, result)
+
+    def executed(self, model: nn.Module, masks: Masks | None, result: TrainResult) -> Executed:
+        """What the run produced, however it was trained (alone, stacked, data-parallel)."""
+        extra: dict[str, Any] = {"history_epochs": result.epochs}
+        if world_size() > 1:
+            extra["world_size"] = world_size()
+        return Executed(model, masks, result, extra)
+
+
