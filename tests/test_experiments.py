@@ -484,3 +484,48 @@ def test_a_database_from_before_schema_versions_is_migrated_and_a_newer_one_refu
     with pytest.raises(ResultsDBError, match="junk.db"):
         ResultsDB(junk)
     assert junk.read_bytes().startswith(b"this is not")  # reported, never replaced
+
+
+# -- databases written before the run model --------------------------------------------------------
+LEGACY_DB = Path(__file__).parent / "data" / "legacy_results.db"
+# the sweeps that wrote tests/data/legacy_results.db (prunekit before typed runs, on tiny MNIST, fp32)
+LEGACY_SWEEPS = [
+    {"models": ["lenet_300_100"], "methods": ["snip", "force", "random"], "sparsities": [0.9], "seeds": [0], "dense": True,
+     "options": {"force": {"num_steps": 3}}},
+    {"models": ["lenet_300_100"], "methods": ["magnitude"], "sparsities": [0.5], "seeds": [1], "dense": False, "ablations": ["shuffle"]},
+    {"models": ["lenet_300_100"], "methods": ["imp"], "sparsities": [0.75], "seeds": [0], "dense": False, "options": {"imp": {"fraction": 0.5}}},
+    {"models": ["resnet20"], "structured": ["epoch:prune_at=0"], "budgets": ["macs=0.5"], "seeds": [0], "dense": False},
+]
+
+
+def test_a_database_written_before_typed_runs_reads_and_its_runs_are_found_done(tmp_path, tiny_mnist, monkeypatch):
+    import shutil
+
+    from prunekit.experiments import ImpRun, StructuredRun, TrainingRun
+    from prunekit.report import build_structured_tables, build_tables
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copyfile(LEGACY_DB, out / "results.db")
+    with ResultsDB(out / "results.db") as db:
+        rows = db.runs()
+        assert len(rows) == 8 and all(r.status == "done" for r in rows)
+        kinds = {}
+        for row in rows:  # every stored configuration decodes to a typed run with the same key
+            assert row.run.key == row.key and row.run.config == row.config
+            kinds[row.key] = type(row.run)
+        assert sorted(k.__name__ for k in kinds.values()) == sorted(["TrainingRun"] * 6 + ["ImpRun", "StructuredRun"])
+        assert {ImpRun, StructuredRun, TrainingRun} == set(kinds.values())
+        assert len(build_tables(db)) == 1 and len(build_structured_tables(db)) == 1
+    common = {"dataset": "mnist", "recipe": "lenet-fmnist", "epochs": 1, "train": {"val_size": 40.0, "batch_size": 50},
+              "data_dir": str(tiny_mnist)}
+    for how in ("amp=false", "no native bf16"):  # the same requests as fp32 runs: all found done, nothing trains
+        if how == "no native bf16":
+            monkeypatch.setenv("PRUNEKIT_BF16", "0")
+            train = common["train"]
+        else:
+            train = {**common["train"], "amp": False}
+        for values in LEGACY_SWEEPS:
+            summary = run_sweep(sweep_from_mapping({**values, **common, "train": train}), out, device=torch.device("cpu"), progress=False,
+                                log=False)
+            assert summary.counts["skipped"] == len(summary.outcomes) > 0, how

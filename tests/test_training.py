@@ -134,15 +134,15 @@ def test_pruned_lenet_learns_fashion_mnist():
 
 
 def test_train_subset_is_a_seeded_subset_of_the_training_split_and_keys_do_not_move():
-    from prunekit.training.core import split_indices
+    from prunekit.data.loader import split_indices
 
     cfg = training.TrainConfig(val_size=100, train_subset=300)
-    a_train, a_val = split_indices(1000, cfg, seed=3)
-    b_train, b_val = split_indices(1000, cfg, seed=3)
-    full_train, full_val = split_indices(1000, replace(cfg, train_subset=None), seed=3)
+    a_train, a_val = split_indices(1000, cfg.holdout, 3, cfg.train_subset)
+    b_train, b_val = split_indices(1000, cfg.holdout, 3, cfg.train_subset)
+    full_train, full_val = split_indices(1000, cfg.holdout, 3)
     assert torch.equal(a_train, b_train) and len(a_train) == 300 and torch.equal(a_val, full_val)
     assert set(a_train.tolist()) <= set(full_train.tolist())
-    assert not torch.equal(a_train, split_indices(1000, cfg, seed=4)[0])
+    assert not torch.equal(a_train, split_indices(1000, cfg.holdout, 4, cfg.train_subset)[0])
     from prunekit.options import key_dict
 
     assert "train_subset" not in key_dict(replace(cfg, train_subset=None)) and key_dict(cfg)["train_subset"] == 300
@@ -150,7 +150,7 @@ def test_train_subset_is_a_seeded_subset_of_the_training_split_and_keys_do_not_m
 
 @pytest.mark.parametrize("val_size", [0.0, 100])
 def test_the_training_loader_sees_only_the_subset_with_or_without_a_holdout(val_size):
-    from prunekit.training.core import split_indices
+    from prunekit.data.loader import split_indices
     from prunekit.training.trainer import build_loaders
 
     small = toy_dataset()  # 500 training images
@@ -158,6 +158,6 @@ def test_the_training_loader_sees_only_the_subset_with_or_without_a_holdout(val_
     loader, evals = build_loaders(small, cfg, torch.device("cpu"), seed=3)
     seen = torch.cat([y for _, y in loader])
     assert len(seen) == 300 == len(loader) * 50
-    expected = small.train.labels[split_indices(500, cfg, seed=3)[0]]
+    expected = small.train.labels[split_indices(500, cfg.holdout, 3, cfg.train_subset)[0]]
     assert torch.equal(seen.sort().values, expected.sort().values)
     assert ("val" in evals) == (val_size > 0)

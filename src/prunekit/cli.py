@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from .console import NoticeFormat
 from .errors import ConfigError, PrunekitError, unknown
 
 _SPECIAL = ("method_options", "train", "model_kwargs", "_resolved")  # tables: --opt, --train, --model-args
@@ -574,21 +575,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _NoticeFormat(logging.Formatter):
-    """Progress lines as they are; warnings prefixed with ``prunekit:``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        return f"prunekit: {text}" if record.levelno >= logging.WARNING else text
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     # the library logs to the "prunekit" logger; the command line shows its INFO lines on stderr
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_NoticeFormat())
+    handler.setFormatter(NoticeFormat())
     logger = logging.getLogger("prunekit")
     logger.addHandler(handler)
     old_level = logger.level

@@ -221,17 +221,37 @@ def validation_indices(n: int, size: int | float, seed: int = 0) -> tuple[Tensor
     return perm[count:].sort().values, perm[:count].sort().values
 
 
-def split_validation(dataset: ArrayDataset, size: int | float, seed: int = 0) -> tuple[ArrayDataset, ArrayDataset]:
-    """Hold out a seeded random validation set from ``dataset``.
+def split_indices(n: int, size: int | float | None, seed: int = 0, subset: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """``(train, validation)`` indices of a training set of ``n`` samples: a seeded hold-out of
+    ``size`` (a count, or a fraction in (0, 1); ``None``: nothing held out, validation ``None``), the
+    training part then cut to a seeded random ``subset`` of that many images (sorted). The one
+    splitter: the trainers, the stacked engine and the scoring data of a run all split with it, so
+    the same seed gives the same split everywhere."""
+    if size is None:
+        train, val = torch.arange(n), None
+    else:
+        train, val = validation_indices(n, size, seed)
+    if subset is not None and subset < len(train):
+        g = torch.Generator().manual_seed(mix_seed(seed, 0x5B5E7))
+        train = train[torch.randperm(len(train), generator=g)[:subset]].sort().values
+    return train, val
+
+
+def split_validation(
+    dataset: ArrayDataset, size: int | float | None, seed: int = 0, subset: int | None = None
+) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """Hold out a seeded random validation set from ``dataset`` (see :func:`split_indices`).
 
     Args:
-        size: number of samples (int) or fraction (float in (0, 1)).
+        size: number of samples (int) or fraction (float in (0, 1)); None holds nothing out.
+        subset: train on a seeded random subset of this many of the remaining samples.
 
     Returns:
-        ``(train, validation)``; together they are a permutation of ``dataset``.
+        ``(train, validation or None)``; without ``subset`` together a permutation of ``dataset``.
     """
-    train, val = validation_indices(len(dataset), size, seed)
-    return dataset.subset(train), dataset.subset(val)
+    train_idx, val_idx = split_indices(len(dataset), size, seed, subset)
+    train = dataset if len(train_idx) == len(dataset) else dataset.subset(train_idx)
+    return train, None if val_idx is None else dataset.subset(val_idx)
 
 
 def class_balanced_indices(labels: Tensor, samples_per_class: int, seed: int) -> Tensor:

@@ -17,13 +17,15 @@ import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from ..distributed import decided_by_rank0
 from ..errors import ConfigError, DataError, PrunekitError
-from .db import Heartbeat, ResultsDB, RunRecord
+from .db import Heartbeat, RunRecord
 from .kinds import Run
+from .record import Store, Trained
 
 
 class EnvironmentFailure(PrunekitError, RuntimeError):
@@ -93,15 +95,6 @@ def check_output_folder(out_dir: Path) -> None:
         raise ConfigError(f"the output folder {str(out_dir)!r} is not writable ({exc.strerror}); choose another --out") from None
 
 
-@dataclass
-class Trained:
-    """What a backend produced for one run: its result fields, and per-epoch metrics to record first
-    (a backend whose runs log their epochs themselves leaves ``epochs`` empty)."""
-
-    fields: dict[str, Any]
-    epochs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-
-
 class Backend(Protocol):
     """How claimed runs are trained."""
 
@@ -109,30 +102,25 @@ class Backend(Protocol):
         """The runs in the groups that are claimed (and trained) together."""
         ...
 
-    def train(self, runs: Sequence[Run], lifecycle: Lifecycle) -> Iterator[tuple[Run, Trained | BaseException]]:
-        """Train the claimed ``runs``; yield each with what it produced or the exception it failed with."""
+    def train(self, runs: Sequence[Run], store: Store) -> Iterator[tuple[Run, Trained | BaseException]]:
+        """Train the claimed ``runs`` (files under ``store``); yield each with what it produced or the exception it failed with."""
         ...
 
 
 class Lifecycle:
-    """Claims, heartbeats and records runs in ``db`` for ``owner`` (see the module docstring).
+    """Claims, heartbeats and records runs in ``store`` for ``owner`` (see the module docstring).
 
     Args:
-        out_dir: holds ``results.db`` and ``runs/<key>/``.
-        announce: called with whether a unit was claimed, right after its claim (data-parallel: the
-            other ranks train only what rank 0 claimed).
+        store: the results database and the folder of ``runs/<key>/``.
+        data_parallel: tell the other ranks of a ``torchrun`` launch, after each claim, whether it
+            succeeded (they train only what rank 0 claimed); :attr:`announced` says whether it did.
     """
 
-    def __init__(
-        self, db: ResultsDB, owner: str, out_dir: Path, *, retry_failed: bool = False,
-        announce: Callable[[bool], None] | None = None,
-    ):
-        self.db, self.owner, self.out_dir = db, owner, out_dir
+    def __init__(self, store: Store, owner: str, *, retry_failed: bool = False, data_parallel: bool = False):
+        self.store, self.db, self.owner = store, store.db, owner
         self.retry_failed = retry_failed
-        self.announce = announce
-
-    def run_dir(self, run: Run) -> Path:
-        return self.out_dir / "runs" / run.key
+        self.data_parallel = data_parallel
+        self.announced = False
 
     def refused(self, key: str) -> RunOutcome:
         """The outcome of a run another process has, or that is finished or failed."""
@@ -149,8 +137,9 @@ class Lifecycle:
                 claimed.append(run)
             else:
                 refused.append(self.refused(run.key))
-        if self.announce is not None:
-            self.announce(bool(claimed))
+        if self.data_parallel:
+            decided_by_rank0(bool(claimed))
+            self.announced = True
         return claimed, refused
 
     def record(self, run: Run, produced: Trained | BaseException) -> RunOutcome:
@@ -190,7 +179,7 @@ class Lifecycle:
             if not claimed:
                 continue
             with self.holding(claimed) as recorded:
-                for run, produced in backend.train(claimed, self):
+                for run, produced in backend.train(claimed, self.store):
                     outcome = self.record(run, produced)
                     recorded.add(run.key)
                     outcomes.append(outcome)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from ..data import Dataset
 from ..files import atomic_write_json, atomic_write_text
 from ..training import Callback
 from .db import ResultsDB
-from .kinds import Executed
+from .kinds import Executed, Run
 
 
 def versions() -> dict[str, str]:
@@ -33,6 +35,35 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+@dataclass
+class Store:
+    """Where runs are recorded: the results database and the folder of the run files."""
+
+    db: ResultsDB
+    out_dir: Path
+
+    def run_dir(self, run: Run) -> Path:
+        return self.out_dir / "runs" / run.key
+
+    def epoch_callbacks(self, run: Run) -> Callable[[int], list[Callback]]:
+        """``phase -> callbacks`` that log every finished epoch of ``run`` to its row as it ends."""
+        return lambda phase: [EpochsToDB(self.db, run.key, phase)]
+
+
+@dataclass
+class Trained:
+    """What a backend produced for one run: its result fields, and per-epoch metrics to record first
+    (a backend whose runs log their epochs themselves leaves ``epochs`` empty)."""
+
+    fields: dict[str, Any]
+    epochs: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+def trained(done: Executed, run_dir: Path, ds: Dataset, device: torch.device) -> Trained:
+    """A run's result, ready to record (writes its per-layer report files)."""
+    return Trained(result_fields(done, run_dir, ds, device))
 
 
 class EpochsToDB(Callback):

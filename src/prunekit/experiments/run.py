@@ -17,6 +17,7 @@ from .backends import LocalBackend
 from .db import ResultsDB, make_owner
 from .kinds import DatasetCache, Run, RunContext
 from .lifecycle import Lifecycle, RunOutcome, check_output_folder
+from .record import Store
 from .spec import RunSpec, resolve
 
 
@@ -55,25 +56,18 @@ def run_one(
     datasets.get(run.dataset)  # a missing or unreadable dataset is an error here, before anything is written
     if rank() > 0:
         return _follow(run, out_dir, datasets, device, progress)
-    told = False
-
-    def announce(go: bool) -> None:  # data-parallel: the other ranks train this run only if rank 0 claimed it
-        nonlocal told
-        if not told and world_size() > 1:
-            decided_by_rank0(go)
-        told = True
-
     own_db = db is None
+    lifecycle = None
     try:
         check_output_folder(out_dir)
         db = db or ResultsDB(out_dir / "results.db")
-        lifecycle = Lifecycle(db, owner or make_owner(), out_dir, retry_failed=retry_failed, announce=announce)
+        lifecycle = Lifecycle(Store(db, out_dir), owner or make_owner(), retry_failed=retry_failed, data_parallel=world_size() > 1)
         if force:
             _forget(run, lifecycle)
         return lifecycle.carry_out([run], LocalBackend(datasets, device, progress))[0]
     finally:
-        if not told:
-            announce(False)
+        if world_size() > 1 and (lifecycle is None or not lifecycle.announced):
+            decided_by_rank0(False)  # the other ranks wait for rank 0's word: nothing was claimed
         if own_db and db is not None:
             db.close()
 
@@ -86,7 +80,7 @@ def _forget(run: Run, lifecycle: Lifecycle) -> None:
     if busy is not None:
         raise ConfigError(f"run {run.key} is being trained right now by another live process ({busy}); stop it first, then --force")
     db.reset(run.key)
-    run_dir = lifecycle.run_dir(run)
+    run_dir = lifecycle.store.run_dir(run)
     for leftover in ("checkpoint.pt", "masks.pt"):
         (run_dir / leftover).unlink(missing_ok=True)
     if (run_dir / "imp").is_dir():

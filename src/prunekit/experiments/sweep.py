@@ -22,6 +22,7 @@ from .backends import StackedBackend
 from .db import ResultsDB, make_owner
 from .kinds import DatasetCache
 from .lifecycle import Backend, Lifecycle, RunOutcome, check_output_folder
+from .record import Store
 from .spec import SweepSpec
 
 logger = logging.getLogger("prunekit")
@@ -93,7 +94,7 @@ def run_sweep(
     with ResultsDB(out_dir / "results.db") as db:
         for run in runs:
             db.ensure(run.key, run.config)
-        lifecycle = Lifecycle(db, make_owner(), out_dir, retry_failed=retry_failed)
+        lifecycle = Lifecycle(Store(db, out_dir), make_owner(), retry_failed=retry_failed)
         bar = tqdm(total=len(runs), desc="runs", unit="run", disable=not show, position=0, dynamic_ncols=True)
 
         def report(outcome: RunOutcome) -> None:

@@ -9,8 +9,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ..errors import ConfigError, unknown
+from ..errors import ConfigError
 from ..options import build, option
+from ..registry import Registry
 
 COUNT_RULES = ("exact", "official")
 
@@ -83,15 +84,12 @@ class Method:
         return "num_steps" in {f.name for f in dataclasses.fields(self.options)}
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: Registry[Method] = Registry("method")
 
 
 def register_method(method: Method) -> Method:
     """Add a method to the registry (names are unique)."""
-    if method.name in _METHODS:
-        raise ValueError(f"method {method.name!r} is already registered")
-    _METHODS[method.name] = method
-    return method
+    return _METHODS.register(method)
 
 
 def get_method(name: str) -> Method:
@@ -100,16 +98,14 @@ def get_method(name: str) -> Method:
     Raises:
         ConfigError: unknown name (the message lists the valid ones).
     """
-    if not isinstance(name, str) or name not in _METHODS:
-        raise unknown("method", name, _METHODS)
-    return _METHODS[name]
+    return _METHODS.get(name)
 
 
 def list_methods() -> list[str]:
     """Names of all registered methods, in registration order."""
-    return list(_METHODS)
+    return _METHODS.names()
 
 
 def all_methods() -> list[Method]:
     """All registered methods, in registration order."""
-    return list(_METHODS.values())
+    return _METHODS.items()

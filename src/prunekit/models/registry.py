@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, unknown
+from ..registry import Registry
 from .init import BN_GAMMA_INITS, INITS, initialize
 
 
@@ -22,25 +23,20 @@ class ModelSpec:
     reference: str = ""
 
 
-_MODELS: dict[str, ModelSpec] = {}
+_MODELS: Registry[ModelSpec] = Registry("model")
 
 
 def register_model(spec: ModelSpec) -> ModelSpec:
-    if spec.name in _MODELS:
-        raise ValueError(f"model {spec.name!r} is already registered")
-    _MODELS[spec.name] = spec
-    return spec
+    return _MODELS.register(spec)
 
 
 def list_models() -> list[str]:
-    """Names of all models in the zoo."""
-    return list(_MODELS)
+    """Names of the zoo's models, in registration order."""
+    return _MODELS.names()
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    if name not in _MODELS:
-        raise unknown("model", name, _MODELS)
-    return _MODELS[name]
+    return _MODELS.get(name)
 
 
 def create(

@@ -15,11 +15,9 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..experiments.db import ResultsDB, RunRecord
-from ..experiments.kinds import DENSE, TrainingRun
+from ..experiments.kinds import DENSE
 from ..experiments.spec import known_methods
 from ..files import atomic_write_text
-from ..methods import get_method
-from ..options import as_dict
 
 METRICS = {
     "auto": "the accuracy the recipe's paper reports (best epoch for grasp-cifar, final otherwise)",
@@ -177,19 +175,8 @@ class Table:
 def _row_label(row: RunRecord) -> str:
     """The method, with the options and allocation that differ from its defaults, and the ablation."""
     run = row.run
-    label = run.method
-    options = getattr(run, "options", None)
-    extras = []
-    if options is not None:
-        defaults = as_dict(type(options)())
-        extras = [f"{k}={v}" for k, v in sorted(as_dict(options).items()) if defaults.get(k) != v]
-    if isinstance(run, TrainingRun) and run.pruned and run.allocation != get_method(run.method).allocation:
-        extras.append(str(run.allocation))
-    if extras:
-        label += " [" + ", ".join(extras) + "]"
-    if row.ablation:
-        label += f" ({row.ablation})"
-    return label
+    label = run.method + (" [" + ", ".join(run.variant) + "]" if run.variant else "")
+    return label + (f" ({row.ablation})" if row.ablation else "")
 
 
 def _group_key(row: RunRecord) -> tuple[str, str, str, str]:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..core.masks import Masks
 from ..data import Dataset, DeviceLoader
-from ..data.loader import mix_seed, normalization
+from ..data.loader import mix_seed, normalization, split_indices
 from ..training import Callback, TrainConfig, TrainingDiverged, TrainResult, atomic_save, load_checkpoint, summarize
 from ..training.checkpoint import CheckpointError
 from ..training.core import (
@@ -33,7 +33,6 @@ from ..training.core import (
     make_optimizer,
     rng_state,
     set_rng_state,
-    split_indices,
     train_epoch,
 )
 from ..training.precision import Precision, resolve_precision
@@ -114,7 +113,7 @@ class StackedTrainer:
         info = dataset.info
         images = dataset.train.images.to(device)
         labels = dataset.train.labels.to(device)
-        splits = [split_indices(len(dataset.train), config, m.seed) for m in self.members]
+        splits = [split_indices(len(dataset.train), config.holdout, m.seed, config.train_subset) for m in self.members]
         augment = info.augment if config.augment is None else config.augment
         dtype = next((p.dtype for p in self.members[0].model.parameters() if p.is_floating_point()), torch.float32)
         scale, shift = normalization(info.mean, info.std, device, dtype)

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..errors import ConfigError, unknown
+from ..errors import ConfigError
+from ..registry import Registry
 from .graph import ChannelGraph, _tp
 
 
@@ -35,25 +36,22 @@ class ChannelImportance:
     make: Callable[[], Callable]  # -> Torch-Pruning importance object (callable on a group)
 
 
-_IMPORTANCES: dict[str, ChannelImportance] = {}
+_IMPORTANCES: Registry[ChannelImportance] = Registry("importance")
 
 
 def register_importance(imp: ChannelImportance) -> ChannelImportance:
-    if imp.name in _IMPORTANCES:
-        raise ValueError(f"importance {imp.name!r} is already registered")
-    _IMPORTANCES[imp.name] = imp
-    return imp
+    """Add a channel importance (names are unique)."""
+    return _IMPORTANCES.register(imp)
 
 
 def get_importance(name: str) -> ChannelImportance:
-    if name not in _IMPORTANCES:
-        raise unknown("importance", name, _IMPORTANCES)
-    return _IMPORTANCES[name]
+    """The channel importance called ``name`` (an error listing the valid ones otherwise)."""
+    return _IMPORTANCES.get(name)
 
 
 def list_importances() -> list[str]:
-    """Names of the registered channel importances."""
-    return list(_IMPORTANCES)
+    """Names of the channel importances."""
+    return _IMPORTANCES.names()
 
 
 def group_importances(graph: ChannelGraph, name: str) -> list[Tensor]:

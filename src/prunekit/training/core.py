@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..data.loader import mix_seed, validation_indices
+from ..data.loader import split_validation
 from ..distributed import sum_across_ranks_, world_size
 from ..options import key_dict
 from .checkpoint import FORMAT, CheckpointError
@@ -29,26 +29,10 @@ from .precision import Precision
 StepFn = Callable[[Tensor, Tensor], "tuple[Tensor, Tensor, int]"]
 
 
-def split_indices(n: int, config: TrainConfig, seed: int) -> tuple[Tensor, Tensor | None]:
-    """``(train, validation)`` indices of a training set of ``n`` samples (validation ``None`` when
-    the config holds nothing out), the training part cut to ``config.train_subset`` images (a seeded
-    random subset, sorted). The same seed gives the same split in every trainer and in scoring."""
-    if config.holdout is None:
-        train, val = torch.arange(n), None
-    else:
-        train, val = validation_indices(n, config.holdout, seed)
-    if config.train_subset is not None and config.train_subset < len(train):
-        g = torch.Generator().manual_seed(mix_seed(seed, 0x5B5E7))
-        train = train[torch.randperm(len(train), generator=g)[: config.train_subset]].sort().values
-    return train, val
-
-
 def split_dataset(train: Any, config: TrainConfig, seed: int) -> tuple[Any, Any]:
-    """``(training part, validation part or None)`` of the training set ``train`` (an ArrayDataset),
-    as :func:`split_indices` splits it."""
-    train_idx, val_idx = split_indices(len(train), config, seed)
-    part = train if len(train_idx) == len(train) else train.subset(train_idx)
-    return part, None if val_idx is None else train.subset(val_idx)
+    """``(training part, validation part or None)`` of the training set ``train`` as ``config`` splits
+    it (its hold-out and subset; :func:`prunekit.data.split_validation`, the one splitter)."""
+    return split_validation(train, config.holdout, seed, config.train_subset)
 
 
 def drop_last_batch(n: int, batch_size: int, world: int = 1) -> bool:

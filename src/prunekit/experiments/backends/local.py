@@ -7,8 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 
 from ..kinds import DatasetCache, Run, RunContext
-from ..lifecycle import Lifecycle, Trained
-from ..record import EpochsToDB, result_fields
+from ..record import Store, Trained, trained
 
 
 class LocalBackend:
@@ -20,21 +19,18 @@ class LocalBackend:
     def units(self, runs: Sequence[Run]) -> Iterable[Sequence[Run]]:
         return [[run] for run in runs]
 
-    def train(self, runs: Sequence[Run], lifecycle: Lifecycle) -> Iterator[tuple[Run, Trained | BaseException]]:
+    def train(self, runs: Sequence[Run], store: Store) -> Iterator[tuple[Run, Trained | BaseException]]:
         for run in runs:
-            yield run, self.train_one(run, lifecycle)
+            yield run, self.train_one(run, store)
 
-    def context(self, run: Run, lifecycle: Lifecycle) -> RunContext:
-        return RunContext(
-            lifecycle.run_dir(run), self.datasets, self.device,
-            epoch_callbacks=lambda phase: [EpochsToDB(lifecycle.db, run.key, phase)], progress=self.progress,
-        )
+    def context(self, run: Run, store: Store) -> RunContext:
+        return RunContext(store.run_dir(run), self.datasets, self.device, epoch_callbacks=store.epoch_callbacks(run), progress=self.progress)
 
-    def train_one(self, run: Run, lifecycle: Lifecycle) -> Trained | Exception:
+    def train_one(self, run: Run, store: Store) -> Trained | Exception:
         """``run`` carried out here; an exception inside it is returned (recorded), not raised."""
-        ctx = self.context(run, lifecycle)
+        ctx = self.context(run, store)
         try:
             done = run.execute(ctx)
-            return Trained(result_fields(done, ctx.run_dir, self.datasets.get(run.dataset), self.device))
+            return trained(done, ctx.run_dir, self.datasets.get(run.dataset), self.device)
         except Exception as exc:  # recorded, so that a sweep goes on with the next run
             return exc

@@ -32,8 +32,8 @@ import torch
 from ...errors import ConfigError, DataError
 from ...training import Callback
 from ..kinds import DatasetCache, Run, RunContext
-from ..lifecycle import EnvironmentFailure, Lifecycle, Trained
-from ..record import result_fields
+from ..lifecycle import EnvironmentFailure
+from ..record import Store, Trained, result_fields
 from ..spec import from_config
 
 RETRIES = 3  # worker deaths retried by Ray per run
@@ -108,12 +108,12 @@ class RayBackend:
     def units(self, runs: Sequence[Run]) -> Iterable[Sequence[Run]]:
         return [list(runs)]  # claimed together, trained as concurrent tasks
 
-    def train(self, runs: Sequence[Run], lifecycle: Lifecycle) -> Iterator[tuple[Run, Trained | BaseException]]:
+    def train(self, runs: Sequence[Run], store: Store) -> Iterator[tuple[Run, Trained | BaseException]]:
         ray = import_ray()
         started = not ray.is_initialized()
         if started:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        out_dir = lifecycle.out_dir
+        out_dir = store.out_dir
         marker = f".prunekit-ray-{secrets.token_hex(6)}"
         (out_dir / marker).write_text(socket.gethostname())
         gpu = self.device.type == "cuda"

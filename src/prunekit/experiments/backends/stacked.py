@@ -22,8 +22,7 @@ from ...stacked import Member, StackedModel, StackedTrainer, can_stack, checkpoi
 from ...training import TrainingDiverged
 from ...training.trainer import make_optimizer
 from ..kinds import DatasetCache, Run, TrainingRun
-from ..lifecycle import Lifecycle, Trained
-from ..record import EpochsToDB, result_fields
+from ..record import EpochsToDB, Store, Trained, trained
 from .local import LocalBackend
 
 MAX_GROUP = 32
@@ -97,15 +96,15 @@ class StackedBackend:
             for i in range(0, len(group), size):
                 yield group[i : i + size]
 
-    def train(self, runs: Sequence[Run], lifecycle: Lifecycle) -> Iterator[tuple[Run, Trained | BaseException]]:
+    def train(self, runs: Sequence[Run], store: Store) -> Iterator[tuple[Run, Trained | BaseException]]:
         if len(runs) == 1 or not all(isinstance(r, TrainingRun) for r in runs):
-            yield from self.alone.train(runs, lifecycle)
+            yield from self.alone.train(runs, store)
             return
         ds = self.datasets.get(runs[0].dataset)
         by_epoch: dict[int, list[Prepared]] = defaultdict(list)
         for run in runs:
             assert isinstance(run, TrainingRun)
-            ctx = self.alone.context(run, lifecycle)
+            ctx = self.alone.context(run, store)
             try:
                 run.start(ctx)
                 model, masks = run.prepare(ctx, ds)
@@ -115,15 +114,15 @@ class StackedBackend:
             by_epoch[checkpoint_epoch(ctx.run_dir / "checkpoint.pt")].append(Prepared(run, ctx.run_dir, model, masks))
         for group in by_epoch.values():
             if len(group) == 1:
-                yield from self.alone.train([group[0].run], lifecycle)
+                yield from self.alone.train([group[0].run], store)
                 continue
             ok, why = can_stack(group[0].model, ds.input_shape, self.device)
             if not ok:
                 logger.warning("%s cannot be stacked (%s); training its %d runs one at a time", group[0].run.model, why, len(group))
-                yield from self.alone.train([p.run for p in group], lifecycle)
+                yield from self.alone.train([p.run for p in group], store)
                 continue
             members = [
-                Member(p.model, p.masks, p.run.seed, checkpoint=p.run_dir / "checkpoint.pt", callbacks=[EpochsToDB(lifecycle.db, p.run.key)])
+                Member(p.model, p.masks, p.run.seed, checkpoint=p.run_dir / "checkpoint.pt", callbacks=[EpochsToDB(store.db, p.run.key)])
                 for p in group
             ]
             try:
@@ -132,11 +131,11 @@ class StackedBackend:
                 )
             except Exception as exc:
                 logger.warning("stacked training of %d runs failed (%s: %s); running them one at a time", len(group), type(exc).__name__, exc)
-                yield from self.alone.train([p.run for p in group], lifecycle)
+                yield from self.alone.train([p.run for p in group], store)
                 continue
             for p, member, result in zip(group, members, results):
                 if isinstance(result, TrainingDiverged):
                     yield p.run, result
                     continue
                 done = p.run.executed(member.model, member.masks, result)
-                yield p.run, Trained(result_fields(done, p.run_dir, ds, self.device))
+                yield p.run, trained(done, p.run_dir, ds, self.device)

@@ -28,7 +28,7 @@ from ...data import Dataset, load_dataset, scoring_batches
 from ...distributed import rank
 from ...files import atomic_write_json
 from ...models import create
-from ...options import key_dict
+from ...options import as_dict, key_dict
 from ...training import Callback, TrainConfig, TrainResult
 from ...training.core import split_dataset
 from ...training.precision import BF16, FP32, Precision, native_bf16
@@ -122,6 +122,16 @@ class Run:
     def group(self) -> str | None:
         """Runs with the same group can train stacked as one network (``None``: never)."""
         return None
+
+    @property
+    def variant(self) -> list[str]:
+        """What sets this run apart from its method's defaults: ``name=value`` of every option that
+        differs (the rows of a report: ``force [count_rule=official]``)."""
+        options = getattr(self, "options", None)
+        if options is None:
+            return []
+        defaults = as_dict(type(options)())
+        return [f"{k}={v}" for k, v in sorted(as_dict(options).items()) if defaults.get(k) != v]
 
     # -- derived in one place ---------------------------------------------------------------------
     @property

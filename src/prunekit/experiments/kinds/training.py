@@ -13,6 +13,7 @@ from ...core.masks import Masks
 from ...core.pruning import prune
 from ...data import Dataset
 from ...distributed import decided_by_rank0, rank, world_size
+from ...methods import get_method
 from ...options import key_dict
 from ...training import TrainResult, fit
 from ..ablations import reinit_seed, shuffle_masks
@@ -39,6 +40,13 @@ class TrainingRun(Run):
     @property
     def label(self) -> str:
         return super().label + (f" ({self.ablation})" if self.ablation else "")
+
+    @property
+    def variant(self) -> list[str]:
+        extras = super().variant
+        if self.pruned and self.allocation != get_method(self.method).allocation:
+            extras.append(str(self.allocation))
+        return extras
 
     @property
     def group(self) -> str | None:
