@@ -21,8 +21,7 @@ from pathlib import Path
 
 import torch
 
-from prunekit.experiments import DatasetCache, prepare
-from prunekit.experiments.spec import load_sweep_file
+from prunekit.experiments import DatasetCache, RunContext, TrainingRun, load_sweep_file
 
 VARIANTS = ("paper", "official_loss", "official_count", "official")
 
@@ -41,14 +40,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for variant in VARIANTS:
             spec = load_sweep_file(Path(args.configs) / f"{variant}.toml")
-            for run in spec.resolved():
-                if run.method == "dense":
+            for run in spec.resolved(torch.device("cpu")):
+                if not isinstance(run, TrainingRun) or not run.pruned:
                     continue
                 label = variant if run.method in ("force", "iter_snip") else "-"
                 ds = cache.get(run.dataset)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    _, masks = prepare(run, Path(tmp) / run.key, ds, torch.device("cpu"), progress=False)
+                    ctx = RunContext(Path(tmp) / run.key, cache, torch.device("cpu"), progress=False)
+                    _, masks = run.prepare(ctx, ds)
                 assert masks is not None
                 kept = {name: int(m.sum()) for name, m in masks.items()}
                 layer_names = list(kept)

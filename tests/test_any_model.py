@@ -222,17 +222,6 @@ def test_one_version_source():
     assert prunekit.__version__ == importlib.metadata.version("prunekit")
 
 
-def test_the_readme_example_runs_word_for_word():
-    from pathlib import Path
-
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    section = text.split("## Your own model, your own loop", 1)[1]
-    code = section.split("```python", 1)[1].split("```", 1)[0]
-    namespace: dict = {"__name__": "readme_example"}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["masks"].is_applied(namespace["model"])
-
-
 def test_tensorboard_log_callback_writes_each_epoch(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

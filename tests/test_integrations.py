@@ -4,7 +4,6 @@ the two callbacks through real training steps, and the README's examples run wor
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
@@ -119,15 +118,3 @@ def test_callbacks_refuse_ambiguous_or_missing_arguments():
         lightning_callback(method="snip")
 
 
-def _readme_blocks() -> list[str]:
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    section = text.split("## Your own model, your own loop", 1)[1].split("\n## ", 1)[0]
-    return [b.split("```", 1)[0] for b in section.split("```python")[1:]]
-
-
-@pytest.mark.parametrize("which", ["huggingface", "lightning"])
-def test_the_readme_framework_examples_run_word_for_word(which, tmp_path, monkeypatch):
-    blocks = [b for b in _readme_blocks() if ("transformers" in b) == (which == "huggingface") and "integrations" in b]
-    assert len(blocks) == 1
-    monkeypatch.chdir(tmp_path)
-    exec(compile(blocks[0], "README.md", "exec"), {"__name__": "readme_example"})

@@ -66,7 +66,7 @@ def run_sweep(
             (1: one at a time). Default: as many as fit in free GPU memory (at most 32) on CUDA, 1 on
             the CPU, where stacking brings no speed-up.
         backend: ``"local"`` (this process, runs one after another or stacked) or ``"ray"`` (each run
-            a Ray task; see :mod:`prunekit.experiments.ray_backend`).
+            a Ray task; see :mod:`prunekit.experiments.backends.ray`).
         address: the Ray cluster (``"auto"``, ``"HOST:PORT"``); None starts a local Ray instance.
     """
     out_dir = Path(out_dir)
