@@ -123,22 +123,27 @@ def test_a_two_process_run_learns_keeps_masks_and_matches_one_process(tmp_path):
         assert torch.count_nonzero(state[name][~m]) == 0
 
 
-def _kill_all_mentioning(text: str) -> None:
-    import signal
-
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
             continue
+        if text in cmdline and state != "Z":  # a zombie has died already
+            pids.append(int(entry.name))
+    return pids
 
 
 @pytest.mark.skipif(not FMNIST.exists() and os.environ.get("PRUNEKIT_REQUIRE_DATA") != "1", reason="Fashion-MNIST not installed")
 def test_a_killed_two_process_run_resumes_from_rank_0s_checkpoint(tmp_path):
+    import signal
     import time
+
+    from conftest import STALL_SECONDS
 
     from prunekit.experiments.db import ResultsDB
     from prunekit.training.precision import resolve_precision
@@ -152,10 +157,15 @@ def test_a_killed_two_process_run_resumes_from_rank_0s_checkpoint(tmp_path):
         found = list((tmp_path / "runs").glob("*/checkpoint.pt")) if (tmp_path / "runs").is_dir() else []
         if found:
             checkpoint = found[0]
-            _kill_all_mentioning(str(tmp_path))  # the launcher, torchrun and both ranks (torchrun starts new sessions)
+            os.kill(proc.pid, signal.SIGKILL)  # the launcher alone: torchrun and both ranks must die with it
         time.sleep(0.05)
     proc.wait()
     assert checkpoint is not None, "the run finished before it could be killed"
+    left, since = _processes_mentioning(str(tmp_path)), time.monotonic()
+    while left and time.monotonic() - since < STALL_SECONDS:  # orphans would go on training (a hang, not a slow day)
+        time.sleep(0.05)
+        left = _processes_mentioning(str(tmp_path))
+    assert not left, f"processes of the killed launch still run: {left}"
     epoch_at_kill = torch.load(checkpoint, weights_only=False)["epoch"]
     assert 1 <= epoch_at_kill < 3
     again = subprocess.run(args, env=env, capture_output=True, text=True)

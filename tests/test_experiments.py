@@ -114,10 +114,12 @@ def test_claims_are_exclusive_and_stale_claims_expire(tmp_path):
         db.stale_after = 300.0
         import socket
 
-        dead = f"{socket.gethostname()}:999999999:x"
+        from prunekit.experiments.db import _namespace
+
+        dead = f"{socket.gethostname()}:999999999:-:n:{_namespace()}"
         with db._transaction() as c:
             c.execute("UPDATE runs SET owner = ?, heartbeat = ? WHERE key = ?", (dead, time.time(), key))
-        assert db.claim(key, "c:3")  # owner process gone on this host
+        assert db.claim(key, "c:3")  # owner process gone in this machine's PID namespace: certain, at once
         db.finish(key, "c:3", {"final_acc": 0.5})
         assert not db.claim(key, "d:4")
         with pytest.raises(RuntimeError):

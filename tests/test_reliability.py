@@ -191,3 +191,59 @@ def test_the_fault_table_in_the_docs_names_tests_that_exist():
     for name in names:
         file, _, test = name.partition("::")
         assert f"def {test.split('[')[0]}(" in (here.parent / file).read_text(), name
+
+
+# 29.1 a fresh heartbeat is never taken over, whatever the pid check says -----------------------------
+def test_a_fresh_heartbeat_from_another_pid_namespace_is_never_taken_over(tmp_path):
+    from prunekit.experiments.db import _namespace
+
+    run = resolve(spec())
+    assert make_owner().endswith(":" + _namespace())  # an owner names its machine and PID namespace
+    host = socket.gethostname()
+    dead_pid = 999_999_999
+    with ResultsDB(tmp_path / "r.db", stale_after=300.0) as db:
+        db.ensure(run.key, run.config)
+        assert db.claim(run.key, "x:1")
+        # the same hostname, a pid that does not exist here: another PID namespace (a container with
+        # host networking, unshare --pid), or an owner written before namespaces were recorded
+        for owner in (f"{host}:{dead_pid}:123:nonce:{'0' * 8 if _namespace() != '0' * 8 else '1' * 8}", f"{host}:{dead_pid}:123:nonce"):
+            with db._transaction() as c:
+                c.execute("UPDATE runs SET owner = ?, heartbeat = ? WHERE key = ?", (owner, time.time(), run.key))
+            assert not db.claim(run.key, "thief:1")  # its heartbeat is fresh: it is alive somewhere
+            with db._transaction() as c:
+                c.execute("UPDATE runs SET heartbeat = ? WHERE key = ?", (time.time() - 301.0, run.key))
+            assert db.claim(run.key, "next:1")  # silent past the lease: free
+        # in this namespace the pid check is certain: a dead owner's run is free at once
+        with db._transaction() as c:
+            c.execute("UPDATE runs SET owner = ?, heartbeat = ? WHERE key = ?", (f"{host}:{dead_pid}:-:n:{_namespace()}", time.time(), run.key))
+        assert db.claim(run.key, "after:crash")
+
+
+# 29.2 a worker that lost its claim stops without writing ---------------------------------------------
+def test_a_worker_whose_claim_is_taken_over_stops_cleanly_without_writing(tmp_path, tiny_mnist, monkeypatch, capsys):
+    from prunekit.experiments.record import Store
+    from prunekit.training import Callback
+
+    class TakenOver(Callback):  # another host takes the run over after epoch 1 (this process was paused)
+        def __init__(self, db, key):
+            self.db, self.key = db, key
+
+        def on_epoch_end(self, trainer, epoch, metrics):
+            if epoch == 0:
+                with self.db._transaction() as c:
+                    c.execute("UPDATE runs SET owner = 'otherhost:1:-:n:ffffffff', heartbeat = ? WHERE key = ?", (time.time(), self.key))
+
+    original = Store.epoch_callbacks
+
+    def with_takeover(self, run):
+        return lambda phase: [*original(self, run)(phase), TakenOver(self.db, run.key)]
+
+    monkeypatch.setattr(Store, "epoch_callbacks", with_takeover)
+    out = run_one(spec(epochs=3), tmp_path / "o", datasets=DatasetCache(str(tiny_mnist)))
+    assert out.status == "lost" and out.record.owner.startswith("otherhost") and out.record.status == "running"
+    assert "taken over" in out.describe()
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        assert [e["epoch"] for e in db.epochs(out.key)] == [1]  # nothing written after the claim was lost
+    checkpoint = torch.load(tmp_path / "o" / "runs" / out.key / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == 1  # the new owner's files are not overwritten
+    assert "Traceback" not in capsys.readouterr().err

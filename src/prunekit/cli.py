@@ -263,10 +263,11 @@ def _print_table(out_dir: Path, metric: str) -> None:
 
 def _launch_data_parallel(args: argparse.Namespace) -> int:
     """Run this command again as ``--nproc`` processes under ``torchrun`` (standalone: this machine)."""
+    import signal
     import subprocess
 
-    if args.nproc < 1:
-        raise ConfigError(f"--nproc must be at least 1, got {args.nproc}")
+    from .distributed import die_with_parent
+
     rest, skip = [], False
     for token in args.argv:
         if skip:
@@ -279,15 +280,18 @@ def _launch_data_parallel(args: argparse.Namespace) -> int:
             continue
         rest.append(token)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}", "-m", "prunekit.cli", *rest]
-    return subprocess.call(cmd)
+    # torchrun stops its ranks on SIGTERM; it gets one when this command dies, however it dies (kill -9)
+    return subprocess.call(cmd, preexec_fn=lambda: die_with_parent(signal.SIGTERM))
 
 
 def _join_process_group(args: argparse.Namespace) -> torch.device:
     """Inside a torchrun launch: this rank's device, process group joined."""
     import os
 
-    from .distributed import init_from_environment
+    from .distributed import die_with_parent, init_from_environment
 
+    if "LOCAL_RANK" in os.environ:
+        die_with_parent()  # a rank never outlives its torchrun agent
     device = _device(args.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
@@ -299,6 +303,8 @@ def _join_process_group(args: argparse.Namespace) -> torch.device:
 def cmd_run(args: argparse.Namespace) -> int:
     import os
 
+    if isinstance(args.nproc, bool) or args.nproc < 1:
+        raise ConfigError(f"--nproc must be at least 1 (processes of this machine), got {args.nproc}")
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _launch_data_parallel(args)
     device = _join_process_group(args)
@@ -321,7 +327,7 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
     spec = RunSpec(**values, method_options=options.get(method, {}) if method else {}, train=_train_overrides(args.train),
                    model_kwargs=_model_args(args.model_args))
     outcome = run_one(spec, args.out, datasets=DatasetCache(args.data_dir), device=device, force=args.force,
-                      retry_failed=args.retry_failed, progress=None if not args.no_progress else False)
+                      retry_failed=args.retry_failed, progress=None if not args.no_progress else False, lease=args.lease)
     if rank() > 0:
         return 0
     print(outcome.describe())
@@ -519,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_spec_flags(r, RunSpec)
     r.add_argument("--force", action="store_true", help="discard an earlier result and run again")
     r.add_argument("--retry-failed", action="store_true", help="run again if it failed before")
+    r.add_argument("--lease", type=float, default=300.0, metavar="SECONDS",
+                   help="seconds without a heartbeat after which a run held by a process on another host or in another PID "
+                        "namespace is taken over (default: 300)")
     r.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train data-parallel on N processes of this machine (a torchrun launch: NCCL on GPUs, gloo on the CPU; default 1)")
     common(r)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import socket
@@ -112,25 +113,45 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+@functools.cache
+def _namespace() -> str:
+    """This process's machine and PID namespace, as 8 hex digits: the kernel's boot id and the PID
+    namespace's inode. Two processes with equal hostnames (containers with host networking, PID
+    namespaces, cloned machines) tell each other apart by it; a PID check is certain only inside one."""
+    parts = []
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+    except OSError:
+        parts.append("?")
+    try:
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    except OSError:
+        parts.append("?")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:8]
+
+
 def make_owner() -> str:
-    """An owner id for this process: ``host:pid:start:nonce`` (``start``: the process's start time
-    where the OS tells it, so that a reused pid is not mistaken for the owner)."""
+    """An owner id for this process: ``host:pid:start:nonce:namespace`` (``start``: the process's
+    start time where the OS tells it, so that a reused pid is not mistaken for the owner;
+    ``namespace``: :func:`_namespace`, so that a pid is only ever checked where it means something)."""
     pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '-'}:{uuid.uuid4().hex[:8]}"
+    return f"{socket.gethostname()}:{pid}:{_start_time(pid) or '-'}:{uuid.uuid4().hex[:8]}:{_namespace()}"
 
 
 def _owner_alive(owner: str | None) -> bool | None:
-    """True/False for an owner on this host, None when it lives on another host.
+    """True/False for an owner in this machine's and this PID namespace, None when that cannot be
+    known (another host, another PID namespace with the same hostname, an owner id written before
+    namespaces were recorded): then only its heartbeat can tell.
 
-    On this host the answer is certain: the owner's process exists (a stopped one too) with the
-    start time it recorded, or it does not.
+    Inside one namespace the answer is certain: the owner's process exists (a stopped one too) with
+    the start time it recorded, or it does not.
     """
     if not owner:
         return False
     host, _, rest = owner.partition(":")
-    if host != socket.gethostname():
-        return None
     parts = rest.split(":")
+    if host != socket.gethostname() or len(parts) < 4 or parts[3] != _namespace():
+        return None
     try:
         pid = int(parts[0])
         os.kill(pid, 0)
@@ -138,21 +159,32 @@ def _owner_alive(owner: str | None) -> bool | None:
         return False
     except PermissionError:
         pass
-    if len(parts) >= 3 and parts[1] != "-":  # host:pid:start:nonce
+    if parts[1] != "-":
         current = _start_time(pid)
         if current is not None and current != parts[1]:
             return False  # the pid now belongs to another process
     return True
 
 
+class ClaimLost(PrunekitError, RuntimeError):
+    """This process no longer owns the run it was training (it was taken over while this process
+    was paused past its lease, or reset): it stops without writing anything more."""
+
+
 class ResultsDBError(PrunekitError, RuntimeError):
     """A results database that cannot be used (corrupt, not a database, from a newer prunekit)."""
 
 
-class ResultsDB:
-    """A handle on the results database at ``path`` (created if missing)."""
+DEFAULT_LEASE = 300.0  # seconds without a heartbeat after which a run of an owner that cannot be checked is free
 
-    def __init__(self, path: str | os.PathLike[str], stale_after: float = 300.0):
+
+class ResultsDB:
+    """A handle on the results database at ``path`` (created if missing).
+
+    ``stale_after`` is the lease: a running claim whose owner cannot be checked directly (another
+    host or PID namespace) is free once its heartbeat is older than this many seconds."""
+
+    def __init__(self, path: str | os.PathLike[str], stale_after: float = DEFAULT_LEASE):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stale_after = stale_after
@@ -295,9 +327,10 @@ class ResultsDB:
 
     # -- claims ---------------------------------------------------------------------------------
     def is_stale(self, owner: str | None, heartbeat: float | None, now: float | None = None) -> bool:
-        """Whether a ``running`` row's owner is gone: on this host, its process no longer exists
-        (a live process keeps its run however long it is paused, e.g. by ``kill -STOP``); on
-        another host, its heartbeat is older than ``stale_after`` seconds."""
+        """Whether a ``running`` row's owner is gone: in this machine's PID namespace, its process
+        no longer exists (a live process keeps its run however long it is paused, e.g. by
+        ``kill -STOP``); anywhere else (another host, another PID namespace with the same hostname),
+        its heartbeat is older than ``stale_after`` seconds: a fresh heartbeat is never taken over."""
         alive = _owner_alive(owner)
         if alive is not None:
             return not alive
@@ -336,8 +369,23 @@ class ResultsDB:
         with self._transaction() as c:
             c.execute("UPDATE runs SET heartbeat = ? WHERE key = ? AND owner = ? AND status = 'running'", (time.time(), key, owner))
 
-    def add_epoch(self, key: str, metrics: Mapping[str, Any], phase: int = 0) -> None:
+    def check_claim(self, key: str, owner: str) -> None:
+        """Raise :class:`ClaimLost` unless ``owner`` still holds ``key`` as running."""
+        with self._lock:
+            row = self._conn.execute("SELECT status, owner FROM runs WHERE key = ?", (key,)).fetchone()
+        self._held(key, owner, row)
+
+    @staticmethod
+    def _held(key: str, owner: str, row: Any) -> None:
+        if row is None or row["status"] != "running" or row["owner"] != owner:
+            now = "gone" if row is None else f"{row['status']}, owner {row['owner']}"
+            raise ClaimLost(f"run {key} is no longer this process's ({now}); it stops without writing anything more")
+
+    def add_epoch(self, key: str, metrics: Mapping[str, Any], phase: int = 0, owner: str | None = None) -> None:
+        """Record a finished epoch (with ``owner``: only while it holds the run, else :class:`ClaimLost`)."""
         with self._transaction() as c:
+            if owner is not None:
+                self._held(key, owner, c.execute("SELECT status, owner FROM runs WHERE key = ?", (key,)).fetchone())
             c.execute(
                 "INSERT OR REPLACE INTO epochs (key, phase, epoch, metrics) VALUES (?, ?, ?, ?)",
                 (key, phase, int(metrics["epoch"]), json.dumps(dict(metrics))),
@@ -359,7 +407,7 @@ class ResultsDB:
                 (time.time(), *values, key, owner),
             )
             if cur.rowcount != 1:
-                raise RuntimeError(f"run {key} is no longer owned by {owner}")
+                self._held(key, owner, c.execute("SELECT status, owner FROM runs WHERE key = ?", (key,)).fetchone())
 
     def fail(self, key: str, owner: str, error: str, kind: str = "method") -> None:
         """Record a failure; ``kind`` ``"environment"`` (data missing, disk full, no permission) is
@@ -458,8 +506,9 @@ def _decode(row: sqlite3.Row) -> RunRecord:
 class Heartbeat:
     """Refresh the heartbeat of one or several runs from a background thread while they run."""
 
-    def __init__(self, db: ResultsDB, keys: str | list[str], owner: str, every: float = 30.0):
-        self.db, self.owner, self.every = db, owner, every
+    def __init__(self, db: ResultsDB, keys: str | list[str], owner: str, every: float | None = None):
+        self.db, self.owner = db, owner
+        self.every = every if every is not None else min(30.0, db.stale_after / 10)  # ten beats per lease
         self.keys = [keys] if isinstance(keys, str) else list(keys)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)

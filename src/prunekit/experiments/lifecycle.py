@@ -13,6 +13,7 @@ every unrecorded run when the process is interrupted.
 from __future__ import annotations
 
 import errno
+import logging
 import tempfile
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -23,9 +24,11 @@ from typing import Protocol
 
 from ..distributed import decided_by_rank0
 from ..errors import ConfigError, DataError, PrunekitError
-from .db import Heartbeat, RunRecord
+from .db import ClaimLost, Heartbeat, RunRecord
 from .kinds import Run
 from .record import Store, Trained
+
+logger = logging.getLogger("prunekit")
 
 
 class EnvironmentFailure(PrunekitError, RuntimeError):
@@ -35,7 +38,8 @@ class EnvironmentFailure(PrunekitError, RuntimeError):
 @dataclass
 class RunOutcome:
     """What happened to a requested run: ``done`` (just now), ``skipped`` (already done), ``busy``
-    (another process runs it), ``failed`` (now or earlier), ``follower`` (a data-parallel rank > 0)."""
+    (another process runs it), ``failed`` (now or earlier), ``lost`` (taken over by another process
+    while this one trained it: left to that one), ``follower`` (a data-parallel rank > 0)."""
 
     key: str
     status: str
@@ -57,6 +61,8 @@ class RunOutcome:
             return line
         if self.status == "failed":
             return f"{head}: FAILED: {(record.error or '').splitlines()[0] if record.error else ''}"
+        if self.status == "lost":
+            return f"{head}: taken over by {record.owner} while this process trained it; left to it"
         return f"{head}: running in another process"
 
 
@@ -117,6 +123,7 @@ class Lifecycle:
     """
 
     def __init__(self, store: Store, owner: str, *, retry_failed: bool = False, data_parallel: bool = False):
+        store.owner = owner
         self.store, self.db, self.owner = store, store.db, owner
         self.retry_failed = retry_failed
         self.data_parallel = data_parallel
@@ -143,14 +150,21 @@ class Lifecycle:
         return claimed, refused
 
     def record(self, run: Run, produced: Trained | BaseException) -> RunOutcome:
-        """Finish or fail ``run`` with what its backend produced."""
+        """Finish or fail ``run`` with what its backend produced (a run whose claim was lost meanwhile
+        is left to its new owner: nothing is written)."""
+        if isinstance(produced, ClaimLost):
+            logger.warning("%s: %s", run.label, produced)
+            return RunOutcome(run.key, "lost", self.db.get(run.key))
         if isinstance(produced, BaseException):
             text = "".join(traceback.format_exception(type(produced), produced, produced.__traceback__, limit=8))
             self.db.fail(run.key, self.owner, f"{type(produced).__name__}: {produced}\n{text}", failure_kind(produced))
             return RunOutcome(run.key, "failed", self.db.get(run.key))
-        for phase, metrics in produced.epochs:
-            self.db.add_epoch(run.key, metrics, phase)
-        self.db.finish(run.key, self.owner, produced.fields)
+        try:
+            for phase, metrics in produced.epochs:
+                self.db.add_epoch(run.key, metrics, phase, self.owner)
+            self.db.finish(run.key, self.owner, produced.fields)
+        except ClaimLost as lost:
+            return self.record(run, lost)
         return RunOutcome(run.key, "done", self.db.get(run.key))
 
     @contextmanager

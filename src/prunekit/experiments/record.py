@@ -39,17 +39,28 @@ def device_name(device: torch.device) -> str:
 
 @dataclass
 class Store:
-    """Where runs are recorded: the results database and the folder of the run files."""
+    """Where runs are recorded: the results database and the folder of the run files, written by
+    ``owner`` only while it holds the run (every write is preceded by a check of the claim)."""
 
     db: ResultsDB
     out_dir: Path
+    owner: str | None = None
 
     def run_dir(self, run: Run) -> Path:
         return self.out_dir / "runs" / run.key
 
     def epoch_callbacks(self, run: Run) -> Callable[[int], list[Callback]]:
-        """``phase -> callbacks`` that log every finished epoch of ``run`` to its row as it ends."""
-        return lambda phase: [EpochsToDB(self.db, run.key, phase)]
+        """``phase -> callbacks`` that log every finished epoch of ``run`` to its row as it ends (and
+        stop the run with :class:`~prunekit.experiments.db.ClaimLost`, before its checkpoint is
+        written, if another process has taken it over)."""
+        return lambda phase: [EpochsToDB(self.db, run.key, phase, self.owner)]
+
+    def guard(self, run: Run) -> Callable[[], None]:
+        """A check to call before writing a file of ``run``: raises ``ClaimLost`` once the claim is gone."""
+        owner = self.owner
+        if owner is None:
+            return lambda: None
+        return lambda: self.db.check_claim(run.key, owner)
 
 
 @dataclass
@@ -67,13 +78,14 @@ def trained(done: Executed, run_dir: Path, ds: Dataset, device: torch.device) ->
 
 
 class EpochsToDB(Callback):
-    """Logs every finished epoch's metrics to the run's row (phase: IMP round)."""
+    """Logs every finished epoch's metrics to the run's row (phase: IMP round); with ``owner``, only
+    while that owner holds the run (:class:`~prunekit.experiments.db.ClaimLost` otherwise)."""
 
-    def __init__(self, db: ResultsDB, key: str, phase: int = 0):
-        self.db, self.key, self.phase = db, key, phase
+    def __init__(self, db: ResultsDB, key: str, phase: int = 0, owner: str | None = None):
+        self.db, self.key, self.phase, self.owner = db, key, phase, owner
 
     def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, Any]) -> None:
-        self.db.add_epoch(self.key, metrics, self.phase)
+        self.db.add_epoch(self.key, metrics, self.phase, self.owner)
 
 
 def result_fields(done: Executed, run_dir: Path, ds: Dataset, device: torch.device) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 from ..distributed import decided_by_rank0, rank, world_size
 from ..errors import ConfigError
 from .backends import LocalBackend
-from .db import ResultsDB, make_owner
+from .db import DEFAULT_LEASE, ResultsDB, make_owner
 from .kinds import DatasetCache, Run, RunContext
 from .lifecycle import Lifecycle, RunOutcome, check_output_folder
 from .record import Store
@@ -32,6 +32,7 @@ def run_one(
     progress: bool | None = None,
     force: bool = False,
     retry_failed: bool = False,
+    lease: float = DEFAULT_LEASE,
 ) -> RunOutcome:
     """Run ``spec`` unless the database already has it; record the outcome.
 
@@ -39,6 +40,8 @@ def run_one(
         out_dir: holds ``results.db`` and ``runs/<key>/``.
         force: discard an earlier result (and its files) and run again.
         retry_failed: run again a run that failed earlier (default: report it as failed).
+        lease: seconds without a heartbeat after which a run held by a process on another host (or
+            in another PID namespace) is taken over.
 
     Returns:
         A :class:`RunOutcome`. Errors inside the run are recorded in the database (status
@@ -60,7 +63,9 @@ def run_one(
     lifecycle = None
     try:
         check_output_folder(out_dir)
-        db = db or ResultsDB(out_dir / "results.db")
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease < 10:
+            raise ConfigError(f"lease must be a number of seconds >= 10, got {lease!r}")
+        db = db or ResultsDB(out_dir / "results.db", stale_after=float(lease))
         lifecycle = Lifecycle(Store(db, out_dir), owner or make_owner(), retry_failed=retry_failed, data_parallel=world_size() > 1)
         if force:
             _forget(run, lifecycle)

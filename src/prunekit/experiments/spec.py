@@ -33,6 +33,7 @@ from ..options import as_dict, build, option, required
 from ..structured import TRIGGERS, StructuredOptions, check_structured, parse_budget, parse_structured
 from ..training import TrainConfig, get_recipe
 from ..training.recipes import Recipe, default_recipe
+from .db import DEFAULT_LEASE
 from .kinds import DENSE, IMP, ImpRun, Run, StructuredRun, TrainingRun
 
 ABLATIONS = {
@@ -259,6 +260,8 @@ class SweepSpec:
     data_dir: str | None = option(None, "where the dataset lives")
     structured: tuple[str, ...] = option((), "early structured pruning specs, separated by ';' (e.g. 'epi;epoch:prune_at=5')", sep=";")
     budgets: tuple[str, ...] = option((DEFAULT_BUDGET,), "structured budgets, comma-separated, e.g. macs=0.5,macs=0.3")
+    lease: float = option(DEFAULT_LEASE, "seconds without a heartbeat after which a run held by a process on another host or "
+                          "in another PID namespace is taken over", min=10.0)
     _resolved: dict[str, list[Run]] = field(default_factory=dict, compare=False, repr=False)
 
     def resolved(self, device: Any = None) -> list[Run]:
@@ -299,8 +302,9 @@ _LIST_TYPES: dict[str, Any] = {
 }
 _SCALAR_TYPES: dict[str, Any] = {
     "dataset": str, "recipe": str, "epochs": int, "dense": bool, "allocation": str, "scoring_batch_size": int, "data_dir": str,
+    "lease": (int, float),
 }
-_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false"}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", (int, float): "a number"}
 
 
 def sweep_from_mapping(values: Mapping[str, Any], where: str = "sweep config", device: Any = None) -> SweepSpec:

@@ -91,7 +91,7 @@ def run_sweep(
     for name in dict.fromkeys(r.dataset for r in runs):
         datasets.get(name)  # a missing or unreadable dataset fails here, before any row is written
     check_output_folder(out_dir)
-    with ResultsDB(out_dir / "results.db") as db:
+    with ResultsDB(out_dir / "results.db", stale_after=float(spec.lease)) as db:
         for run in runs:
             db.ensure(run.key, run.config)
         lifecycle = Lifecycle(Store(db, out_dir), make_owner(), retry_failed=retry_failed)

@@ -158,6 +158,7 @@ def run_imp(
     donors: Iterable[Path] = (),
     scoring_data: Callable[[], Any] | None = None,
     precision: Precision | None = None,
+    before_write: Callable[[], None] = lambda: None,
 ) -> tuple[Masks, TrainResult, list[dict[str, Any]]]:
     """Run IMP on ``model`` (modified: it ends as the trained final ticket).
 
@@ -170,6 +171,7 @@ def run_imp(
             rounds this run may take over (only when it starts from nothing).
         scoring_data: ``() -> batches`` for ``scorer="snip"`` (``|theta * g|`` on them).
         precision: every round's training precision (default: what ``config`` resolves to on ``device``).
+        before_write: called before every file the rounds write (a run's claim check: it raises to stop).
 
     Returns:
         ``(final masks, final round's TrainResult, per-round summaries)``.
@@ -177,6 +179,7 @@ def run_imp(
     if not isinstance(options, ImpOptions):
         raise TypeError(f"options must be ImpOptions, got {type(options).__name__}")
     rewind_epoch, scorer, prune_first = options.rewind_epoch, options.scorer, options.prune_first
+    before_write()
     workdir.mkdir(parents=True, exist_ok=True)
     state_path = workdir / "state.json"
     densities = options.densities(1.0 - sparsity)
@@ -212,6 +215,7 @@ def run_imp(
                 scores = {n: trained[n].abs() for n in prunable}
             kept = select(scores, densities[rnd - 1], options.allocation, None if previous is None else dict(previous))
             meta = {"method": "imp", "round": rnd, "density": densities[rnd - 1], **settings}
+            before_write()
             Masks(kept, meta).save(mask_file)
         masks = Masks.load(mask_file) if rnd > 0 else None
         finished = {r["round"] for r in state["rounds"]}
@@ -230,6 +234,7 @@ def run_imp(
             precision=precision,
         )
         # the trained weights first, then the record that the round is done
+        before_write()
         atomic_save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, trained_path)
         summary = {
             "round": rnd,

@@ -24,7 +24,8 @@ class LocalBackend:
             yield run, self.train_one(run, store)
 
     def context(self, run: Run, store: Store) -> RunContext:
-        return RunContext(store.run_dir(run), self.datasets, self.device, epoch_callbacks=store.epoch_callbacks(run), progress=self.progress)
+        return RunContext(store.run_dir(run), self.datasets, self.device, epoch_callbacks=store.epoch_callbacks(run), progress=self.progress,
+                          guard=store.guard(run))
 
     def train_one(self, run: Run, store: Store) -> Trained | Exception:
         """``run`` carried out here; an exception inside it is returned (recorded), not raised."""

@@ -122,7 +122,7 @@ class StackedBackend:
                 yield from self.alone.train([p.run for p in group], store)
                 continue
             members = [
-                Member(p.model, p.masks, p.run.seed, checkpoint=p.run_dir / "checkpoint.pt", callbacks=[EpochsToDB(store.db, p.run.key)])
+                Member(p.model, p.masks, p.run.seed, checkpoint=p.run_dir / "checkpoint.pt", callbacks=[EpochsToDB(store.db, p.run.key, 0, store.owner)])
                 for p in group
             ]
             try:

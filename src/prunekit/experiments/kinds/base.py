@@ -68,6 +68,7 @@ class RunContext:
     device: torch.device
     epoch_callbacks: Callable[[int], list[Callback]] = field(default=lambda phase: [])  # phase (IMP round) -> callbacks
     progress: bool | None = None
+    guard: Callable[[], None] = field(default=lambda: None)  # called before the run writes a file: raises if the claim is gone
 
 
 @dataclass
@@ -170,6 +171,7 @@ class Run:
     def start(self, ctx: RunContext) -> None:
         """The run's folder, with its ``config.json`` (data-parallel: rank 0 writes files)."""
         if rank() == 0:
+            ctx.guard()
             ctx.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(ctx.run_dir / "config.json", self.config, indent=1, sort_keys=True)
 

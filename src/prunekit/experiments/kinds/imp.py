@@ -55,8 +55,9 @@ class ImpRun(Run):
             model, ds, self.train, self.options, sparsity=self.sparsity, prunable=list(prunable_parameters(model)), device=ctx.device,
             seed=self.seed, workdir=ctx.run_dir / "imp", epoch_callbacks=ctx.epoch_callbacks, progress=ctx.progress,
             donors=self.donors(ctx.run_dir), scoring_data=lambda: self.scoring_data(ds, ctx.device, num_batches=1),
-            precision=self.training_precision(ctx.device),
+            precision=self.training_precision(ctx.device), before_write=ctx.guard,
         )
+        ctx.guard()
         masks.save(ctx.run_dir / "masks.pt")
         # the cost of the ticket: every round this run trained (rounds taken over from another run are
         # counted there), and of all its rounds wherever they were trained

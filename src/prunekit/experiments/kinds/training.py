@@ -83,6 +83,7 @@ class TrainingRun(Run):
             if self.ablation == "shuffle":
                 masks = shuffle_masks(masks, self.seed)
             if rank() == 0:
+                ctx.guard()
                 masks.save(mask_path)
         if self.ablation == "reinit":
             model = self.make_model(ds, ctx.device, reinit_seed(self.seed))
