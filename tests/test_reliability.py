@@ -247,3 +247,97 @@ def test_a_worker_whose_claim_is_taken_over_stops_cleanly_without_writing(tmp_pa
     checkpoint = torch.load(tmp_path / "o" / "runs" / out.key / "checkpoint.pt", weights_only=False)
     assert checkpoint["epoch"] == 1  # the new owner's files are not overwritten
     assert "Traceback" not in capsys.readouterr().err
+
+
+# 29.4-5 damaged run files are set aside and the run restarts -----------------------------------------
+def test_a_checkpoint_damaged_inside_is_detected_set_aside_and_the_run_resumes_from_the_previous_one(tmp_path, tiny_mnist):
+    from prunekit.training.checkpoint import CheckpointDamaged, load_checkpoint
+
+    datasets = DatasetCache(str(tiny_mnist))
+    first = run_one(spec(epochs=3), tmp_path / "o", datasets=datasets)
+    assert first.status == "done"
+    run_dir = tmp_path / "o" / "runs" / first.key
+    checkpoint, prev = run_dir / "checkpoint.pt", run_dir / "checkpoint.pt.prev"
+    assert load_checkpoint(checkpoint)["epoch"] == 3 and load_checkpoint(prev)["epoch"] == 2
+    data = bytearray(checkpoint.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = bytes(4096)  # 4 KB zeroed inside: torch.load alone would not notice
+    checkpoint.write_bytes(bytes(data))
+    with pytest.raises(CheckpointDamaged, match="does not match its checksum|cannot read"):
+        load_checkpoint(checkpoint)
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        db.reset(first.key)  # as if it had been interrupted in its last epoch
+    again = run_one(spec(epochs=3), tmp_path / "o", datasets=datasets)
+    assert again.status == "done" and again.record.final_acc == first.record.final_acc  # resumed exactly from epoch 2
+    recovered = " ".join(again.record.extra["recovered"])
+    assert "damaged" in recovered or "cannot read" in recovered
+    assert "previous checkpoint" in recovered and list(run_dir.glob("checkpoint.pt.damaged*"))
+
+
+@pytest.mark.parametrize("damage", ["empty checkpoint", "truncated checkpoint", "empty masks", "truncated masks"])
+def test_a_truncated_or_empty_run_file_restarts_the_run_without_retry_or_force(tmp_path, tiny_mnist, damage):
+    datasets = DatasetCache(str(tiny_mnist))
+    first = run_one(spec(epochs=2), tmp_path / "o", datasets=datasets)
+    run_dir = tmp_path / "o" / "runs" / first.key
+    target = run_dir / ("checkpoint.pt" if "checkpoint" in damage else "masks.pt")
+    target.write_bytes(b"" if damage.startswith("empty") else target.read_bytes()[:200])
+    if "checkpoint" in damage:
+        (run_dir / "checkpoint.pt.prev").unlink()  # no earlier checkpoint: training starts over
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        db.reset(first.key)
+    again = run_one(spec(epochs=2), tmp_path / "o", datasets=datasets)
+    assert again.status == "done", again.record.error
+    assert again.record.final_acc == first.record.final_acc  # the same run, trained again from where it could
+    assert again.record.extra["recovered"] and list(run_dir.glob(target.name + ".damaged*"))
+    assert prunekit.Masks.load(run_dir / "masks.pt") == prunekit.Masks.load(first.record.mask_path)
+
+
+# 29.6 scorer files are keyed by their checksum and checked before a run --------------------------------
+def test_a_scorer_file_is_keyed_by_its_checksum_and_a_changed_file_is_refused(tmp_path):
+    import shutil
+
+    from prunekit.autosparse import ScorerFileError, list_scorers
+    from prunekit.methods.autosparse import AutoSparseOptions
+
+    shipped = list_scorers()
+    path = tmp_path / "my-scorer.pt"
+    shutil.copyfile(shipped["lenet300-fmnist"], path)
+    first = resolve(spec(method="autosparse", method_options={"scorer": str(path)}))
+    assert first.options.scorer_sha256 and first.config["method_options"]["scorer_sha256"] == first.options.scorer_sha256
+    assert resolve(spec(method="autosparse", method_options={"scorer": str(path)})).key == first.key
+    shutil.copyfile(shipped["lenet5-fmnist"], path)  # taught again, to the same path
+    second = resolve(spec(method="autosparse", method_options={"scorer": str(path)}))
+    assert second.key != first.key  # another scorer: another run, not the old result
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
+    data = [(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))]
+    with pytest.raises(ScorerFileError, match="changed since this run was resolved"):
+        prunekit.prune(model, "autosparse", 0.5, data=data, options=first.options)
+    assert prunekit.prune(model, "autosparse", 0.5, data=data, options=second.options).density == pytest.approx(0.5, abs=0.01)
+    named = resolve(spec(method="autosparse", method_options={"scorer": "lenet5-fmnist"}))
+    assert named.options.scorer_sha256 is None and "scorer_sha256" not in named.config["method_options"]  # keys of shipped names unchanged
+    assert AutoSparseOptions().scorer in shipped
+
+
+@pytest.mark.parametrize("bad", ["", "no-such-scorer", "missing.pt", "DIR", "EMPTY", "TEXT", "MASKS", "CHECKPOINT", "TRUNCATED"])
+def test_every_bad_scorer_value_is_one_error_before_anything_runs(tmp_path, tiny_mnist, bad, capsys):
+    import shutil
+
+    from prunekit.autosparse import list_scorers
+
+    files = {"DIR": tmp_path / "a-dir", "EMPTY": tmp_path / "empty.pt", "TEXT": tmp_path / "text.pt", "MASKS": tmp_path / "masks.pt",
+             "CHECKPOINT": tmp_path / "ckpt.pt", "TRUNCATED": tmp_path / "cut.pt"}
+    files["DIR"].mkdir()
+    files["EMPTY"].write_bytes(b"")
+    files["TEXT"].write_text("not a scorer")
+    prunekit.Masks({"w": torch.ones(4, dtype=torch.bool)}).save(files["MASKS"])
+    torch.save({"format": "prunekit-checkpoint", "epoch": 1}, files["CHECKPOINT"])
+    shutil.copyfile(list_scorers()["lenet5-fmnist"], files["TRUNCATED"])
+    files["TRUNCATED"].write_bytes(files["TRUNCATED"].read_bytes()[:5000])
+    value = str(files.get(bad, tmp_path / bad if bad.endswith(".pt") else bad))
+    out = tmp_path / "o"
+    argv = ["run", "--model", "lenet_300_100", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--method", "autosparse",
+            "--opt", f"scorer={value}", "--epochs", "1", "--recipe", "lenet-fmnist", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prunekit: error:") and "Traceback" not in err and "scorer" in err.lower()
+    assert not out.exists()

@@ -108,6 +108,7 @@ class Scorer:
     mean: Tensor  # [2]
     std: Tensor  # [2]
     meta: dict[str, Any]
+    sha256: str | None = None  # the file's checksum (None for a scorer not read from a file)
 
     @torch.inference_mode()
     def predict(self, features: Tensor, chunk: int | None = None, device: torch.device | str | None = None) -> Tensor:
@@ -162,7 +163,7 @@ class Scorer:
             mean, std = payload["mean"], payload["std"]
             if tuple(mean.shape) != (2,) or tuple(std.shape) != (2,) or not bool((std > 0).all()):
                 raise ValueError("bad feature normalisation")
-            return cls(payload["arch"], net, mean, std, json.loads(payload["meta"]))
+            return cls(payload["arch"], net, mean, std, json.loads(payload["meta"]), payload["sha256"])
         except ConfigError:
             raise
         except Exception as exc:

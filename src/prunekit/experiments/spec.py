@@ -58,15 +58,17 @@ def method_options_class(method: str) -> type | None:
     return get_method(method).options
 
 
-def build_method_options(method: str, values: Mapping[str, Any]) -> Any:
-    """The validated options of ``method`` (``official=True`` expanded for PaI methods; None for dense)."""
+def build_method_options(method: str, values: Mapping[str, Any], for_run: bool = False) -> Any:
+    """The validated options of ``method`` (``official=True`` expanded for PaI methods; None for dense);
+    ``for_run``: completed as a new run records them (a scorer file read and its checksum kept)."""
     if method == DENSE:
         if values:
             raise ConfigError(f"the dense baseline has no options, got {', '.join(values)}")
         return None
     if method == IMP:
         return build(ImpOptions, dict(values), f"method {method!r}")
-    return get_method(method).build_options(values)
+    spec = get_method(method)
+    return spec.options_for_run(values) if for_run else spec.build_options(values)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ def resolve(spec: RunSpec, device: Any = None) -> Run:
             raise unknown("ablation", spec.ablation, ABLATIONS)
         if method in (DENSE, IMP):
             raise ConfigError(f"ablations apply to pruning-at-initialization methods, not {method!r}")
-    options = build_method_options(method, spec.method_options)
+    options = build_method_options(method, spec.method_options, for_run=True)
     if not isinstance(spec.train, Mapping):
         raise ConfigError(f"train must be a table of training options, got {spec.train!r}")
     train_values = {**as_dict(recipe.config_for(spec.model)), **dict(spec.train)}

@@ -30,6 +30,8 @@ from .registry import Method, register_method
 @dataclass(frozen=True)
 class AutoSparseOptions:
     scorer: str = option("lenet300-snip-fmnist", "a shipped scorer's name (prunekit autosparse list) or a scorer file")
+    scorer_sha256: str | None = option(None, "the scorer file's checksum, filled in when a run is resolved: a file taught again "
+                                       "at the same path is another run; scoring refuses a file that changed since", since="0.3")
     gradient_batches: int | None = option(None, "batches of g0, their sum scaled to a full pass (None: one full pass over data, as the official code)", min=1)
     chunk: int | None = option(None, "weights scored per forward pass of the score network (None: 2,048 on the CPU, 65,536 on an accelerator)", min=1)
 
@@ -38,6 +40,11 @@ def autosparse_scores(ctx: ScoringContext, opts: AutoSparseOptions, masks: Mappi
     from ..autosparse import feature_matrix, full_pass_gradient, load_scorer
 
     scorer = load_scorer(opts.scorer)
+    if opts.scorer_sha256 is not None and scorer.sha256 != opts.scorer_sha256:
+        from ..autosparse import ScorerFileError
+
+        raise ScorerFileError(f"the scorer file {opts.scorer!r} changed since this run was resolved (checksum {scorer.sha256} "
+                              f"instead of {opts.scorer_sha256}): it is another run; resolve it again")
     g0 = full_pass_gradient(ctx.model, ctx.data.source, ctx.names, num_batches=opts.gradient_batches,
                             loss_fn=ctx.loss_fn, output_fn=ctx.output_fn)
     theta0 = ctx.original()
@@ -50,6 +57,19 @@ def autosparse_scores(ctx: ScoringContext, opts: AutoSparseOptions, masks: Mappi
     return out
 
 
+def complete_options(opts: AutoSparseOptions) -> AutoSparseOptions:
+    """What a run records: a scorer file is read now (one clear error if it is missing or not a
+    scorer) and its checksum becomes part of the run; a shipped scorer is its name."""
+    from dataclasses import replace
+
+    from ..autosparse import list_scorers, load_scorer
+
+    scorer = load_scorer(opts.scorer)
+    if opts.scorer in list_scorers():
+        return opts
+    return replace(opts, scorer_sha256=scorer.sha256)
+
+
 register_method(
     Method(
         "autosparse",
@@ -57,6 +77,7 @@ register_method(
         AutoSparseOptions,
         autosparse_scores,
         needs_data=True,
+        complete=complete_options,
         reference="Liu, Cheng et al., Learning effective pruning at initialization from iterative pruning, arXiv 2408.14757",
     )
 )

@@ -51,6 +51,9 @@ class Method:
             Empty for methods whose official code is the paper's definition.
         official_rule: the official code's count and tie rule (a name in
             :data:`prunekit.core.allocation.OFFICIAL_RULES`), used when ``count_rule="official"``.
+        complete: called on a run's options when the run is resolved: fills in what must be part
+            of the run's identity (a scorer file's checksum) and refuses what cannot run, before
+            anything runs.
     """
 
     name: str
@@ -63,6 +66,7 @@ class Method:
     reference: str = ""
     official: Mapping[str, Any] = field(default_factory=dict)
     official_rule: str | None = None
+    complete: Callable[[Any], Any] | None = None  # options -> what a run records (e.g. a file's checksum), checked now
 
     def build_options(self, values: Mapping[str, Any]) -> Any:
         """The method's option dataclass from ``values``, validated, with the ``official=True`` preset applied.
@@ -77,6 +81,11 @@ class Method:
             for key, value in self.official.items():
                 values.setdefault(key, value)
         return build(self.options, values, f"method {self.name!r}")
+
+    def options_for_run(self, values: Mapping[str, Any]) -> Any:
+        """:meth:`build_options`, completed as a run records them (:attr:`complete`)."""
+        options = self.build_options(values)
+        return options if self.complete is None else self.complete(options)
 
     @property
     def iterative(self) -> bool:

@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from ..core.masks import Masks
 from ..data import Dataset, DeviceLoader
 from ..data.loader import mix_seed, normalization, split_indices
-from ..training import Callback, TrainConfig, TrainingDiverged, TrainResult, atomic_save, load_checkpoint, summarize
-from ..training.checkpoint import CheckpointError
+from ..training import Callback, TrainConfig, TrainingDiverged, TrainResult, summarize
+from ..training.checkpoint import CheckpointError, recover_checkpoint, save_checkpoint
 from ..training.core import (
     check_resumable,
     checkpoint_state,
@@ -92,10 +92,12 @@ class MemberView:
 
 
 def checkpoint_epoch(path: Path | None) -> int:
-    """The number of finished epochs in a single-run checkpoint (0 when there is none)."""
-    if path is None or not Path(path).is_file():
+    """The number of finished epochs in a single-run checkpoint (0 when there is none or none is sound:
+    damaged ones are set aside, :func:`~prunekit.training.checkpoint.recover_checkpoint`)."""
+    if path is None:
         return 0
-    return int(load_checkpoint(path)["epoch"])
+    state, _ = recover_checkpoint(path)
+    return 0 if state is None else int(state["epoch"])
 
 
 class StackedTrainer:
@@ -147,7 +149,7 @@ class StackedTrainer:
 
     # -- resume ---------------------------------------------------------------------------------
     def _resume(self) -> None:
-        states = [load_checkpoint(m.checkpoint, map_location=self.device) if m.checkpoint and m.checkpoint.is_file() else None for m in self.members]
+        states = [recover_checkpoint(m.checkpoint, map_location=self.device)[0] if m.checkpoint else None for m in self.members]
         epochs = {0 if s is None else int(s["epoch"]) for s in states}
         if len(epochs) != 1:
             raise CheckpointError(f"stacked members must resume from the same epoch, got {sorted(epochs)}")
@@ -272,7 +274,7 @@ class StackedTrainer:
                 for cb in member.callbacks:
                     cb.on_epoch_end(views[k], epoch, metrics)  # type: ignore[arg-type]  # a member's view stands for its trainer
                 if member.checkpoint is not None:
-                    atomic_save(self.member_checkpoint(k), member.checkpoint)
+                    save_checkpoint(self.member_checkpoint(k), member.checkpoint)
             bar.set_postfix_str(f"test acc {sum(test_acc) / self.n:.4f} (mean)")
             bar.update(1)
         self._call(views, "on_fit_end")

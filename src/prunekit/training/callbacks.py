@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from .checkpoint import atomic_save
+from .checkpoint import save_checkpoint
 from .precision import Precision
 
 if TYPE_CHECKING:
@@ -80,13 +80,14 @@ class Evaluate(Callback):
 
 
 class Checkpoint(Callback):
-    """Save the complete training state atomically at the end of every epoch."""
+    """Save the complete training state atomically, with its checksum, at the end of every epoch
+    (the previous one kept beside it, :func:`~prunekit.training.checkpoint.save_checkpoint`)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
-        atomic_save(trainer.state_dict(), self.path)
+        save_checkpoint(trainer.state_dict(), self.path)
 
 
 class ProgressBar(Callback):

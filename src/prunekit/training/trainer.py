@@ -21,7 +21,7 @@ from ..data.loader import mix_seed
 from ..distributed import check_replicas, decided_by_rank0, rank, world_size
 from ..errors import ConfigError, DataError, PrunekitError
 from .callbacks import Callback, Checkpoint, Evaluate, ProgressBar
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, previous, recover_checkpoint
 from .config import TrainConfig
 from .core import (
     check_resumable,
@@ -264,6 +264,16 @@ class Trainer:
         return result
 
 
+def _checkpoint_of_epoch(path: Path, epoch: int, device: torch.device) -> dict[str, Any]:
+    """The checkpoint (``path`` or its previous one) that rank 0 chose, by its epoch."""
+    for candidate in (path, previous(path)):
+        if candidate.is_file():
+            state = load_checkpoint(candidate, map_location=device)
+            if state["epoch"] == epoch:
+                return state
+    raise CheckpointError(f"rank {rank()} cannot find the checkpoint of epoch {epoch} that rank 0 resumes from")
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -349,8 +359,17 @@ def fit(
         if not 0 <= start_epoch < config.epochs:
             raise ConfigError(f"start_epoch must be in [0, {config.epochs}), got {start_epoch}")
         trainer.epoch = start_epoch
-        if checkpoint is not None and resume and decided_by_rank0(Path(checkpoint).is_file()):
-            trainer.load_state_dict(load_checkpoint(checkpoint, map_location=device))
+        events: list[str] = []
+        if checkpoint is not None and resume:
+            # rank 0 decides which checkpoint is sound (damaged ones are set aside) and every rank loads that one
+            state: dict[str, Any] | None = None
+            if rank() == 0:
+                state, events = recover_checkpoint(checkpoint, map_location=device)
+            epoch = decided_by_rank0(None if state is None else state["epoch"])
+            if epoch is not None:
+                trainer.load_state_dict(state if state is not None else _checkpoint_of_epoch(Path(checkpoint), epoch, device))
         result = trainer.fit()
+        if events:
+            result.extra["recovered"] = events  # an environment event, not the method's: what was set aside
         check_replicas(trainer.model)  # data-parallel: every rank must end with the same weights
         return result

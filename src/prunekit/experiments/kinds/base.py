@@ -69,6 +69,7 @@ class RunContext:
     epoch_callbacks: Callable[[int], list[Callback]] = field(default=lambda phase: [])  # phase (IMP round) -> callbacks
     progress: bool | None = None
     guard: Callable[[], None] = field(default=lambda: None)  # called before the run writes a file: raises if the claim is gone
+    events: list[str] = field(default_factory=list)  # environment events of the run (damaged files set aside)
 
 
 @dataclass

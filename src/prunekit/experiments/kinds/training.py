@@ -13,11 +13,13 @@ from ...core.masks import Masks
 from ...core.pruning import prune
 from ...data import Dataset
 from ...distributed import decided_by_rank0, rank, world_size
+from ...errors import MaskFileError
 from ...methods import get_method
 from ...options import key_dict
 from ...training import TrainResult, fit
+from ...training.checkpoint import set_aside
 from ..ablations import reinit_seed, shuffle_masks
-from .base import DENSE, Executed, Run, RunContext
+from .base import DENSE, Executed, Run, RunContext, logger
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,7 +75,16 @@ class TrainingRun(Run):
         if not self.pruned:
             return model, None
         mask_path = ctx.run_dir / "masks.pt"
-        if decided_by_rank0(mask_path.is_file()):
+        sound = False
+        if rank() == 0 and mask_path.is_file():  # an earlier attempt's masks, read back unless damaged
+            try:
+                Masks.load(mask_path, model=model)
+                sound = True
+            except MaskFileError as exc:
+                moved = set_aside(mask_path)
+                ctx.events.append(f"{exc}; set aside as {moved.name}, the masks scored again")
+                logger.warning("%s; set aside as %s, the masks are scored again", exc, moved)
+        if decided_by_rank0(sound):
             masks = Masks.load(mask_path, model=model)
         else:
             masks = prune(
@@ -97,6 +108,8 @@ class TrainingRun(Run):
             callbacks=ctx.epoch_callbacks(0), progress=ctx.progress, desc=f"{self.method} {self.sparsity:.4g}",
             precision=self.training_precision(ctx.device),
         )
+        if ctx.events:
+            result.extra["recovered"] = ctx.events + result.extra.get("recovered", [])
         return self.executed(model, masks, result)
 
     def executed(self, model: nn.Module, masks: Masks | None, result: TrainResult) -> Executed:
