@@ -130,7 +130,7 @@ def test_ordinary_mistakes_are_one_clear_error(tmp_path, tiny_mnist, capsys):
     db_path.write_bytes(data[: len(data) // 3])
     assert main(["report", "--out", str(tmp_path / "t"), "--no-plots"]) == 2
     err = capsys.readouterr().err
-    assert "results.db" in err and "not a readable" in err and "Traceback" not in err
+    assert "results.db" in err and "is damaged or not a prunekit results database" in err and ".recover" in err and "Traceback" not in err
     # a model that cannot run on the data
     with pytest.raises(ScoreError, match=r"inputs \(4, 3, 8, 8\) float32"):
         prunekit.prune(prunekit.models.create("lenet5", 10, (1, 28, 28)), "snip", 0.9,
@@ -341,3 +341,99 @@ def test_every_bad_scorer_value_is_one_error_before_anything_runs(tmp_path, tiny
     err = capsys.readouterr().err
     assert err.startswith("prunekit: error:") and "Traceback" not in err and "scorer" in err.lower()
     assert not out.exists()
+
+
+# 29.7-8 environment failures named as such; a damaged database refused before anything trains --------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 4 MB tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small file system here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def _fill(folder):
+    with open(folder / "filler", "wb") as f:  # until the disk is full
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_with_a_healthy_database_is_said_as_such_and_the_database_kept(small_disk, tiny_mnist, capsys):
+    out = small_disk / "o"
+    with ResultsDB(out / "results.db") as db:  # a healthy database, made while there was room
+        run = resolve(spec())
+        db.ensure(run.key, run.config)
+    _fill(small_disk)
+    argv = ["run", "--model", "lenet_300_100", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--method", "snip",
+            "--recipe", "lenet-fmnist", "--epochs", "1", "--train", "val_size=40", "--train", "batch_size=50", "--out", str(out)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code in (1, 2) and "no space left on" in err and "move" not in err and "Traceback" not in err, err
+    (small_disk / "filler").unlink()
+    assert main(argv) == 0  # once space is free the same command runs: nothing was lost or damaged
+
+
+def test_a_checkpoint_write_on_a_full_disk_is_an_environment_failure_retried_next_time(tmp_path, tiny_mnist, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    import prunekit.files as files
+
+    real_save, real_usage = files.torch.save, shutil.disk_usage
+    usage = namedtuple("usage", "total used free")
+
+    def full(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("format") == "prunekit-checkpoint":
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4489920 vs 4489808")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(files.torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(1 << 30, 1 << 30, 0))
+    argv = ["run", "--model", "lenet_300_100", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--method", "snip", "--recipe",
+            "lenet-fmnist", "--epochs", "1", "--train", "val_size=40", "--train", "batch_size=50", "--out", str(tmp_path / "o")]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no space left on" in err and "environment failure" in err and "Traceback" not in err and "enforce fail" not in err
+    monkeypatch.setattr(files.torch, "save", real_save)
+    monkeypatch.setattr(shutil, "disk_usage", real_usage)
+    assert main(argv) == 0  # an environment failure is retried by the next invocation, no --retry-failed
+
+
+def test_a_database_damaged_inside_is_refused_before_anything_trains(tmp_path, tiny_mnist, capsys):
+    out = tmp_path / "o"
+    with ResultsDB(out / "results.db") as db:
+        for i in range(400):  # several pages of rows
+            db.ensure(f"k{i:04d}", {**resolve(spec()).config, "seed": i, "note": "x" * 200})
+    import sqlite3
+
+    conn = sqlite3.connect(out / "results.db")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray((out / "results.db").read_bytes())
+    data[5 * page : 6 * page] = b"\x55" * page  # an interior page overwritten
+    (out / "results.db").write_bytes(bytes(data))
+    argv = ["sweep", "--models", "lenet_300_100", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--methods", "snip",
+            "--sparsities", "0.9", "--recipe", "lenet-fmnist", "--epochs", "1", "--train", "val_size=40", "--out", str(out), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "damaged" in err and ".recover" in err and "Traceback" not in err
+    assert not (out / "runs").exists()  # nothing trained
+
+
+def test_a_results_database_that_is_a_folder_is_one_error(tmp_path, tiny_mnist, capsys):
+    (tmp_path / "o" / "results.db").mkdir(parents=True)
+    argv = ["run", "--model", "lenet_300_100", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--method", "snip",
+            "--recipe", "lenet-fmnist", "--epochs", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "Traceback" not in err

@@ -337,7 +337,8 @@ def _run(args: argparse.Namespace, device: torch.device) -> int:
               f"training {row.train_seconds or 0:.0f} s ({row.images_per_second or 0:,.0f} img/s) on {row.device}")
         print(f"run folder: {row.run_dir}")
     elif row is not None and row.status == "failed":
-        print(row.error or "", file=sys.stderr)
+        first = (row.error or "").splitlines()[0] if row.error else ""
+        print(f"prunekit: {first} ({row.failure} failure; the traceback is in {Path(args.out) / 'results.db'})", file=sys.stderr)
         return 1
     return 0
 

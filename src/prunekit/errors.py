@@ -34,6 +34,23 @@ class DataError(PrunekitError, ValueError):
     """A dataset that is missing, malformed or does not fit the request."""
 
 
+class DiskFullError(PrunekitError, OSError):
+    """No space left where prunekit writes (an environment failure: retried once space is free)."""
+
+    def __init__(self, folder: object, detail: str = ""):
+        import errno
+        import shutil
+
+        try:
+            free = f"{shutil.disk_usage(str(folder)).free:,} bytes free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(errno.ENOSPC, f"no space left on {folder} ({free}){'; ' + detail if detail else ''}")
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class PrunekitWarning(UserWarning):
     """A result that is valid but probably not what the caller wanted (ties, unused parameters...)."""
 

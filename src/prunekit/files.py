@@ -18,6 +18,8 @@ from typing import IO, Any
 
 import torch
 
+from .errors import DiskFullError
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a temporary binary file next to ``path``, then move it into place."""
@@ -31,11 +33,31 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, Exception) and disk_full(exc, path.parent):
+            raise DiskFullError(path.parent, f"{path.name} was not written (the earlier file, if any, is intact)") from exc
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def disk_full(exc: BaseException, folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether ``exc``, raised while writing into ``folder``, came from a full disk: ENOSPC or EDQUOT,
+    or a write error of torch's or SQLite's own (which hide the errno) with less than ``margin`` bytes left."""
+    import errno
+    import shutil
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc).lower()
+    if not any(s in text for s in ("enforce fail", "pytorchstreamwriter", "file write failed", "unexpected pos", "disk is full",
+                                   "disk i/o error", "no space")):
+        return False
+    try:
+        return shutil.disk_usage(str(folder)).free < margin
+    except OSError:
+        return False
 
 
 def _current_umask() -> int:

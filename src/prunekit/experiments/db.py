@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import PrunekitError
+from ..errors import DiskFullError, PrunekitError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -186,21 +186,43 @@ class ResultsDB:
 
     def __init__(self, path: str | os.PathLike[str], stale_after: float = DEFAULT_LEASE):
         self.path = Path(path)
+        if self.path.is_dir():
+            raise ResultsDBError(f"{self.path} is a folder, not a results database; give --out the folder that holds results.db")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.stale_after = stale_after
-        self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._explain(exc) from None
+        self._conn.row_factory = sqlite3.Row
         try:
             with self._lock:
                 self._conn.execute("PRAGMA journal_mode=WAL")
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._upgrade()
-        except sqlite3.DatabaseError as exc:
+                problems = [r[0] for r in self._conn.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                raise sqlite3.DatabaseError("database disk image is malformed: " + "; ".join(problems))
+        except sqlite3.Error as exc:
             self._conn.close()
-            raise ResultsDBError(
-                f"{self.path} is not a readable prunekit results database ({exc}); move it aside to start a new one"
-            ) from None
+            raise self._explain(exc) from None
+
+    def _explain(self, exc: sqlite3.Error) -> PrunekitError:
+        """One clear error for a database that cannot be used, naming its real cause: a full disk or
+        an I/O error (the database itself is fine: never moved aside), or damage (with the recovery)."""
+        from ..files import disk_full
+
+        text = str(exc)
+        if disk_full(exc, self.path.parent) or "full" in text.lower():
+            return DiskFullError(self.path.parent, f"the results database {self.path} could not be written; it is intact")
+        if "i/o error" in text.lower() or "unable to open" in text.lower():
+            return ResultsDBError(f"{self.path} could not be read or written ({text}): check the disk and the permissions of "
+                                  f"{self.path.parent}; the database is not known to be damaged, keep it")
+        return ResultsDBError(
+            f"{self.path} is damaged or not a prunekit results database ({text}). To recover the rows it still holds: "
+            f"sqlite3 {self.path} '.recover' | sqlite3 {self.path.with_name('recovered.db')}, then put recovered.db in its place"
+        )
 
     def _upgrade(self) -> None:
         """Create the schema, or bring an older database up to :data:`SCHEMA_VERSION`."""
@@ -259,13 +281,30 @@ class ResultsDB:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise
+                raise self._explain(exc) from None
             try:
                 yield self._conn
+            except sqlite3.OperationalError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                if "locked" in str(exc) or "busy" in str(exc):
+                    raise
+                raise self._explain(exc) from None
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise self._explain(exc) from None
 
     # -- rows -----------------------------------------------------------------------------------
     def ensure(self, key: str, config: Mapping[str, Any]) -> None:
