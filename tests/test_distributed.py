@@ -144,7 +144,6 @@ def test_a_killed_two_process_run_resumes_from_rank_0s_checkpoint(tmp_path):
     import time
 
     from conftest import STALL_SECONDS
-
     from prunekit.experiments.db import ResultsDB
     from prunekit.training.precision import resolve_precision
 

@@ -437,3 +437,102 @@ def test_a_results_database_that_is_a_folder_is_one_error(tmp_path, tiny_mnist, 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "is a folder" in err and "Traceback" not in err
+
+
+# 29.9-12 every mistake caught before the run starts: exit 2, one error, nothing written ----------------
+def _tiny_cifar_tarball(folder):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    tree = folder / "tree"
+    for split, n in (("train", 3), ("test", 1)):
+        for cls in ("airplane", "cat"):
+            (tree / split / cls).mkdir(parents=True)
+            for i in range(n):
+                buf = io.BytesIO()
+                Image.new("RGB", (32, 32), (40 * i, 80, 120)).save(buf, format="JPEG")
+                (tree / split / cls / f"{i:04d}.jpg").write_bytes(buf.getvalue())
+    tarball = folder / "cifar10-jpg.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(tree, arcname="cifar10-jpg")
+    return tarball
+
+
+RUN = ["run", "--model", "lenet_300_100", "--dataset", "mnist", "--recipe", "lenet-fmnist", "--epochs", "1", "--train", "val_size=40"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "snip", "--train", "val_size=60000"], "val_size=60000 does not fit"),
+    (["--method", "snip", "--train", "train_subset=99999999"], "train_subset=99,999,999 is more than"),
+    (["--method", "snip", "--epochs", "99999999999999999999"], "must be <= 100000"),
+    (["--method", "snip", "--nproc", "0"], "--nproc must be at least 1"),
+    (["--method", "snip", "--nproc", "-2"], "--nproc must be at least 1"),
+    (["--method", "snip", "--lease", "1"], "lease must be a number of seconds >= 10"),
+    (["--structured", "epi", "--budget", "macs=1e-9"], "cannot be met without emptying layers"),
+    (["--structured", "early_bird", "--budget", "macs=0.5"], "has no BatchNorm layer"),
+])
+def test_mistakes_that_only_showed_mid_run_are_caught_before_it_starts(tmp_path, tiny_mnist, extra, message, capsys):
+    out = tmp_path / "o"
+    argv = [*RUN, "--data-dir", str(tiny_mnist), "--out", str(out), *extra]
+    if extra[0] == "--structured":
+        argv[argv.index("lenet_300_100")] = "resnet20" if "epi" in extra else "lenet5"
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prunekit: error:") and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_sweep_and_teach_mistakes_are_caught_before_anything_is_written(tmp_path, tiny_mnist, capsys):
+    out = tmp_path / "o"
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('models = ["lenet_300_100"]\ndataset = "mnist"\nmethods = ["snip"]\nsparsities = [0.9, 0.9]\nseeds = [0]\n')
+    cases = [
+        (["sweep", "--config", str(sweep), "--data-dir", str(tiny_mnist), "--out", str(out)], "more than once"),
+        (["sweep", "--models", "lenet_300_100", "--dataset", "mnist", "--methods", "snip", "--sparsities", "0.9", "--seeds", "1,1",
+          "--data-dir", str(tiny_mnist), "--out", str(out)], "more than once"),
+        (["autosparse", "teach", "--from-run", "abc", "--epochs", "0", "--save", str(tmp_path / "s.pt"), "--out", str(out)],
+         "--epochs must be at least 1"),
+        (["autosparse", "teach", "--from-run", "", "--save", str(tmp_path / "s.pt"), "--out", str(out)], "--from-run needs"),
+        (["autosparse", "teach", "--from-run", "abc", "--save", "/proc/no/such/scorer.pt", "--out", str(out)], "cannot write"),
+    ]
+    sweep_file = tmp_path / "e.toml"
+    sweep_file.write_text('models = ["lenet_300_100"]\ndataset = "mnist"\nmethods = ["snip"]\nsparsities = [0.9]\nepochs = 1e20\n')
+    cases.append((["sweep", "--config", str(sweep_file), "--data-dir", str(tiny_mnist), "--out", str(out)], "'epochs'"))
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("prunekit: error:") and message in err and "Traceback" not in err, (argv, err)
+        assert not out.exists()
+
+
+def test_an_unreachable_ray_cluster_is_one_error_at_once(tmp_path, tiny_mnist, capsys):
+    pytest.importorskip("ray")
+    out = tmp_path / "o"
+    argv = ["sweep", "--models", "lenet_300_100", "--dataset", "mnist", "--methods", "snip", "--sparsities", "0.9",
+            "--data-dir", str(tiny_mnist), "--backend", "ray", "--address", "127.0.0.1:1", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_truncated_tarball_is_one_error_and_the_folder_holding_it_is_understood(tmp_path):
+    from prunekit import data
+
+    tarball = _tiny_cifar_tarball(tmp_path)
+    cache = tmp_path / "cache"
+    import os
+
+    os.environ["PRUNEKIT_CACHE"] = str(cache)
+    try:
+        ds = data.load_dataset("cifar10-jpg", tmp_path)  # the folder that holds cifar10-jpg.tar.gz
+        assert len(ds.train) == 6 and len(ds.test) == 2
+        cut = tmp_path / "cut" / "cifar10-jpg.tar.gz"
+        cut.parent.mkdir()
+        cut.write_bytes(tarball.read_bytes()[: tarball.stat().st_size // 2])
+        with pytest.raises(DataError, match="truncated or corrupt"):
+            data.load_dataset("cifar10-jpg", cut)
+    finally:
+        del os.environ["PRUNEKIT_CACHE"]

@@ -450,13 +450,31 @@ def cmd_autosparse_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(path: Path) -> None:
+    """A file can be written at ``path`` (its folder exists or can be made, and takes a file)."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot write {str(path)!r} ({exc.strerror or exc}); choose another --save") from None
+
+
 def cmd_autosparse_teach(args: argparse.Namespace) -> int:
     from .autosparse import table_from_imp_run, teach
     from .experiments import DatasetCache, ImpRun
     from .experiments.db import ResultsDB
 
-    if Path(args.save).is_dir():  # checked before any training or teaching
+    # every argument checked before any training or teaching
+    if Path(args.save).is_dir():
         raise ConfigError(f"--save {args.save!r} is a directory; give the scorer file's path (e.g. {Path(args.save) / 'scorer.pt'})")
+    _check_writable(Path(args.save))
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1 (epochs of teaching the score network), got {args.epochs}")
+    if args.from_run is not None and not args.from_run.strip():
+        raise ConfigError("--from-run needs a run's key (or a unique prefix of it); it is empty")
     device = _device(args.device)
     key, data_dir = args.from_run, args.data_dir
     if args.config:  # the IRP run the file describes, trained first unless the database already holds it

@@ -216,7 +216,10 @@ def get_info(name: str) -> DatasetInfo:
 def _locate(info: DatasetInfo, data_dir: str | os.PathLike[str] | None) -> Path:
     looked: list[str] = []
     if data_dir is not None:
-        candidates = [Path(data_dir)]
+        given = Path(data_dir)
+        # a folder that holds the dataset's own archive or folder (e.g. the one cifar10-jpg.tar.gz lies in)
+        inner = [given / Path(c).name for c in info.candidates] if given.is_dir() else []
+        candidates = [*(p for p in inner if p.exists()), given]
     else:
         candidates = []
         env = os.environ.get("PRUNEKIT_DATA")

@@ -198,13 +198,16 @@ def _class_of(parts: Sequence[str]) -> str:
 def _iter_tree(root: Path) -> Iterator[tuple[tuple[str, ...], Callable[[], bytes]]]:
     """(path parts relative to the tree's top, reader) for every image file, directory or tarball."""
     if root.is_file():
-        with tarfile.open(root) as tar:
-            for m in sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name):
-                if m.name.lower().endswith(IMAGE_SUFFIXES) or m.name.endswith("val_annotations.txt"):
-                    f = tar.extractfile(m)
-                    assert f is not None
-                    data = f.read()
-                    yield tuple(p for p in Path(m.name).parts if p not in (".", "")), functools.partial(bytes, data)
+        try:
+            with tarfile.open(root) as tar:
+                for m in sorted((m for m in tar.getmembers() if m.isfile()), key=lambda m: m.name):
+                    if m.name.lower().endswith(IMAGE_SUFFIXES) or m.name.endswith("val_annotations.txt"):
+                        f = tar.extractfile(m)
+                        assert f is not None
+                        data = f.read()
+                        yield tuple(p for p in Path(m.name).parts if p not in (".", "")), functools.partial(bytes, data)
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            raise DataError(f"{root} is truncated or corrupt ({type(exc).__name__}: {exc}); copy or download it again") from None
         return
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()

@@ -47,6 +47,8 @@ def run_one(
         A :class:`RunOutcome`. Errors inside the run are recorded in the database (status
         ``failed``), not raised; bad configuration raises before anything is written.
     """
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease < 10:
+        raise ConfigError(f"lease must be a number of seconds >= 10, got {lease!r}")
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run = spec if isinstance(spec, Run) else resolve(spec, device)
     if world_size() > 1 and not run.data_parallel:
@@ -56,15 +58,13 @@ def run_one(
         )
     out_dir = Path(out_dir)
     datasets = datasets or DatasetCache()
-    datasets.get(run.dataset)  # a missing or unreadable dataset is an error here, before anything is written
+    run.check_data(datasets.get(run.dataset))  # missing data, or a mistake only the data shows: an error here, before anything is written
     if rank() > 0:
         return _follow(run, out_dir, datasets, device, progress)
     own_db = db is None
     lifecycle = None
     try:
         check_output_folder(out_dir)
-        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease < 10:
-            raise ConfigError(f"lease must be a number of seconds >= 10, got {lease!r}")
         db = db or ResultsDB(out_dir / "results.db", stale_after=float(lease))
         lifecycle = Lifecycle(Store(db, out_dir), owner or make_owner(), retry_failed=retry_failed, data_parallel=world_size() > 1)
         if force:

@@ -32,6 +32,7 @@ from ..models import get_model_spec
 from ..options import as_dict, build, option, required
 from ..structured import TRIGGERS, StructuredOptions, check_structured, parse_budget, parse_structured
 from ..training import TrainConfig, get_recipe
+from ..training.config import MAX_EPOCHS
 from ..training.recipes import Recipe, default_recipe
 from .db import DEFAULT_LEASE
 from .kinds import DENSE, IMP, ImpRun, Run, StructuredRun, TrainingRun
@@ -81,7 +82,7 @@ class RunSpec:
     sparsity: float | None = option(None, f"fraction of prunable weights removed, in (0, 1) (default {DEFAULT_SPARSITY})")
     seed: int = option(0, "seed of initialisation, data order, scoring batches and masks", min=0)
     recipe: str | None = option(None, "training recipe (prunekit recipes; default: the one written for the model and dataset)")
-    epochs: int | None = option(None, "shorten or lengthen the recipe (its milestones scale)", min=1)
+    epochs: int | None = option(None, "shorten or lengthen the recipe (its milestones scale)", min=1, max=MAX_EPOCHS)
     ablation: str | None = option(None, "sanity check of the masks: shuffle, reinit or invert", choices=tuple(ABLATIONS))
     allocation: str | None = option(None, "how the kept weights are spread over layers: global, layerwise or erk (default: the method's)",
                                     choices=tuple(ALLOCATIONS))
@@ -251,7 +252,7 @@ class SweepSpec:
     sparsities: tuple[float, ...] = option((), "sparsities, comma-separated, e.g. 0.9,0.98,0.995")
     seeds: tuple[int, ...] = option((0,), "seeds, comma-separated")
     recipe: str | None = option(None, "training recipe (default: the one written for each model and the dataset)")
-    epochs: int | None = option(None, "shorten or lengthen the recipe (its milestones scale)", min=1)
+    epochs: int | None = option(None, "shorten or lengthen the recipe (its milestones scale)", min=1, max=MAX_EPOCHS)
     dense: bool = option(True, "a dense baseline per model and seed")
     ablations: tuple[str, ...] = option((), "sanity checks of the masks, comma-separated: " + ", ".join(ABLATIONS))
     allocation: str | None = option(None, "global, layerwise or erk (default: each method's)", choices=tuple(ALLOCATIONS))
@@ -361,6 +362,12 @@ def sweep_from_mapping(values: Mapping[str, Any], where: str = "sweep config", d
     for key in ("models", "seeds"):
         if key in values and not values[key]:
             raise ConfigError(f"{key!r} in {where} is empty: a sweep needs at least one")
+    for key in _LIST_KEYS & values.keys():
+        repeated = sorted({str(v) for v in values[key] if list(values[key]).count(v) > 1})
+        if repeated:
+            raise ConfigError(f"{key!r} in {where} lists {', '.join(repeated)} more than once: each run would be asked for twice")
+    if "epochs" in values and isinstance(values["epochs"], int) and not isinstance(values["epochs"], bool) and not 1 <= values["epochs"] <= MAX_EPOCHS:
+        raise ConfigError(f"'epochs' in {where} must be in [1, {MAX_EPOCHS:,}], got {values['epochs']!r}")
     if not values.get("methods") and not values.get("structured") and not values.get("dense", True):
         raise ConfigError(f"the sweep in {where} has nothing to run: no methods, no structured runs and no dense baseline")
     if values.get("methods") and not values.get("sparsities"):

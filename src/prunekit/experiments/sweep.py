@@ -75,9 +75,10 @@ def run_sweep(
     if address is not None and backend != "ray":
         raise ConfigError("--address is for --backend ray")
     if backend == "ray":
-        from .backends.ray import import_ray
+        from .backends.ray import check_address, import_ray
 
-        import_ray()  # missing Ray is an error here, before anything is written
+        import_ray()  # missing Ray or an unreachable cluster is an error here, before anything is written
+        check_address(address)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if stack is not None and (isinstance(stack, bool) or not isinstance(stack, int) or stack < 1):
         raise ConfigError(f"stack must be a positive integer, got {stack!r}")
@@ -88,8 +89,8 @@ def run_sweep(
     summary = SweepSummary()
     show = sys.stderr.isatty() if progress is None else progress
     datasets = DatasetCache(spec.data_dir)
-    for name in dict.fromkeys(r.dataset for r in runs):
-        datasets.get(name)  # a missing or unreadable dataset fails here, before any row is written
+    for run in runs:  # missing data, or a mistake only the data shows, fails here, before any row is written
+        run.check_data(datasets.get(run.dataset))
     check_output_folder(out_dir)
     with ResultsDB(out_dir / "results.db", stale_after=float(spec.lease)) as db:
         for run in runs:

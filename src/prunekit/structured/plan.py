@@ -171,7 +171,24 @@ def check_min_keep(min_keep: float) -> float:
     return float(min_keep)
 
 
+def check_budget(graph: ChannelGraph, kind: str, fraction: float, min_keep: float) -> None:
+    """Refuse a budget that no plan can meet without taking a group below ``min_keep`` (before training).
+
+    Raises:
+        ConfigError: naming the smallest share of ``kind`` the network can keep.
+    """
+    full = graph.full_counts
+    least = graph.cost(kind, [max(1, math.ceil(min_keep * n)) for n in full]) / graph.cost(kind, full)
+    if fraction < least:
+        raise ConfigError(
+            f"budget {kind}={fraction:g} cannot be met without emptying layers: keeping at least max(1, {min_keep:g} x size) "
+            f"channels per group, the network keeps {least:.2%} of its {kind}; ask for at least {kind}={math.ceil(least * 1e4) / 1e4:g} "
+            "or a lower min_keep"
+        )
+
+
 def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: float, min_keep: float, importance: str) -> ChannelPlan:
+    check_budget(graph, kind, fraction, min_keep)
     full = graph.full_counts
     counts = list(full)
     floor = [max(1, math.ceil(min_keep * n)) for n in full]

@@ -13,6 +13,7 @@ SCHEDULES = {
     "cosine": "cosine annealing to 0, updated every step",
     "onecycle": "linear warm-up to lr over the first 30% then cosine annealing to 0 (Smith 2018)",
 }
+MAX_EPOCHS = 100_000  # far beyond any recipe: a larger number is a typo, refused before anything trains
 OPTIMIZERS = {"sgd": "SGD with momentum (optionally Nesterov)", "adam": "Adam", "adamw": "AdamW (decoupled weight decay)"}
 
 
@@ -20,7 +21,7 @@ OPTIMIZERS = {"sgd": "SGD with momentum (optionally Nesterov)", "adam": "Adam", 
 class TrainConfig:
     """How to train. Milestones are fractions of the run, so shortening ``epochs`` keeps the shape."""
 
-    epochs: int = option(20, "training epochs", min=1)
+    epochs: int = option(20, "training epochs", min=1, max=MAX_EPOCHS)
     batch_size: int = option(128, "training batch size", min=1)
     optimizer: str = option("sgd", "optimizer", choices=tuple(OPTIMIZERS))
     lr: float = option(0.1, "peak learning rate", min=0.0, min_exclusive=True)
@@ -31,10 +32,10 @@ class TrainConfig:
     milestones: tuple[float, ...] = option((0.5, 0.75), "multistep: fractions of the run where lr *= gamma")
     gamma: float = option(0.1, "multistep decay factor", min=0.0, min_exclusive=True)
     warmup_epochs: float = option(0.0, "linear warm-up epochs (multistep, cosine)", min=0.0)
-    val_size: float = option(0.0, "validation samples held out from train: a count (>= 1) or a fraction (< 1)", min=0.0)
+    val_size: float = option(0.0, "validation samples held out from train: a count (>= 1) or a fraction (< 1)", min=0.0, max=2.0**40)
     augment: bool | None = option(None, "random crop + flip (None: the dataset's default)")
     train_subset: int | None = option(
-        None, "train on a seeded random subset of this many training images (after the validation hold-out)", min=1, since="0.2"
+        None, "train on a seeded random subset of this many training images (after the validation hold-out)", min=1, max=2**40, since="0.2"
     )
     eval_batch_size: int = option(1000, "batch size for evaluation", min=1)
     amp: bool = option(True, "bf16 autocast where the device runs bf16 natively (CUDA; CPUs with AVX-512 BF16 or AMX)", keyed=False)

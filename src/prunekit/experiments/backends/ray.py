@@ -48,6 +48,29 @@ def import_ray() -> Any:
     return ray
 
 
+def check_address(address: str | None, timeout: float = 10.0) -> None:
+    """A ``HOST:PORT`` cluster address must accept a connection (within ``timeout`` seconds), so that
+    an unreachable cluster is one error before anything is written, not endless retries.
+
+    Raises:
+        ConfigError: the address is malformed or nothing answers there.
+    """
+    if address in (None, "auto"):
+        return
+    assert address is not None
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address must be auto or HOST:PORT (e.g. 10.0.0.5:6379), got {address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({reason} within {timeout:g} s); start it there "
+                          "(ray start --head) or leave --address out to start a local Ray instance") from None
+
+
 class _Collect(Callback):
     """Per-epoch metrics of a run (of an IMP run's rounds: phase the round), kept for the driver."""
 

@@ -26,6 +26,7 @@ from torch import nn
 from ...core.masks import Masks
 from ...data import Dataset, load_dataset, scoring_batches
 from ...distributed import rank
+from ...errors import ConfigError
 from ...files import atomic_write_json
 from ...models import create
 from ...options import as_dict, key_dict
@@ -180,6 +181,29 @@ class Run:
         """Carry the run out in ``ctx``."""
         self.start(ctx)
         return self._execute(ctx)
+
+    def check_data(self, ds: Dataset) -> None:
+        """Mistakes only the data can show, found before anything is written: a hold-out or subset
+        that does not fit the training set, a batch larger than it.
+
+        Raises:
+            ConfigError: naming the value and the size of the data.
+        """
+        n = len(ds.train)
+        holdout = self.train.holdout
+        left = n
+        if holdout is not None:
+            count = round(holdout * n) if isinstance(holdout, float) else holdout
+            if not 0 < count < n:
+                raise ConfigError(f"val_size={self.train.val_size:g} does not fit {self.dataset}'s {n:,} training images: "
+                                  f"hold out a count in [1, {n - 1:,}] or a fraction in (0, 1)")
+            left = n - count
+        subset = self.train.train_subset
+        if subset is not None and subset > left:
+            raise ConfigError(f"train_subset={subset:,} is more than the {left:,} training images of {self.dataset} left after the "
+                              "validation hold-out")
+        if min(left, subset or left) < 2:
+            raise ConfigError(f"{self.dataset} leaves {min(left, subset or left)} training image(s) to train on")
 
     # -- shared by the kinds ----------------------------------------------------------------------
     def make_model(self, ds: Dataset, device: torch.device, seed: int | None = None) -> nn.Module:

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from ...errors import ConfigError
 from ...options import as_dict
 from ...structured import Budget, EarlyPruning, StructuredOptions
 from ...training import fit
@@ -41,6 +42,24 @@ class StructuredRun(Run):
         defaults = as_dict(StructuredOptions())
         diff = [f"{k}={v}" for k, v in as_dict(self.options).items() if defaults.get(k) != v]
         return self.trigger + (":" + ",".join(diff) if diff else "")
+
+    def check_data(self, ds: Any) -> None:
+        """Also: the budget can be met on this network (channel groups traced on a copy, on the CPU),
+        and a trigger or importance that reads BatchNorm scales has BatchNorm layers to read."""
+        super().check_data(ds)
+        from ...structured import ChannelGraph
+        from ...structured.plan import check_budget
+
+        model = self.make_model(ds, torch.device("cpu"))
+        if (self.trigger == "early_bird" or self.options.importance == "bn_scale") and not any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+        ):
+            why = "trigger early_bird watches" if self.trigger == "early_bird" else "importance bn_scale reads"
+            raise ConfigError(f"{why} BatchNorm scales, and {self.model} has no BatchNorm layer: use another trigger or importance")
+        example = torch.zeros(1, *ds.input_shape)
+        with torch.random.fork_rng(devices=[]):
+            graph = ChannelGraph(model.eval(), example)
+        check_budget(graph, self.budget.kind, self.budget.fraction, self.options.min_keep)
 
     def _kind_config(self) -> dict[str, Any]:
         return {
