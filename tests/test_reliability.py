@@ -536,3 +536,27 @@ def test_a_truncated_tarball_is_one_error_and_the_folder_holding_it_is_understoo
             data.load_dataset("cifar10-jpg", cut)
     finally:
         del os.environ["PRUNEKIT_CACHE"]
+
+
+# 29.13 progress off a terminal: a line at least every ~10 s of work ---------------------------------
+def test_off_a_terminal_long_scoring_and_training_say_where_they_are(tmp_path, monkeypatch, caplog):
+    import logging
+    import time as time_module
+
+    from prunekit import training
+    from resume_worker import toy_dataset
+
+    ticks = iter(range(0, 10**6, 11))  # every look at the clock: 11 s of work later
+    monkeypatch.setattr(time_module, "monotonic", lambda: float(next(ticks)))
+    caplog.set_level(logging.INFO, logger="prunekit")
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    prunekit.prune(model, "synflow", 0.9, example_inputs=torch.randn(2, 1, 4, 4), num_steps=5)
+    lines = [r.getMessage() for r in caplog.records if "synflow scoring" in r.getMessage()]
+    assert len(lines) >= 4 and "steps" in lines[-1] and "left" in lines[-1]
+    caplog.clear()
+    from prunekit import models
+
+    lenet = models.create("lenet5", 10, (1, 28, 28), seed=0)
+    training.fit(lenet, toy_dataset(), training.TrainConfig(epochs=1, batch_size=50, lr=0.05), device="cpu", progress=None)
+    batch_lines = [r.getMessage() for r in caplog.records if "batches" in r.getMessage()]
+    assert batch_lines and "epoch 1/1" in batch_lines[0] and "left" in batch_lines[0]

@@ -10,7 +10,7 @@ long the weight survived iterative rewind pruning.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ def full_pass_gradient(
     num_batches: int | None = None,
     loss_fn: LossFn | None = None,
     output_fn: OutputFn | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> dict[str, Tensor]:
     """``g0``: the sum over batches of the gradient of each batch's mean loss, BN in eval mode, on a copy.
 
@@ -46,6 +47,7 @@ def full_pass_gradient(
             scaled by ``len(data) / num_batches``: an estimate of the full-pass sum, the scale a scorer
             was taught on (the unscaled sum of 10 out of 469 batches is 47x too small for its feature
             normalisation). Where ``data`` has no length, the plain sum of ``num_batches`` batches.
+        progress: called with the batches done so far after every batch.
 
     Raises:
         ConfigError: ``data`` has no length and ``num_batches`` is not given.
@@ -63,12 +65,14 @@ def full_pass_gradient(
         p.requires_grad_(False)
     wanted = [params[n].requires_grad_(True) for n in names]
     total = [torch.zeros_like(p) for p in wanted]
-    for _ in range(count):
+    for i in range(count):
         x, y = stream.next()
         loss = (loss_fn or default_loss)((output_fn or logits_of)(inp.call(net, x)), y)
         for t, g in zip(total, torch.autograd.grad(loss, wanted, allow_unused=True)):
             if g is not None:
                 t.add_(g)
+        if progress is not None:
+            progress(i + 1)
     if num_batches is not None and stream.length is not None and num_batches != stream.length:
         for t in total:
             t.mul_(stream.length / num_batches)

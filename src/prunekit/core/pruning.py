@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import __version__
+from ..console import ProgressLines
 from ..distributed import check_agreement, world_size
 from ..errors import ConfigError, PrunekitWarning, ScoreError, unknown
 from ..methods import Method, get_method
@@ -223,9 +224,13 @@ def prune(
     tie_steps: list[dict[str, Any]] = []
     with torch.random.fork_rng(devices=_rng_devices(model)):
         torch.manual_seed(seed)
-        show = spec.iterative and (_stderr_is_tty() if progress is None else progress)
+        tty = _stderr_is_tty()
+        show = spec.iterative and (tty if progress is None else progress)
         bar = tqdm(steps, desc=method, unit="step", leave=False, disable=not show)
+        lines = ProgressLines(f"{method} scoring", len(steps), "steps") if progress is None and not tty else None
         for step, step_density in enumerate(bar, start=1):
+            if lines is not None:
+                lines.update(step - 1)
             scores = _run_score(spec, ctx, opts, masks)
             _check_shapes(method, scores, params)
             if invert:

@@ -45,16 +45,31 @@ def autosparse_scores(ctx: ScoringContext, opts: AutoSparseOptions, masks: Mappi
 
         raise ScorerFileError(f"the scorer file {opts.scorer!r} changed since this run was resolved (checksum {scorer.sha256} "
                               f"instead of {opts.scorer_sha256}): it is another run; resolve it again")
+    import sys
+
+    from ..console import ProgressLines
+
+    quiet = sys.stderr.isatty()  # a terminal has the step bar; a log gets a line every 10 s of work
+    batches = ProgressLines("autosparse: g0", opts.gradient_batches or _length(ctx.data.source), "batches")
     g0 = full_pass_gradient(ctx.model, ctx.data.source, ctx.names, num_batches=opts.gradient_batches,
-                            loss_fn=ctx.loss_fn, output_fn=ctx.output_fn)
+                            loss_fn=ctx.loss_fn, output_fn=ctx.output_fn, progress=None if quiet else batches.update)
     theta0 = ctx.original()
-    pred = scorer.predict(feature_matrix(theta0, g0, ctx.names), chunk=opts.chunk, device=ctx.device)
+    features = feature_matrix(theta0, g0, ctx.names)
+    rows = ProgressLines("autosparse: scoring", len(features), "weights")
+    pred = scorer.predict(features, chunk=opts.chunk, device=ctx.device, progress=None if quiet else rows.update)
     out, i = {}, 0
     for name in ctx.names:
         n = theta0[name].numel()
         out[name] = pred[i : i + n].view(theta0[name].shape).to(ctx.device)
         i += n
     return out
+
+
+def _length(data: object) -> int | None:
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        return None
 
 
 def complete_options(opts: AutoSparseOptions) -> AutoSparseOptions:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..console import ProgressLines
 from ..errors import ConfigError
 from .checkpoint import save_checkpoint
 from .precision import Precision
@@ -92,8 +93,9 @@ class Checkpoint(Callback):
 
 class ProgressBar(Callback):
     """A tqdm bar over epochs (and one over batches) showing loss and accuracy when stderr is a
-    terminal; otherwise (a log file, CI) one plain line per finished epoch with a time estimate, on
-    the ``prunekit`` logger (level INFO: the command line shows it; a library caller configures it)."""
+    terminal; otherwise (a log file, CI) plain lines with a time estimate on the ``prunekit`` logger
+    (level INFO: the command line shows it; a library caller configures it): one per finished epoch,
+    and one every 10 s of work inside a long epoch."""
 
     def __init__(self, desc: str = "train", enabled: bool | None = None, position: int = 0):
         self.desc = desc
@@ -104,6 +106,7 @@ class ProgressBar(Callback):
         self.inner: Any = None
         self._done = 0
         self._start = 0.0
+        self._lines: ProgressLines | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self._start = time.perf_counter()
@@ -116,10 +119,14 @@ class ProgressBar(Callback):
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
         self.inner = tqdm(total=len(trainer.train_loader), desc=f"epoch {epoch + 1}", unit="batch",
                           disable=not self.enabled, position=self.position + 1, leave=False, dynamic_ncols=True)
+        if self.lines:
+            self._lines = ProgressLines(f"{self.desc}: epoch {epoch + 1}/{trainer.config.epochs}", len(trainer.train_loader), "batches")
 
     def on_batch_end(self, trainer: Trainer, step: int) -> None:
         if self.inner is not None and (step + 1) % 20 == 0:
             self.inner.update(step + 1 - self.inner.n)
+        if self.lines and self._lines is not None:
+            self._lines.update(step + 1)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
         if self.inner is not None:
