@@ -560,3 +560,45 @@ def test_off_a_terminal_long_scoring_and_training_say_where_they_are(tmp_path, m
     training.fit(lenet, toy_dataset(), training.TrainConfig(epochs=1, batch_size=50, lr=0.05), device="cpu", progress=None)
     batch_lines = [r.getMessage() for r in caplog.records if "batches" in r.getMessage()]
     assert batch_lines and "epoch 1/1" in batch_lines[0] and "left" in batch_lines[0]
+
+
+# 29 dead runs are flagged, never recorded as results ----------------------------------------------------
+def _dead(model):
+    """Every ReLU off from the start (first layer's biases far below zero): a network known to die."""
+    with torch.no_grad():
+        first = next(m for m in model.modules() if isinstance(m, nn.Linear))
+        first.bias.fill_(-100.0)
+    return model
+
+
+def test_a_run_that_never_leaves_chance_level_fails_loudly_unless_its_masks_cut_the_network(tmp_path, tiny_mnist, monkeypatch):
+    from prunekit import training
+    from prunekit.experiments import TrainingRun
+    from resume_worker import toy_dataset
+
+    model = _dead(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)))
+    with pytest.warns(prunekit.PrunekitWarning, match="chance level"):
+        result = training.fit(model, toy_dataset(), training.TrainConfig(epochs=2, batch_size=50, lr=0.05), device="cpu", progress=False)
+    assert "ln 10" in result.extra["stalled"]
+    healthy = training.fit(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)), toy_dataset(),
+                           training.TrainConfig(epochs=2, batch_size=50, lr=0.05), device="cpu", progress=False)
+    assert "stalled" not in healthy.extra
+
+    original = TrainingRun.make_model
+    monkeypatch.setattr(TrainingRun, "make_model", lambda self, ds, device, seed=None: _dead(original(self, ds, device, seed)))
+    datasets = DatasetCache(str(tiny_mnist))
+    dense = run_one(spec(method="dense", sparsity=0.0, epochs=2), tmp_path / "o", datasets=datasets)
+    assert dense.status == "failed" and dense.record.error.startswith("TrainingStalled: the training loss stayed at chance level")
+    assert dense.record.failure == "method" and dense.record.final_acc is None  # never a result
+    # a mask that cuts every path through the network: chance level is the method's own result, recorded and marked
+    monkeypatch.setattr(TrainingRun, "make_model", original)
+    original_prepare = TrainingRun.prepare
+
+    def cut(self, ctx, ds):
+        model, masks = original_prepare(self, ctx, ds)
+        first = next(iter(masks))
+        return model, prunekit.Masks({**dict(masks.items()), first: torch.zeros_like(masks[first])}, masks.meta)
+
+    monkeypatch.setattr(TrainingRun, "prepare", cut)
+    collapsed = run_one(spec(epochs=2, seed=5), tmp_path / "o", datasets=datasets)
+    assert collapsed.status == "done" and collapsed.record.extra["disconnected"] is True and collapsed.record.effective_density == 0.0

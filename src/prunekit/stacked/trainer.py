@@ -33,6 +33,7 @@ from ..training.core import (
     make_optimizer,
     rng_state,
     set_rng_state,
+    stalled,
     train_epoch,
 )
 from ..training.precision import Precision, resolve_precision
@@ -140,6 +141,7 @@ class StackedTrainer:
         self.train_seconds = 0.0
         self.images = 0
         self.diverged: dict[int, str] = {}
+        self.classes: int | None = None
         self._resume()
         self.model = StackedModel([m.model.to(device) for m in self.members]).to(device)
         self.optimizer = make_optimizer(self.model.parameters(), config)
@@ -236,6 +238,7 @@ class StackedTrainer:
         losses.sum().backward()
         self.optimizer.step()
         self._enforce()
+        self.classes = out.shape[-1]
         return losses.detach(), (out.detach().argmax(-1) == y).sum(1), y.shape[1]
 
     def _call(self, views: list[MemberView], hook: str, *args: Any) -> None:
@@ -289,6 +292,9 @@ class StackedTrainer:
                 res.extra["stacked"] = self.n
                 res.extra["model_images_per_second"] = self.n * res.images_per_second
                 res.extra.update(self.precision.as_dict())
+                why = stalled(self.histories[k], self.classes)
+                if why is not None:
+                    res.extra["stalled"] = why
                 results.append(res)
         return results
 

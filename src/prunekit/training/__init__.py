@@ -4,11 +4,11 @@ from .callbacks import Callback, Checkpoint, Evaluate, JsonlLog, LambdaCallback,
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint
 from .config import OPTIMIZERS, SCHEDULES, TrainConfig
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
-from .trainer import Trainer, TrainingDiverged, TrainResult, build_loaders, default_device, fit, summarize
+from .trainer import Trainer, TrainingDiverged, TrainingStalled, TrainResult, build_loaders, default_device, fit, summarize
 
 __all__ = [
     "OPTIMIZERS", "RECIPES", "SCHEDULES", "Callback", "Checkpoint", "CheckpointError", "Evaluate", "JsonlLog",
-    "LambdaCallback", "MLflowLog", "ProgressBar", "Recipe", "TensorBoardLog", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged",
+    "LambdaCallback", "MLflowLog", "ProgressBar", "Recipe", "TensorBoardLog", "TrainConfig", "TrainResult", "Trainer", "TrainingDiverged", "TrainingStalled",
     "atomic_save", "build_loaders", "default_device", "evaluate", "fit", "get_recipe", "list_recipes",
     "load_checkpoint", "summarize",
 ]

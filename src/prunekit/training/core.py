@@ -161,6 +161,24 @@ def train_epoch(
     return EpochTotals(loss, acc, seen, time.perf_counter() - start, lr)
 
 
+def stalled(history: list[dict[str, Any]], classes: int | None) -> str | None:
+    """Why a run never left chance level, or None: every epoch's training loss at least 97 % of
+    ``ln(classes)`` (the loss of a uniform guess) and the last epoch's training accuracy at most
+    1.5 / ``classes``. A dead network (e.g. every ReLU off after a too large first step) looks so;
+    a network that learns, however slowly, does not."""
+    import math
+
+    if not history or classes is None or classes < 2:
+        return None
+    chance = math.log(classes)
+    losses = [h.get("train_loss") for h in history]
+    if any(v is None or not v >= 0.97 * chance for v in losses) or history[-1].get("train_acc", 0.0) > 1.5 / classes:
+        return None
+    return (f"the training loss stayed at chance level for all {len(history)} epochs ({losses[-1]:.4f}, ln {classes} = {chance:.4f}; "
+            f"training accuracy {history[-1].get('train_acc', 0.0):.2%}): the network did not learn (dead units from a too large "
+            "first step? a lower learning rate or a warm-up may help)")
+
+
 def epoch_metrics(epoch: int, totals: EpochTotals, k: int = 0) -> dict[str, Any]:
     """Network ``k``'s metrics of a finished epoch (evaluation adds its own)."""
     elapsed = totals.seconds

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from ..core.outputs import OutputFn, checked_output_fn
 from ..data import Dataset, DeviceLoader
 from ..data.loader import mix_seed
 from ..distributed import check_replicas, decided_by_rank0, rank, world_size
-from ..errors import ConfigError, DataError, PrunekitError
+from ..errors import ConfigError, DataError, PrunekitError, PrunekitWarning
 from .callbacks import Callback, Checkpoint, Evaluate, ProgressBar
 from .checkpoint import CheckpointError, load_checkpoint, previous, recover_checkpoint
 from .config import TrainConfig
@@ -33,15 +34,20 @@ from .core import (
     set_lr,
     set_rng_state,
     split_dataset,
+    stalled,
     train_epoch,
 )
 from .precision import Precision, resolve_precision
 
-__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "build_loaders", "default_device", "fit", "make_optimizer", "set_lr", "summarize"]
+__all__ = ["TrainResult", "Trainer", "TrainingDiverged", "TrainingStalled", "build_loaders", "default_device", "fit", "make_optimizer", "set_lr", "summarize"]
 
 
 class TrainingDiverged(PrunekitError, RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class TrainingStalled(PrunekitError, RuntimeError):
+    """The training loss never left chance level: the network did not learn (see ``training.core.stalled``)."""
 
 
 @dataclass
@@ -165,6 +171,7 @@ class Trainer:
         self.images = 0
         self.masks: Masks | None = None
         self._enforce: Any = None
+        self.classes: int | None = None  # the width of the logits, once a step has run
         self.forward_model = self._data_parallel(model)
         self.set_masks(masks)
 
@@ -233,6 +240,7 @@ class Trainer:
         if self._enforce is not None:
             self._enforce()
         if out.dim() == 2 and y.dim() == 1 and not y.is_floating_point():
+            self.classes = out.shape[1]
             hits = (out.detach().argmax(1) == y).sum().reshape(1)
         else:
             hits = torch.zeros(1, dtype=torch.long, device=self.device)
@@ -261,6 +269,10 @@ class Trainer:
         self._call("on_fit_end")
         result = summarize(self.history, self.train_seconds, self.images)
         result.extra.update(self.precision.as_dict())
+        why = stalled(self.history, self.classes)
+        if why is not None:  # a result that is not one: said, and marked for whoever records it
+            result.extra["stalled"] = why
+            warnings.warn(f"training stalled: {why}", PrunekitWarning, stacklevel=2)
         return result
 
 

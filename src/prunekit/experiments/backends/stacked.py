@@ -137,5 +137,9 @@ class StackedBackend:
                 if isinstance(result, TrainingDiverged):
                     yield p.run, result
                     continue
-                done = p.run.executed(member.model, member.masks, result)
+                try:
+                    done = p.run.executed(member.model, member.masks, result, ds)
+                except Exception as exc:  # e.g. a stalled member: recorded as its failure
+                    yield p.run, exc
+                    continue
                 yield p.run, trained(done, p.run_dir, ds, self.device)

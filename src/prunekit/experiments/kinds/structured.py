@@ -14,7 +14,7 @@ import torch
 from ...errors import ConfigError
 from ...options import as_dict
 from ...structured import Budget, EarlyPruning, StructuredOptions
-from ...training import fit
+from ...training import TrainingStalled, fit
 from .base import DENSE, Executed, Run, RunContext
 
 
@@ -77,6 +77,8 @@ class StructuredRun(Run):
             callbacks=[*ctx.epoch_callbacks(0), early], progress=ctx.progress, desc=f"structured {self.trigger}",
             precision=self.training_precision(ctx.device),
         )
+        if result.extra.get("stalled"):
+            raise TrainingStalled(result.extra["stalled"])
         final = early.pruned_model if early.pruned_model is not None else model
         summary = early.summary()
         g = torch.Generator().manual_seed(0)  # the global random stream is not touched

@@ -4,6 +4,7 @@ optional sanity-check ablation): score the masks, train the masked network, eval
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ from ...distributed import decided_by_rank0, rank, world_size
 from ...errors import MaskFileError
 from ...methods import get_method
 from ...options import key_dict
-from ...training import TrainResult, fit
+from ...training import TrainingStalled, TrainResult, fit
 from ...training.checkpoint import set_aside
 from ..ablations import reinit_seed, shuffle_masks
 from .base import DENSE, Executed, Run, RunContext, logger
@@ -110,13 +111,27 @@ class TrainingRun(Run):
         )
         if ctx.events:
             result.extra["recovered"] = ctx.events + result.extra.get("recovered", [])
-        return self.executed(model, masks, result)
+        return self.executed(model, masks, result, ds)
 
-    def executed(self, model: nn.Module, masks: Masks | None, result: TrainResult) -> Executed:
-        """What the run produced, however it was trained (alone, stacked, data-parallel)."""
+    def executed(self, model: nn.Module, masks: Masks | None, result: TrainResult, ds: Dataset) -> Executed:
+        """What the run produced, however it was trained (alone, stacked, data-parallel).
+
+        Raises:
+            TrainingStalled: the network never left chance level although its masks leave a path from
+                input to output (a mask that disconnects the network makes chance level the method's
+                result: recorded, marked ``disconnected``).
+        """
         extra: dict[str, Any] = {"history_epochs": result.epochs}
         if world_size() > 1:
             extra["world_size"] = world_size()
+        why = result.extra.get("stalled")
+        if why is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cut = masks is not None and masks.report(model, input_shape=ds.input_shape).effective_density == 0.0
+            if not cut:
+                raise TrainingStalled(why)
+            extra["disconnected"] = True
         return Executed(model, masks, result, extra)
 
 
