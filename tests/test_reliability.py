@@ -191,6 +191,10 @@ def test_the_fault_table_in_the_docs_names_tests_that_exist():
     for name in names:
         file, _, test = name.partition("::")
         assert f"def {test.split('[')[0]}(" in (here.parent / file).read_text(), name
+    every_test = "".join(p.read_text() for p in here.glob("test_*.py"))
+    bare = [part for line in text.splitlines() if line.startswith("|") for part in line.split("`") if part.startswith("test_")]
+    for name in bare:  # a second test named in a row, without its file
+        assert f"def {name}(" in every_test, name
 
 
 # 29.1 a fresh heartbeat is never taken over, whatever the pid check says -----------------------------
