@@ -22,11 +22,30 @@ def test_topk_breaks_ties_by_lowest_index():
 
 def test_global_select_exact_count_with_massive_ties():
     scores = {"a": torch.zeros(3, 7), "b": torch.zeros(10)}
-    masks = select(scores, density=0.5)
-    # k = round(0.5 * 31) = 16: all ties, so the first 16 entries in parameter order are kept
+    masks = select(scores, density=0.5, ties="index")
+    # k = round(0.5 * 31) = 16: all ties; the index rule keeps the first 16 entries in parameter order
     assert kept_count(31, 0.5) == 16
     assert masks["a"].flatten().tolist() == [True] * 16 + [False] * 5
     assert not masks["b"].any()
+
+
+def test_zero_ties_are_spread_over_the_layers_in_proportion_at_random_and_seeded():
+    g = torch.Generator().manual_seed(3)
+    # a few nonzero scores, then zeros everywhere (a starved network): the zeros straddle the cut
+    scores = {"a": torch.zeros(3, 7), "b": torch.zeros(100), "c": torch.zeros(30)}
+    scores["b"][:5] = torch.rand(5, generator=g) + 0.1
+    masks = select(scores, density=0.5)  # keep 76 of 151: the 5 nonzero, and 71 of the 146 zeros
+    assert sum(int(m.sum()) for m in masks.values()) == kept_count(151, 0.5) == 76
+    assert bool(masks["b"][:5].all())  # every nonzero score is kept
+    zeros = {"a": 21, "b": 95, "c": 30}  # 71 zero-scored places spread in proportion: 21/146, 95/146, 30/146 of them
+    chosen = {"a": int(masks["a"].sum()), "b": int(masks["b"][5:].sum()), "c": int(masks["c"].sum())}
+    for name, z in zeros.items():
+        assert abs(chosen[name] - 71 * z / 146) <= 1, chosen
+    again = select(scores, density=0.5)
+    other = select(scores, density=0.5, seed=1)
+    assert all(torch.equal(masks[n], again[n]) for n in masks)  # seeded: deterministic
+    assert any(not torch.equal(masks[n], other[n]) for n in masks)  # another seed, other places
+    assert not bool(masks["c"][:10].all()) or not bool(masks["c"][10:].any())  # within a layer not by index
 
 
 @pytest.mark.parametrize("density", [0.9, 0.5, 0.1, 0.02, 0.005, 1e-4])

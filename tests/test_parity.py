@@ -331,7 +331,7 @@ def test_exact_selection_equals_a_stable_sort_reference():
     for _ in range(20):
         values = torch.randint(-3, 4, (200,), generator=g).double()
         k = int(torch.randint(0, 201, (1,), generator=g))
-        keep = select({"v": values}, k / 200 if k else 1e-9)["v"]
+        keep = select({"v": values}, k / 200 if k else 1e-9, ties="index")["v"]
         expected = torch.zeros(200, dtype=torch.bool)
         expected[torch.sort(-values, stable=True).indices[: kept_count(200, k / 200 if k else 1e-9)]] = True
         assert torch.equal(keep, expected)

@@ -16,6 +16,8 @@ from .core.pruning import prune, score
 from .errors import (
     ConfigError,
     DataError,
+    DiskFullError,
+    LayerCollapseError,
     MaskError,
     MaskFileError,
     PrunekitError,
@@ -27,6 +29,8 @@ from .methods import get_method, list_methods
 __all__ = [
     "ConfigError",
     "DataError",
+    "DiskFullError",
+    "LayerCollapseError",
     "LayerComparison",
     "MaskError",
     "MaskFileError",

@@ -30,6 +30,10 @@ class ScoreError(PrunekitError, ValueError):
     """A pruning method produced unusable scores (NaN or infinity)."""
 
 
+class LayerCollapseError(ScoreError):
+    """A mask that leaves no path from input to output (asked for with ``collapse="error"``)."""
+
+
 class DataError(PrunekitError, ValueError):
     """A dataset that is missing, malformed or does not fit the request."""
 

@@ -8,7 +8,11 @@ Conventions:
     * The number of kept weights is ``kept_count(N, density) = floor(density * N + 1/2)`` (round half
       up), exactly, whatever the ties: selection is index-based, not threshold-based.
     * Ties are broken deterministically: among equal scores the parameter that comes first in
-      ``model.named_parameters()`` order, and within a tensor the lower flat index, is kept.
+      ``model.named_parameters()`` order, and within a tensor the lower flat index, is kept; except
+      ties among *zero* scores that straddle the cut (vanished gradients, a zero-initialised head),
+      which by default (``ties="random"``) are spread over the layers in proportion to their tied
+      weights, at random within a layer, seeded: parameter order would hand whole early layers the
+      budget and empty the later ones.
 """
 
 from __future__ import annotations
@@ -200,6 +204,37 @@ def _kth_smallest(values: Tensor, m: int) -> Tensor:
     return torch.kthvalue(values, m).values
 
 
+TIE_RULES = {
+    "random": "zero-score ties spread over the layers in proportion to their tied weights, at random within a layer (seeded)",
+    "index": "zero-score ties to the earliest parameters, lowest indices first (the rule of prunekit before 0.3)",
+}
+
+
+def _spread_zero_ties(values: Tensor, keep: Tensor, segments: Tensor, n_segments: int, generator: torch.Generator) -> Tensor:
+    """``keep`` with its zero-scored entries chosen again: as many as it holds, spread over the segments
+    (layers) in proportion to their zero-scored entries, at random within a segment.
+
+    Args:
+        values: the scores ranked (1-D); the cut is at 0 (every entry above 0 is kept).
+        keep: the mask the index-ordered rule chose (its entries among zeros are re-drawn).
+        segments: the segment (layer) of each entry of ``values``.
+    """
+    zeros = values == 0
+    need = int((keep & zeros).sum())
+    out = keep & ~zeros
+    per = torch.bincount(segments[zeros], minlength=n_segments).tolist()
+    total = sum(per)
+    counts = apportion([need * z / total for z in per], per, need)
+    zero_idx = torch.nonzero(zeros).flatten().cpu()
+    seg_of = segments[zeros].cpu()
+    for seg, c in enumerate(counts):
+        if c:
+            idx = zero_idx[seg_of == seg]
+            pick = idx[torch.randperm(len(idx), generator=generator)[:c]]
+            out[pick.to(out.device)] = True
+    return out
+
+
 def topk_flat(values: Tensor, k: int) -> Tensor:
     """Boolean mask of the ``k`` largest entries of a 1-D tensor, ties to the lower index.
 
@@ -335,9 +370,13 @@ class Ranker:
         allocation: str = "global",
         rule: str | None = None,
         nested: bool = False,
+        ties: str = "random",
+        seed: int = 0,
     ):
         if allocation not in ALLOCATIONS:
             raise unknown("allocation", allocation, ALLOCATIONS)
+        if ties not in TIE_RULES:
+            raise unknown("tie rule", ties, TIE_RULES)
         if rule is not None:
             if rule not in OFFICIAL_RULES:
                 raise unknown("count rule", rule, OFFICIAL_RULES)
@@ -352,6 +391,10 @@ class Ranker:
         self.nested = nested
         self._kept_idx: Tensor | None = None  # global exact + nested: sorted flat indices kept last step
         self._previous: Tensor | None = None  # flat mask of the last step
+        self.ties = ties
+        self.seed = seed
+        self._step = 0
+        self._segments: Tensor | None = None
 
     def _flat(self, scores: Mapping[str, Tensor]) -> Tensor:
         missing = [n for n in self.names if n not in scores]
@@ -397,6 +440,10 @@ class Ranker:
             target = min(kept_count(self.total, density), counted.numel())
             keep_c, ties = _exact_topk(counted, target)
             zero_ties.append(ties)
+            if self.ties == "random" and int(ties):
+                segments = self._segment_ids(values.device)
+                keep_c = _spread_zero_ties(counted, keep_c, segments if cand_idx is None else segments[cand_idx], len(self.sizes),
+                                           self._generator())
             if cand_idx is None:
                 flat_mask = keep_c
                 kept_idx = _indices(keep_c, target) if self.nested else None
@@ -415,6 +462,8 @@ class Ranker:
             pieces = []
             for v, b in zip(counted.split(self.sizes), budgets):
                 keep_l, ties = _exact_topk(v, b)
+                if self.ties == "random" and int(ties):
+                    keep_l = _spread_zero_ties(v, keep_l, torch.zeros(v.numel(), dtype=torch.long, device=v.device), 1, self._generator())
                 pieces.append(keep_l)
                 zero_ties.append(ties)
             flat_mask = torch.cat(pieces)
@@ -438,7 +487,20 @@ class Ranker:
         kept, chosen = int(got[0]), int(got[1])
         self._previous = flat_mask
         self._kept_idx = kept_idx
+        self._step += 1
         return Selection(self._split(flat_mask), target, kept, chosen > 0, chosen)
+
+    def _segment_ids(self, device: torch.device) -> Tensor:
+        """The layer (position in ``names``) of every flat entry."""
+        if self._segments is None or self._segments.device != device:
+            self._segments = torch.repeat_interleave(torch.arange(len(self.sizes), device=device), torch.tensor(self.sizes, device=device))
+        return self._segments
+
+    def _generator(self) -> torch.Generator:
+        """The random stream of this step's tie-breaking: a function of the seed and the step."""
+        from ..data.loader import mix_seed
+
+        return torch.Generator().manual_seed(mix_seed(self.seed, 0x71E5, self._step))
 
     def _raise_non_finite(self, finite: Tensor) -> None:
         bad = [(n, int(c)) for n, c in zip(self.names, (~finite).split(self.sizes)) for c in [c.sum()] if int(c)]
@@ -453,6 +515,8 @@ def select(
     density: float,
     allocation: str = "global",
     candidates: Mapping[str, Tensor] | None = None,
+    ties: str = "random",
+    seed: int = 0,
 ) -> dict[str, Tensor]:
     """Keep the highest-scoring weights: exact index-based top-k under an allocation rule.
 
@@ -463,10 +527,11 @@ def select(
         candidates: optional ``{name: bool tensor}``; only ``True`` entries may be kept (used by
             monotone iterative methods so that a pruned weight stays pruned). If the budget exceeds
             the candidates, every candidate is kept.
+        ties, seed: how ties among zero scores that straddle the cut are broken (:data:`TIE_RULES`).
 
     Returns:
         ``{name: bool tensor}`` on the device of the scores, with exactly ``kept_count`` ``True``
         entries overall (and per layer for non-global allocations), unless limited by ``candidates``.
     """
     shapes = {n: tuple(s.shape) for n, s in scores.items()}
-    return Ranker(shapes, allocation).select(scores, density, candidates).masks
+    return Ranker(shapes, allocation, ties=ties, seed=seed).select(scores, density, candidates).masks

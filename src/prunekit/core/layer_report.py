@@ -79,6 +79,17 @@ class MaskReport:
             return None
         return sum(r.effective_kept for r in self.rows) / self.size  # type: ignore[misc]
 
+    @property
+    def empty(self) -> list[str]:
+        """Layers left without any weight."""
+        return [r.name for r in self.rows if r.kept == 0]
+
+    @property
+    def disconnected(self) -> bool | None:
+        """Whether no path from input to output is left (None where connectivity is unknown)."""
+        eff = self.effective_density
+        return None if eff is None else eff == 0.0
+
     def as_dicts(self) -> list[dict[str, Any]]:
         return [r.as_dict() for r in self.rows]
 
@@ -92,6 +103,8 @@ class MaskReport:
             lines.append("| " + " | ".join(r) + " |")
         if self._tie_note():
             lines += ["", f"**{self._tie_note()}**"]
+        if self.disconnected:
+            lines += ["", "**the mask leaves no path from input to output: the network is disconnected**"]
         return "\n".join(lines)
 
     def _display_rows(self) -> list[list[str]]:
@@ -100,7 +113,7 @@ class MaskReport:
 
         out = []
         for r in self.rows:
-            flag = "  <- collapsed" if r.name in self.collapsed else ""
+            flag = "  <- empty" if r.kept == 0 else ("  <- no path" if r.name in self.collapsed else "")
             out.append(
                 [r.name, "x".join(map(str, r.shape)), str(r.size), str(r.kept), f"{r.density:.4%}", eff(r.effective_density) + flag]
             )
@@ -114,7 +127,8 @@ class MaskReport:
         text = "\n".join(
             "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows
         )
-        notes = [n for n in (self._tie_note(), self.note) if n]
+        cut = "the mask leaves no path from input to output: the network is disconnected" if self.disconnected else None
+        notes = [n for n in (self._tie_note(), cut, self.note) if n]
         return "\n".join([text, *notes])
 
 
@@ -214,10 +228,14 @@ def build_report(
         rows.append(LayerRow(name, tuple(m.shape), m.numel(), kept, kept / m.numel(), ek, None if ek is None else ek / m.numel()))
     collapsed = [r.name for r in rows if r.kept == 0 or r.effective_kept == 0]
     if collapsed:
+        from ..errors import PrunekitWarning
+
+        whole = effective is not None and not any(r.effective_kept for r in rows)
         warnings.warn(
             f"layer collapse: {', '.join(collapsed)} keep no weight on an input-to-output path; "
-            "the network cannot carry signal through them",
-            UserWarning,
+            + ("the network is disconnected: no path from input to output is left" if whole else
+               "the network cannot carry signal through them"),
+            PrunekitWarning,
             stacklevel=3,
         )
     tie_steps = [int(t["step"]) for t in meta.get("tie_steps", [])]

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..console import ProgressLines
 from ..distributed import check_agreement, world_size
-from ..errors import ConfigError, PrunekitWarning, ScoreError, unknown
+from ..errors import ConfigError, LayerCollapseError, PrunekitWarning, ScoreError, unknown
 from ..methods import Method, get_method
 from ..methods.context import LossFn, ScoringContext, default_loss, model_device, scoring_dtype
 from ..options import as_dict
@@ -157,6 +157,8 @@ def prune(
     invert: bool = False,
     example_inputs: Any = None,
     options: Any = None,
+    ties: str | None = None,
+    collapse: str = "warn",
     **values: Any,
 ) -> Masks:
     """Compute pruning masks for ``model`` with ``method``; the model is not modified.
@@ -189,6 +191,12 @@ def prune(
             (once for one-shot methods), e.g. to record how masks evolve.
         invert: keep the *lowest*-scoring weights instead (the score-inversion sanity check of
             Frankle et al., 2021), at every step of an iterative schedule.
+        ties: how ties among *zero* scores that straddle the cut are broken: ``"random"`` (default:
+            spread over the layers in proportion to their tied weights, at random within a layer,
+            seeded) or ``"index"`` (parameter order, the default under ``official=True``); see
+            :data:`prunekit.core.allocation.TIE_RULES`.
+        collapse: ``"warn"`` (default) or ``"error"``: what a mask that leaves no path from input to
+            output (layer collapse) does; either way it is named, and an empty layer is always said.
         options: the method's options as its dataclass (``get_method(name).options``), already
             built (e.g. by ``get_method(name).build_options(...)``); or give them as keywords:
         **values: method options (see ``prunekit methods`` or ``get_method(name).options``).
@@ -205,10 +213,13 @@ def prune(
         ConfigError: unknown method or option, bad sparsity/seed/allocation, missing data, no
             prunable parameter.
         ScoreError: the method produced NaN or infinite scores.
+        LayerCollapseError: with ``collapse="error"``, a mask that disconnects the network.
 
     Warns:
         PrunekitWarning: at the first step whose mask was decided by ties among zero scores rather
-            than by the scores (and once more at the end if later steps were too).
+            than by the scores (and once more at the end if later steps were too); prunable tensors
+            that are exactly zero when scoring (a zero-initialised head) and zero BatchNorm scales;
+            layers the mask empties; a mask that leaves no path from input to output.
     """
     keep = resolve_density(sparsity, density)
     spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options, values, example_inputs)
@@ -217,7 +228,11 @@ def prune(
     if allocation not in ALLOCATIONS:
         raise unknown("allocation", allocation, ALLOCATIONS)
     rule = spec.official_rule if getattr(opts, "count_rule", "exact") == "official" else None
-    ranker = Ranker({n: p.shape for n, p in params.items()}, allocation, rule, nested=spec.monotone)
+    if collapse not in ("warn", "error"):
+        raise ConfigError(f"collapse must be 'warn' or 'error', got {collapse!r}")
+    ties = ties or ("index" if getattr(opts, "official", False) else "random")
+    ranker = Ranker({n: p.shape for n, p in params.items()}, allocation, rule, nested=spec.monotone, ties=ties, seed=seed)
+    _warn_zero_tensors(method, model, params)
     steps = density_schedule(keep, opts.num_steps, opts.schedule) if spec.iterative else [keep]
     start = time.perf_counter()
     masks: dict[str, Tensor] | None = None
@@ -258,6 +273,7 @@ def prune(
         torch.cuda.synchronize()
     assert masks is not None
     check_agreement(masks, method)  # under torch.distributed: every rank must hold the same mask
+    empty, cut = _check_collapse(method, model, masks, ctx, collapse)
     meta = {
         "method": method,
         "sparsity": 1.0 - keep,
@@ -271,6 +287,9 @@ def prune(
         "loss": _loss_name(loss_fn, opts),
         "output_fn": None if output_fn is None else getattr(output_fn, "__name__", type(output_fn).__name__),
         "tie_steps": tie_steps,
+        "ties": ties,
+        "empty_layers": empty,
+        "disconnected": cut,
         "world_size": world_size(),
         "input_shape": None if ctx.input_shape is None else list(ctx.input_shape),
         "model": type(model).__name__,
@@ -340,6 +359,58 @@ def _run_score(spec: Method, ctx: ScoringContext, opts: Any, masks: Mapping[str,
             f"method {spec.name!r}: the model could not run on the scoring data (inputs {shape}): {first}; "
             "check that the data has the input shape the model expects"
         ) from exc
+
+
+def _warn_zero_tensors(method: str, model: nn.Module, params: Mapping[str, Tensor]) -> None:
+    """Name the prunable tensors that are exactly zero (and zero BatchNorm scales): gradient scores
+    vanish through them, and the mask is then decided by the tie rule."""
+    zero = [n for n, p in params.items() if not bool(p.detach().any())]
+    names = list(params)
+    gammas = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+              and not bool(m.weight.detach().any())]
+    if not zero and not gammas:
+        return
+    said = []
+    if zero:
+        head = " (the last prunable layer: a zero-initialised classifier head?)" if names and names[-1] in zero else ""
+        said.append(f"prunable tensors exactly zero when scoring: {_shown(zero)}{head}")
+    if gammas:
+        said.append(f"BatchNorm scales exactly zero: {_shown(gammas)} (zero-initialised last BatchNorm of residual blocks?)")
+    warnings.warn(
+        f"{method}: " + "; ".join(said) + ". Gradient-based scores vanish through them (and, for a zero head, in every layer "
+        "before it): ties among zero scores are then spread over the layers at random (ties='random'), not decided by "
+        "the scores. Score before zero-initialising, or with the initialisation the model trains from.",
+        PrunekitWarning,
+        stacklevel=3,
+    )
+
+
+def _check_collapse(method: str, model: nn.Module, masks: Mapping[str, Tensor], ctx: ScoringContext, collapse: str) -> tuple[list[str], bool | None]:
+    """Layers the mask empties (always said), and whether it leaves no input-to-output path (said
+    loudly, or an error with ``collapse="error"``; None where the input is unknown)."""
+    empty = [n for n, m in masks.items() if not bool(m.any())]
+    cut: bool | None = None
+    if ctx.example is not None or ctx.input_shape is not None:
+        from .connectivity import effective_masks
+
+        try:
+            alive = effective_masks(model, masks, ctx.input_shape, example_inputs=ctx.example)
+            cut = not any(bool(m.any()) for m in alive.values())
+            starved = [n for n, m in alive.items() if not bool(m.any()) and n not in empty]
+        except Exception:  # a forward that cannot take the all-ones probe: connectivity unknown
+            cut, starved = None, []
+    else:
+        starved = []
+    if cut:
+        first = next((n for n in masks if n in empty), None) or next(iter(starved), None)
+        message = (f"{method}: layer collapse: the mask leaves no path from input to output: the network is disconnected"
+                   f"{f' (first cut at {first})' if first else ''}; it cannot learn. Empty layers: {_shown(empty) or 'none'}")
+        if collapse == "error":
+            raise LayerCollapseError(message + ". (collapse='error' asked for this error)")
+        warnings.warn(message, PrunekitWarning, stacklevel=3)
+    elif empty:
+        warnings.warn(f"{method}: layers left without any weight: {_shown(empty)}", PrunekitWarning, stacklevel=3)
+    return empty, cut
 
 
 def _loss_name(loss_fn: LossFn | None, opts: Any) -> str:

@@ -101,6 +101,8 @@ def result_fields(done: Executed, run_dir: Path, ds: Dataset, device: torch.devi
         layers = report.as_dicts()
         effective = report.effective_density
         extra["collapsed_layers"] = report.collapsed
+        extra["empty_layers"] = report.empty
+        extra["disconnected"] = report.disconnected
         extra["warnings"] = [str(w.message) for w in caught]
         if report.tie_steps:
             extra["tie_steps"] = report.tie_steps

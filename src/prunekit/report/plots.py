@@ -14,6 +14,15 @@ from ..files import atomic_savefig
 from .tables import _METRIC_NAMES, Table, epochs_text, percent
 
 
+def _classes(dataset: str) -> int | None:
+    from ..data import get_info
+
+    try:
+        return get_info(dataset).num_classes
+    except Exception:
+        return None
+
+
 def plot_accuracy(table: Table, path: str | Path) -> Path:
     """Accuracy vs density (log scale), error bars = std over seeds, dense as a band."""
     path = Path(path)
@@ -31,6 +40,9 @@ def plot_accuracy(table: Table, path: str | Path) -> Path:
         ax.axhline(m, color="black", linestyle="--", linewidth=1, label="dense")
         if s > 0:
             ax.axhspan(m - s, m + s, color="black", alpha=0.08)
+    classes = _classes(table.dataset)
+    if classes:
+        ax.axhline(100 / classes, color="grey", linestyle=":", linewidth=1, label=f"chance ({100 / classes:.0f} %)")
     ticks = [1 - s for s in table.sparsities]
     ax.set_xlim(max(ticks) * 1.3, min(ticks) / 1.3)  # reversed: sparsity grows to the right; before the log
     ax.set_xscale("log")  # scale, which cannot autoscale a single column
@@ -39,7 +51,9 @@ def plot_accuracy(table: Table, path: str | Path) -> Path:
     ax.minorticks_off()
     ax.set_xlabel("sparsity (density on a log scale)")
     ax.set_ylabel(f"{_METRIC_NAMES[table.metric]} (%)")
-    ax.set_title(f"{table.model} on {table.dataset} ({table.recipe}, {epochs_text(table.epochs)})", fontsize=10)
+    seeds = sorted({c.n for row in table.rows.values() for c in row.values()})
+    ax.set_title(f"{table.model} on {table.dataset} ({table.recipe}, {epochs_text(table.epochs)}); "
+                 f"points: mean, bars: ± std over {'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()

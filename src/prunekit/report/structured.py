@@ -7,6 +7,7 @@ of the same configuration are the baseline of the time ratio.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections import defaultdict
@@ -32,10 +33,11 @@ class StructuredTable:
     budgets: list[str]
     rows: dict[str, dict[str, list[RunRecord]]]  # label -> budget -> runs
     dense: list[RunRecord] = field(default_factory=list)
+    config_id: str = ""  # a short hash of the training configuration
 
     @property
     def slug(self) -> str:
-        return f"{self.model}_{self.dataset}_{self.recipe}_{self.epochs}ep_structured"
+        return f"{self.model}_{self.dataset}_{self.recipe}_{self.epochs}ep_structured" + (f"_{self.config_id}" if self.config_id else "")
 
     def _acc(self, runs: list[RunRecord]) -> Cell:
         return Cell([getattr(r, _COLUMN[self.metric]) for r in runs if getattr(r, _COLUMN[self.metric]) is not None])
@@ -99,38 +101,57 @@ def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any)
         budgets = sorted({b for v in by_label.values() for b in v}, key=lambda b: (b.split("=")[0], -float(b.split("=")[1])))
         dense = [r for r in rows if r.structured is None]
         tables.append(StructuredTable(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, budgets,
-                                      {k: dict(v) for k, v in sorted(by_label.items())}, dense))
+                                      {k: dict(v) for k, v in sorted(by_label.items())}, dense,
+                                      hashlib.sha256(train_json.encode()).hexdigest()[:6]))
     return tables
 
 
 def plot_indicator(table: StructuredTable, path: str | Path) -> Path | None:
-    """The indicator (EPI, or Early-Bird's mask distance) over training, the pruning point marked."""
+    """The indicators over training, the pruning point of each run dashed: EPI (a similarity, in
+    [0, 1], fires *above* its threshold) and Early-Bird's mask distance (fires *below* its threshold)
+    on separate panels, each with its threshold drawn."""
     series = [(label, budget, r) for label, bb in table.rows.items() for budget, runs in bb.items() for r in runs[:1]
               if r.extra["structured"]["trigger"] in ("epi", "early_bird")]
     if not series:
         return None
-    fig = Figure(figsize=(7.5, 4.5), dpi=120)
-    ax = fig.subplots()
+    from ..structured import EPI_THRESHOLDS, StructuredOptions, get_importance
+
+    kinds = [k for k in ("epi", "early_bird") if any(r.extra["structured"]["trigger"] == k for _, _, r in series)]
+    fig = Figure(figsize=(7.5, 3.6 * len(kinds)), dpi=120)
+    axes = fig.subplots(len(kinds), 1, squeeze=False)[:, 0]
     drawn = 0
-    for label, budget, r in series:
-        info = r.extra["structured"]
-        looks = info["looks"]
-        xs = [lk["epoch"] + lk["step"] / max(1, max(x["step"] for x in looks)) for lk in looks]
-        ys = info["trace"][: len(xs)]
-        pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
-        if not pts:
-            continue
-        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.3, marker=".", label=f"{label}, {budget}")
-        drawn += 1
-        if info["pruned_epoch"] is not None:
-            ax.axvline(info["pruned_epoch"], color=line.get_color(), linestyle="--", linewidth=0.9)
+    for ax, kind in zip(axes, kinds):
+        thresholds = set()
+        for label, budget, r in series:
+            info = r.extra["structured"]
+            if info["trigger"] != kind:
+                continue
+            looks = info["looks"]
+            xs = [lk["epoch"] + lk["step"] / max(1, max(x["step"] for x in looks)) for lk in looks]
+            pts = [(x, y) for x, y in zip(xs, info["trace"][: len(xs)]) if y is not None]
+            if not pts:
+                continue
+            (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], linewidth=1.3, marker=".", label=f"{label}, {budget}")
+            drawn += 1
+            if info["pruned_epoch"] is not None:
+                ax.axvline(info["pruned_epoch"], color=line.get_color(), linestyle="--", linewidth=0.9)
+            options = r.structured["options"] if r.structured else {}
+            if kind == "epi":
+                tau = options.get("tau")
+                family = "gradient" if get_importance(options.get("importance", "l1")).needs_gradients else "magnitude"
+                thresholds.add(tau if tau is not None else EPI_THRESHOLDS[family])
+            else:
+                thresholds.add(options.get("eb_threshold", StructuredOptions().eb_threshold))
+        for t in sorted(thresholds):
+            ax.axhline(t, color="red", linestyle=":", linewidth=1, label=f"threshold {t:g}")
+        ax.set_ylabel("EPI: architecture similarity (fires above)" if kind == "epi" else "Early-Bird: mask distance (fires below)",
+                      fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     if not drawn:
         return None
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("EPI (architecture similarity) / Early-Bird mask distance")
-    ax.set_title(f"Indicators over training: {table.model} on {table.dataset} (dashed: pruned)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    axes[-1].set_xlabel("epoch")
+    axes[0].set_title(f"Indicators over training: {table.model} on {table.dataset} (dashed: where each run pruned)", fontsize=10)
     fig.tight_layout()
     return atomic_savefig(fig, path)
 

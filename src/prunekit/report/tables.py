@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -40,7 +41,12 @@ def epochs_text(n: int) -> str:
 
 @dataclass
 class Cell:
+    """The values of one table cell (one per seed), and how many of its runs had a layer left
+    empty (``empty``, marked †) or no input-to-output path at all (``cut``, marked ‡)."""
+
     values: list[float]
+    empty: int = 0
+    cut: int = 0
 
     @property
     def n(self) -> int:
@@ -55,9 +61,10 @@ class Cell:
         return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
 
     def text(self) -> str:
+        mark = " ‡" if self.cut else (" †" if self.empty else "")
         if self.n == 1:
-            return f"{100 * self.mean:.2f}"
-        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}"
+            return f"{100 * self.mean:.2f}{mark}"
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}{mark}"
 
 
 @dataclass
@@ -75,10 +82,11 @@ class Table:
     layers: dict[str, dict[float, list[dict[str, Any]]]] = field(default_factory=dict)
     layer_runs: dict[str, dict[float, list[list[dict[str, Any]]]]] = field(default_factory=dict)
     effective: dict[str, dict[float, list[float]]] = field(default_factory=dict)
+    config_id: str = ""  # a short hash of the training configuration: tables of one recipe with other options differ
 
     @property
     def slug(self) -> str:
-        return f"{self.model}_{self.dataset}_{self.recipe}_{self.epochs}ep_{self.metric}"
+        return f"{self.model}_{self.dataset}_{self.recipe}_{self.epochs}ep_{self.metric}" + (f"_{self.config_id}" if self.config_id else "")
 
     @property
     def title(self) -> str:
@@ -115,6 +123,12 @@ class Table:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
         lines.append("Bold: best method per column. Dense: the unpruned network, repeated in every column.")
+        flagged = [c for row in self.rows.values() for c in row.values()]
+        if any(c.empty and not c.cut for c in flagged):
+            lines.append("†: in some run of the cell the mask left a layer without any weight.")
+        if any(c.cut for c in flagged):
+            lines.append("‡: in some run of the cell the mask left no path from input to output: the network was disconnected "
+                         "and could not learn (chance level is the method's result there).")
         layers = self.layers_markdown()
         if layers:
             lines += ["", layers]
@@ -203,6 +217,7 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
         chosen = metric if metric != "auto" else rows[0].config.get("headline", "final")
         col = _COLUMN[chosen]
         cells: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+        flags: dict[tuple[str, float], list[int]] = defaultdict(lambda: [0, 0])
         layers: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(dict)
         layer_runs: dict[str, dict[float, list[list[dict[str, Any]]]]] = defaultdict(lambda: defaultdict(list))
         effective: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -218,17 +233,23 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
             label = _row_label(r)
             sort_keys[label] = (order.get(r.method, 99), r.ablation or "", label)
             cells[label][r.sparsity].append(value)
+            if r.extra.get("empty_layers"):
+                flags[(label, r.sparsity)][0] += 1
+            if r.extra.get("disconnected") or (r.effective_density == 0.0):
+                flags[(label, r.sparsity)][1] += 1
             if r.layers:
                 layers[label].setdefault(r.sparsity, r.layers)
                 layer_runs[label][r.sparsity].append(r.layers)
             if r.effective_density is not None:
                 effective[label][r.sparsity].append(r.effective_density)
         sparsities = sorted({s for row in cells.values() for s in row})
-        table_rows = {label: {s: Cell(v) for s, v in cells[label].items()} for label in sorted(cells, key=lambda label: sort_keys[label])}
+        table_rows = {label: {s: Cell(v, *flags[(label, s)]) for s, v in cells[label].items()}
+                      for label in sorted(cells, key=lambda label: sort_keys[label])}
         tables.append(
             Table(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, sparsities, table_rows,
                   Cell(dense) if dense else None, dict(layers),
-                  {k: dict(v) for k, v in layer_runs.items()}, {k: dict(v) for k, v in effective.items()})
+                  {k: dict(v) for k, v in layer_runs.items()}, {k: dict(v) for k, v in effective.items()},
+                  hashlib.sha256(train_json.encode()).hexdigest()[:6])
         )
     return tables
 
