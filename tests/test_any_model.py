@@ -258,3 +258,66 @@ def test_mlflow_log_callback_logs_params_and_each_epoch(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(ConfigError, match="pip install mlflow"):
         MLflowLog()
+
+
+def test_a_model_partly_pruned_with_torch_nn_utils_prune_is_refused_not_half_pruned():
+    from torch.nn.utils import prune as torch_prune
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    torch_prune.l1_unstructured(model[2], "weight", amount=0.5)  # one of two layers
+    with pytest.raises(ConfigError, match=r"2\.weight .*torch\.nn\.utils\.prune.*from_torch_prune"):
+        prunekit.prune(model, "magnitude", 0.5)
+
+
+def test_errors_are_reported_at_their_real_origin():
+    from prunekit.errors import DataError, ScoreError, UserCodeError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    data = [(torch.randn(8, 1, 4, 4), torch.randint(0, 4, (8,)))]
+
+    def broken_loss(logits, targets):
+        raise KeyError("my_metric")
+
+    with pytest.raises(UserCodeError, match="your loss_fn raised KeyError: 'my_metric'") as info:
+        prunekit.prune(model, "snip", 0.5, data=data, loss_fn=broken_loss)
+    assert isinstance(info.value.__cause__, KeyError)
+
+    def broken_output(out):
+        raise IndexError("no such head")
+
+    with pytest.raises(UserCodeError, match="your output_fn raised IndexError: no such head"):
+        prunekit.prune(model, "snip", 0.5, data=data, output_fn=broken_output)
+
+    class AuxFirst(nn.Module):  # returns (aux features, logits): the default contract takes the first
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU())
+            self.head = nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.body(x)
+            return h.unsqueeze(1).expand(-1, 3, -1), self.head(h)
+
+    with pytest.raises(ScoreError, match="output_fn=") as info:
+        prunekit.prune(AuxFirst(), "snip", 0.5, data=data)
+    assert "check that the data has the input shape" not in str(info.value)
+    tokens = [(torch.randn(8, 1, 4, 4), torch.randint(0, 4, (8, 5)))]  # one target per position, not per sample
+    with pytest.raises(DataError, match="samples_per_class=None"):
+        prunekit.prune(model, "grasp", 0.5, data=tokens, loss_fn=lambda out, y: out.sum() * 0 + y.float().mean())
+
+
+def test_prospr_names_weights_that_never_reach_the_logits_like_the_other_methods():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(6, 3)
+            self.spare = nn.Linear(6, 3)  # never called
+
+        def forward(self, x):
+            return self.used(x)
+
+    data = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(4)]
+    for method in ("snip", "prospr"):
+        with pytest.warns(prunekit.PrunekitWarning, match="'spare.weight' do not affect the logits"):
+            prunekit.prune(Unused(), method, 0.5, data=data)

@@ -23,6 +23,7 @@ from .errors import (
     PrunekitError,
     PrunekitWarning,
     ScoreError,
+    UserCodeError,
 )
 from .methods import get_method, list_methods
 
@@ -39,6 +40,7 @@ __all__ = [
     "PrunekitError",
     "PrunekitWarning",
     "ScoreError",
+    "UserCodeError",
     "__version__",
     "compare_masks",
     "get_method",

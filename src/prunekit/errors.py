@@ -34,6 +34,11 @@ class LayerCollapseError(ScoreError):
     """A mask that leaves no path from input to output (asked for with ``collapse="error"``)."""
 
 
+class UserCodeError(PrunekitError, RuntimeError):
+    """An exception raised inside a function the caller gave prunekit (``loss_fn``, ``output_fn``),
+    reported as such with its own message (the original exception is its ``__cause__``)."""
+
+
 class DataError(PrunekitError, ValueError):
     """A dataset that is missing, malformed or does not fit the request."""
 

@@ -127,7 +127,11 @@ def class_balanced(stream: BatchStream, samples_per_class: int, num_classes: int
         x, y = stream.next()
         labels = y.detach().long().cpu()
         if labels.dim() != 1 or (labels.numel() and (labels.min() < 0 or labels.max() >= num_classes)):
-            raise DataError(f"class-balanced sampling needs integer class labels in [0, {num_classes}), got {labels[:8].tolist()}...")
+            raise DataError(
+                f"class-balanced sampling needs one integer class label per sample in [0, {num_classes}), got targets of shape "
+                f"{tuple(y.shape)} such as {labels.flatten()[:8].tolist()}; for other targets (tokens, regression) pass "
+                "samples_per_class=None: the method then scores num_batches plain batches"
+            )
         take = []
         for i, c in enumerate(labels.tolist()):
             if counts[c] < samples_per_class:

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..errors import ScoreError
+from ..errors import ScoreError, UserCodeError
 
 OutputFn = Callable[[Any], Tensor]
 
@@ -63,10 +63,26 @@ def checked_output_fn(output_fn: OutputFn | None) -> OutputFn:
         return logits_of
 
     def wrapped(outputs: Any) -> Tensor:
-        out = output_fn(outputs)
+        try:
+            out = output_fn(outputs)
+        except Exception as exc:
+            raise UserCodeError(f"your output_fn raised {type(exc).__name__}: {exc}") from exc
         if not isinstance(out, Tensor):
             raise ScoreError(f"output_fn must return the logits tensor, got {type(out).__name__}")
         return out
 
     wrapped.__name__ = getattr(output_fn, "__name__", type(output_fn).__name__)
+    return wrapped
+
+
+def checked_loss_fn(loss_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """The caller's ``loss_fn``, an exception inside it reported as its own (:class:`UserCodeError`)."""
+
+    def wrapped(logits: Tensor, targets: Tensor) -> Tensor:
+        try:
+            return loss_fn(logits, targets)
+        except Exception as exc:
+            raise UserCodeError(f"your loss_fn raised {type(exc).__name__}: {exc}") from exc
+
+    wrapped.__name__ = getattr(loss_fn, "__name__", type(loss_fn).__name__)
     return wrapped

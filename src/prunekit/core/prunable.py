@@ -64,6 +64,10 @@ def default_prunable_names(model: nn.Module) -> list[str]:
     return [name for name in named_weights(model) if name in chosen]
 
 
+def _shown_names(names: Sequence[str], limit: int = 6) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def prunable_parameters(
     model: nn.Module,
     include: str | Sequence[str] | None = None,
@@ -89,6 +93,14 @@ def prunable_parameters(
     include_p = _as_patterns(include, "include")
     exclude_p = _as_patterns(exclude, "exclude")
     params = named_weights(model)  # a weight masked by Masks.apply under its plain name
+    buffers = {b for b, _ in model.named_buffers()}
+    torch_pruned = [n.removesuffix("_orig") for n in params if n.endswith("_orig") and n.removesuffix("_orig") + "_mask" in buffers]
+    if torch_pruned:  # its weight is no parameter any more: it would be skipped, its mask ignored
+        raise ConfigError(
+            f"{_shown_names(torch_pruned)} of {type(model).__name__} were pruned with torch.nn.utils.prune (<name>_orig + <name>_mask): "
+            "read those masks with prunekit.Masks.from_torch_prune(model), then call torch.nn.utils.prune.remove(module, 'weight') "
+            "on each before pruning with prunekit (it would otherwise skip them)"
+        )
     all_names = list(params)
     for pattern in include_p + exclude_p:
         if not any(fnmatch.fnmatchcase(n, pattern) for n in all_names):
@@ -102,12 +114,6 @@ def prunable_parameters(
         names = default_prunable_names(model)
     names = [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exclude_p)]
     if not names:
-        if any(n.endswith("_orig") for n in all_names) and any(b.endswith("_mask") for b, _ in model.named_buffers()):
-            raise ConfigError(
-                f"{type(model).__name__} was pruned with torch.nn.utils.prune (its weights are <name>_orig + <name>_mask): "
-                "read its masks with prunekit.Masks.from_torch_prune(model), and call torch.nn.utils.prune.remove(module, "
-                "'weight') on each pruned module before pruning it again with prunekit"
-            )
         raise ConfigError(
             f"{type(model).__name__} has no prunable parameters: the default rule prunes the weights of "
             "Conv*d and Linear modules; pass include=[...] glob patterns to choose parameters by name"

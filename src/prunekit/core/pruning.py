@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..console import ProgressLines
 from ..distributed import check_agreement, world_size
-from ..errors import ConfigError, LayerCollapseError, PrunekitWarning, ScoreError, unknown
+from ..errors import ConfigError, LayerCollapseError, PrunekitError, PrunekitWarning, ScoreError, unknown
 from ..methods import Method, get_method
 from ..methods.context import LossFn, ScoringContext, default_loss, model_device, scoring_dtype
 from ..options import as_dict
@@ -25,7 +25,7 @@ from . import inputs as inp
 from .allocation import ALLOCATIONS, Ranker, Selection, check_density, density_schedule, kept_count
 from .batches import BatchStream
 from .masks import Masks
-from .outputs import OutputFn, checked_output_fn
+from .outputs import OutputFn, checked_loss_fn, checked_output_fn
 from .prunable import prunable_parameters
 
 
@@ -129,7 +129,8 @@ def _setup(
     if getattr(opts, "input_shape", None):
         input_shape = tuple(opts.input_shape)
     ctx = ScoringContext(
-        model, list(params), stream, loss_fn or default_loss, seed, input_shape, method, checked_output_fn(output_fn), example
+        model, list(params), stream, default_loss if loss_fn is None else checked_loss_fn(loss_fn), seed, input_shape, method,
+        checked_output_fn(output_fn), example,
     )
     return spec, opts, ctx, params
 
@@ -351,8 +352,8 @@ def _run_score(spec: Method, ctx: ScoringContext, opts: Any, masks: Mapping[str,
     try:
         return spec.score(ctx, opts, masks)
     except (RuntimeError, IndexError, TypeError) as exc:
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            raise
+        if isinstance(exc, (torch.cuda.OutOfMemoryError, PrunekitError)):
+            raise  # out of memory, or already said at its origin (the caller's loss_fn / output_fn)
         shape = None if ctx.stream is None else inp.describe(ctx.stream.peek()[0])
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ScoreError(

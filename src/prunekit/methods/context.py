@@ -20,7 +20,7 @@ from ..core.batches import Batch, BatchStream
 from ..core.outputs import OutputFn, logits_of
 from ..core.parametrized import weight_values, without_masks
 from ..distributed import mean_across_ranks_
-from ..errors import ConfigError, DataError, PrunekitWarning
+from ..errors import ConfigError, DataError, PrunekitError, PrunekitWarning, ScoreError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -157,7 +157,19 @@ class ScoringContext:
     def loss(self, net: nn.Module, batch: Batch, loss_fn: LossFn | None = None) -> Tensor:
         """``loss_fn(logits, targets)`` of ``net`` on ``batch`` (the call's ``loss_fn`` by default)."""
         x, y = batch
-        return (loss_fn or self.loss_fn)(self.logits(inp.call(net, x)), y)
+        outputs = inp.call(net, x)
+        logits = self.logits(outputs)
+        try:
+            return (loss_fn or self.loss_fn)(logits, y)
+        except (RuntimeError, IndexError, ValueError) as exc:
+            if isinstance(exc, PrunekitError) or isinstance(outputs, Tensor) or self.output_fn is not logits_of:
+                raise
+            # the default output contract took one part of a structured output: say which, and the way out
+            raise ScoreError(
+                f"the loss failed on the logits the default output_fn took from the model's {type(outputs).__name__} output "
+                f"(shape {tuple(logits.shape)}, targets {tuple(y.shape)}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                "if the logits are another part of the output, pass output_fn= (e.g. output_fn=lambda out: out[1])"
+            ) from exc
 
     def mean_gradients(
         self, net: nn.Module, params: list[Tensor], batches: list[Batch], loss_fn: LossFn | None = None

@@ -76,6 +76,7 @@ class _Unroll:
         self.names = [n for n, p in self.net.named_parameters() if p.requires_grad]
         self.buffers = dict(self.net.named_buffers())
         self.micro = opts.micro_batch_size
+        self.reached: set[int] = set()  # parameters the loss's gradient reached at least once
 
     def _chunks(self, batch: Batch) -> list[Batch]:
         x, y = batch
@@ -95,9 +96,10 @@ class _Unroll:
         total = inp.batch_size(batch[0])
         acc = [torch.zeros_like(t) for t in theta]
         for x, y in self._chunks(batch):
-            for a, g in zip(acc, torch.autograd.grad(self._loss(theta, x, y, total), theta, allow_unused=True)):
+            for i, (a, g) in enumerate(zip(acc, torch.autograd.grad(self._loss(theta, x, y, total), theta, allow_unused=True))):
                 if g is not None:
                     a.add_(g)
+                    self.reached.add(i)
         mean_across_ranks_(acc)  # under torch.distributed: data-parallel SGD's gradient
         return acc
 
@@ -163,6 +165,8 @@ def meta_gradient(ctx: ScoringContext, opts: ProsprOptions, masks: Mapping[str, 
             _set_rng_state(states[k], ctx.device)
             lam = [lt + h for lt, h in zip(lam, unroll.hvp(thetas[k], batch(k), u))]
             lam_b = [mu * ui for ui in u]
+    # like every other method: prunable weights the loss never reaches score 0, and are named
+    ctx.warn_unused([n for i, n in enumerate(unroll.names) if i not in unroll.reached and n in ctx.names])
     by_name = dict(zip(unroll.names, zip(theta0, lam)))
     return {n: by_name[n][0] * by_name[n][1] for n in ctx.names}
 
