@@ -320,3 +320,93 @@ def test_structured_sweep_and_report(tmp_path, tiny_mnist):
     assert any(n.endswith("_structured_indicator.png") for n in names) and any(n.endswith("_structured_cost.png") for n in names)
     with pytest.raises(ConfigError, match="methods"):
         sweep_from_mapping({"models": ["vgg11_bn"], "dataset": "mnist"})
+
+
+# MACs exact for attention: the cost model against torch's own flop counter ------------------------------
+class _ViT(nn.Module):
+    """A ViT-like stand-in: conv patches, transformer blocks (nn.MultiheadAttention), a linear head."""
+
+    def __init__(self, dim=32, depth=2, heads=4, classes=10):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, 4)
+        self.blocks = nn.ModuleList([nn.TransformerEncoderLayer(dim, heads, 64, dropout=0.0, batch_first=True) for _ in range(depth)])
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        h = self.patch(x).flatten(2).transpose(1, 2)
+        for b in self.blocks:
+            h = b(h)
+        return self.head(h.mean(1))
+
+
+class _MobileNetLike(nn.Module):
+    """Depthwise-separable blocks with ReLU6, as MobileNet's."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c = [nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU6()], 16
+        for out in (24, 32):
+            layers += [nn.Conv2d(c, c, 3, 1, 1, groups=c), nn.BatchNorm2d(c), nn.ReLU6(), nn.Conv2d(c, out, 1), nn.BatchNorm2d(out), nn.ReLU6()]
+            c = out
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c, 10)
+
+    def forward(self, x):
+        return self.head(self.features(x).mean((2, 3)))
+
+
+class _Encoder(nn.Module):
+    """A transformer encoder over 1-D token features (no convolution at all)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(12, 32)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 48, dropout=0.0, batch_first=True), 2,
+                                         enable_nested_tensor=False)
+        self.out = nn.Linear(32, 5)
+
+    def forward(self, x):
+        return self.out(self.enc(self.inp(x)).mean(1))
+
+
+def _flop_counter_macs(model, x):
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.eval()
+    # with gradients on, the encoder layers take their plain path (the fused inference one is not counted);
+    # the math attention kernel: its products are bmm, which the counter counts
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 2 / x.shape[0]
+
+
+@pytest.mark.parametrize("name", ["vit", "resnet20", "mobilenet", "encoder"])
+def test_macs_agree_with_torch_flop_counter_also_for_attention(name):
+    from prunekit.structured import ChannelGraph, count_macs_params
+
+    torch.manual_seed(0)
+    model, x = {
+        "vit": (_ViT(), torch.randn(2, 3, 16, 16)),
+        "resnet20": (models.create("resnet20", 10, (3, 16, 16), seed=0), torch.randn(2, 3, 16, 16)),
+        "mobilenet": (_MobileNetLike(), torch.randn(2, 3, 16, 16)),
+        "encoder": (_Encoder(), torch.randn(2, 7, 12)),
+    }[name]
+    expected = _flop_counter_macs(model, x)
+    macs, _ = count_macs_params(model, x[:1])
+    assert macs == pytest.approx(expected, rel=1e-9)
+    graph = ChannelGraph(copy.deepcopy(model).eval(), x[:1])
+    assert graph.macs(graph.full_counts) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_plan_on_an_attention_model_keeps_whole_heads_and_its_macs_are_what_the_pruned_model_measures():
+    from prunekit.structured import count_macs_params
+
+    torch.manual_seed(0)
+    model, x = _ViT(heads=4), torch.randn(2, 3, 16, 16)
+    plan = structured.plan_channels(model, budget="macs=0.6", importance="l1", example_inputs=x[:1])
+    embed = plan.groups.index("blocks.1.linear2")  # the residual stream: the attentions' embedding channels
+    assert plan.counts[embed] % 4 == 0 and plan.counts[embed] < 32  # thinned, in whole heads
+    smaller = structured.remove_channels(model, plan, example_inputs=x[:1])
+    assert smaller(x).shape == (2, 10)
+    assert count_macs_params(smaller, x[:1])[0] == pytest.approx(plan.macs_after) and plan.macs_after <= 0.6 * plan.macs_before

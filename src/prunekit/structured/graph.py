@@ -71,6 +71,7 @@ class ChannelGroup:
     size: int
     layers: list[str] = field(default_factory=list)  # conv/linear layers whose outputs are these channels
     norm_params: int = 0  # per-channel parameters of the group's normalisation layers (BN weight + bias)
+    unit: int = 1  # channels are kept in multiples of this (the heads of an attention the group feeds)
 
 
 class ChannelGraph:
@@ -90,7 +91,8 @@ class ChannelGraph:
         self.model = model
         self.example_inputs = example_inputs
         modules = dict(model.named_modules())
-        order, shapes = _run_order(model, example_inputs)
+        attention: dict[str, tuple[int, int]] = {}
+        order, shapes = _run_order(model, example_inputs, attention)
         if not order:
             raise ConfigError(f"{type(model).__name__} has no convolution or linear layer to prune")
         self.classifier = order[-1]
@@ -110,6 +112,7 @@ class ChannelGraph:
         self._tp_roots: list[nn.Module] = []
         out_group: dict[str, int] = {}
         in_group: dict[str, int] = {}
+        attention_group: dict[str, int] = {}
         fn = tp.pruner.function
         out_fns = {fn.prune_conv_out_channels, fn.prune_linear_out_channels, fn.prune_depthwise_conv_out_channels}
         in_fns = {fn.prune_conv_in_channels, fn.prune_linear_in_channels, fn.prune_depthwise_conv_in_channels}
@@ -131,6 +134,9 @@ class ChannelGraph:
                         in_group[tname] = index
                 elif isinstance(target, nn.modules.batchnorm._BatchNorm) and target.affine:
                     group.norm_params += 2
+                elif isinstance(target, nn.MultiheadAttention):
+                    attention_group[tname] = index  # its embedding channels (in and out) are the group's
+                    group.unit = math.lcm(group.unit, target.num_heads)  # every head keeps the same width
             self.groups.append(group)
             self._tp_roots.append(root)
         if not self.groups:
@@ -154,6 +160,14 @@ class ChannelGraph:
             else:
                 layer = Layer(name, ig, out_group.get(name), cin, cout, depthwise, macs, w.numel(), 0 if m.bias is None else 1)
             self.layers.append(layer)
+        for name, (lq, lk) in attention.items():  # projections scale with the kept channels in and out, products with them once
+            m = modules[name]
+            e, g = m.embed_dim, attention_group.get(name)
+            proj, products = attention_macs(m, lq, lk)  # type: ignore[arg-type]
+            weights = sum(p.numel() for n, p in m.named_parameters() if n.endswith("weight"))
+            biases = sum(p.numel() for n, p in m.named_parameters() if n.endswith("bias"))
+            self.layers.append(Layer(f"{name}.projections", g, g, e, e, False, proj, weights, biases // e))
+            self.layers.append(Layer(f"{name}.attention", g, g, e, e, True, products, 0, 0))
         full = [g.size for g in self.groups]
         other: float = sum(p.numel() for p in model.parameters())
         other -= sum(layer.params_at(full) for layer in self.layers)
@@ -189,11 +203,36 @@ def _is_depthwise(m: nn.Module) -> bool:
     return isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
 
 
-def _run_order(model: nn.Module, example_inputs: Any) -> tuple[list[str], dict[str, float]]:
-    """Conv/linear layers in the order they run, and each one's output positions per sample."""
+def _attention_lengths(module: nn.MultiheadAttention, inputs: tuple[Any, ...]) -> tuple[int, int]:
+    """Query and key sequence lengths of one call of ``module`` (batch-first or not; unbatched too)."""
+    query, key = inputs[0], inputs[1] if len(inputs) > 1 else inputs[0]
+    axis = 1 if (module.batch_first and query.dim() == 3) else 0
+    return int(query.shape[axis]), int(key.shape[axis])
+
+
+def attention_macs(module: nn.MultiheadAttention, lq: int, lk: int) -> tuple[float, float]:
+    """``(projection MACs, attention-product MACs)`` per sample of one ``nn.MultiheadAttention`` call:
+    the q, k, v and output projections, and ``Q K^T`` plus ``A V`` (``2 Lq Lk E`` over all heads)."""
+    e = module.embed_dim
+    return float(lq * e * e + lk * module.kdim * e + lk * module.vdim * e + lq * e * e), float(2 * lq * lk * e)
+
+
+def _run_order(
+    model: nn.Module, example_inputs: Any, attention: dict[str, tuple[int, int]] | None = None
+) -> tuple[list[str], dict[str, float]]:
+    """Conv/linear layers in the order they run, and each one's output positions per sample; with
+    ``attention``, also every ``nn.MultiheadAttention``'s query and key lengths (filled in)."""
     order: list[str] = []
     positions: dict[str, float] = {}
     handles = []
+    if attention is not None:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.MultiheadAttention):
+                def record_attention(module: nn.Module, inputs: Any, output: Any, name: str = name) -> None:
+                    if name not in attention:
+                        attention[name] = _attention_lengths(module, inputs)  # type: ignore[arg-type]
+
+                handles.append(m.register_forward_hook(record_attention))
 
     def hook(name: str):
         def record(module: nn.Module, inputs: Any, output: Any) -> None:
@@ -230,13 +269,19 @@ def call(model: nn.Module, inputs: Any) -> Any:
 
 
 def count_macs_params(model: nn.Module, example_inputs: Any) -> tuple[float, int]:
-    """Measured convolution + linear MACs per sample and parameter count of ``model`` (any width)."""
-    _, positions = _run_order(model, example_inputs)
+    """Measured MACs per sample (convolutions, linear layers, and ``nn.MultiheadAttention``'s
+    projections and attention products) and parameter count of ``model`` (any width)."""
+    attention: dict[str, tuple[int, int]] = {}
+    _, positions = _run_order(model, example_inputs, attention)
     modules = dict(model.named_modules())
     macs = 0.0
     for name, pos in positions.items():
         m = modules[name]
+        if any(name.startswith(a + ".") for a in attention):
+            continue  # an attention's out_proj: counted with its attention (its forward does not call the module)
         macs += (m.in_features * m.out_features if isinstance(m, nn.Linear) else m.weight.numel()) * pos
+    for name, (lq, lk) in attention.items():
+        macs += sum(attention_macs(modules[name], lq, lk))  # type: ignore[arg-type]
     return macs, sum(p.numel() for p in model.parameters())
 
 

@@ -171,6 +171,12 @@ def check_min_keep(min_keep: float) -> float:
     return float(min_keep)
 
 
+def _floors(graph: ChannelGraph, min_keep: float) -> list[int]:
+    """The fewest channels each group may keep: ``max(1, ceil(min_keep * size))``, rounded up to the
+    group's unit (a multiple of its attention heads)."""
+    return [max(g.unit, math.ceil(math.ceil(min_keep * g.size) / g.unit) * g.unit) for g in graph.groups]
+
+
 def check_budget(graph: ChannelGraph, kind: str, fraction: float, min_keep: float) -> None:
     """Refuse a budget that no plan can meet without taking a group below ``min_keep`` (before training).
 
@@ -178,7 +184,7 @@ def check_budget(graph: ChannelGraph, kind: str, fraction: float, min_keep: floa
         ConfigError: naming the smallest share of ``kind`` the network can keep.
     """
     full = graph.full_counts
-    least = graph.cost(kind, [max(1, math.ceil(min_keep * n)) for n in full]) / graph.cost(kind, full)
+    least = graph.cost(kind, _floors(graph, min_keep)) / graph.cost(kind, full)
     if fraction < least:
         raise ConfigError(
             f"budget {kind}={fraction:g} cannot be met without emptying layers: keeping at least max(1, {min_keep:g} x size) "
@@ -188,10 +194,13 @@ def check_budget(graph: ChannelGraph, kind: str, fraction: float, min_keep: floa
 
 
 def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: float, min_keep: float, importance: str) -> ChannelPlan:
+    """Remove, one unit at a time, the unit of channels with the lowest importance per unit of budget
+    it frees, until the network fits (a unit: one channel, or a group's attention heads' width)."""
     check_budget(graph, kind, fraction, min_keep)
     full = graph.full_counts
     counts = list(full)
-    floor = [max(1, math.ceil(min_keep * n)) for n in full]
+    units = [g.unit for g in graph.groups]
+    floor = _floors(graph, min_keep)
     before = graph.cost(kind, full)
     target = fraction * before
     # channels of each group from least to most important (ties: lower index first)
@@ -207,23 +216,27 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
         return layer.macs_at(c) if kind == "macs" else layer.params_at(c)
 
     def saving(g: int) -> float:
-        total = 0.0 if kind == "macs" else float(graph.groups[g].norm_params)
+        """What removing group ``g``'s next unit frees."""
+        total = 0.0 if kind == "macs" else float(graph.groups[g].norm_params * units[g])
         for layer in touching[g]:
             now = cost_at(layer, counts)
-            counts[g] -= 1
+            counts[g] -= units[g]
             total += now - cost_at(layer, counts)
-            counts[g] += 1
+            counts[g] += units[g]
         return total
+
+    def next_unit(g: int) -> list[int]:
+        return order[g][len(removed[g]) : len(removed[g]) + units[g]]
 
     gains = [saving(g) for g in range(len(full))]
     current = before
     while current > target:
         best: tuple[float, int, int] | None = None
         for g in range(len(full)):
-            if counts[g] <= floor[g] or gains[g] <= 0:
+            if counts[g] - units[g] < floor[g] or gains[g] <= 0:
                 continue
-            channel = order[g][len(removed[g])]
-            key = (values[g][channel] / gains[g], g, channel)
+            unit = next_unit(g)
+            key = (sum(values[g][c] for c in unit) / gains[g], g, unit[0])
             if best is None or key < best:
                 best = key
         if best is None:
@@ -232,9 +245,9 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
                 f"budget {kind}={fraction:g} cannot be met without emptying layers: keeping at least "
                 f"max(1, {min_keep:g} x size) channels per group, the network keeps {least / before:.2%} of its {kind}"
             )
-        _, g, channel = best
-        removed[g].append(channel)
-        counts[g] -= 1
+        _, g, _ = best
+        removed[g].extend(next_unit(g))
+        counts[g] -= units[g]
         current = graph.cost(kind, counts)
         for h in neighbours[g] | {g}:
             gains[h] = saving(h)
