@@ -410,3 +410,14 @@ def test_a_plan_on_an_attention_model_keeps_whole_heads_and_its_macs_are_what_th
     smaller = structured.remove_channels(model, plan, example_inputs=x[:1])
     assert smaller(x).shape == (2, 10)
     assert count_macs_params(smaller, x[:1])[0] == pytest.approx(plan.macs_after) and plan.macs_after <= 0.6 * plan.macs_before
+
+
+def test_remove_channels_reuses_the_input_its_plan_was_made_with():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    batches = [(torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,)))]
+    plan = structured.plan_channels(model, budget="params=0.6", importance="l1", data=batches)
+    smaller = structured.remove_channels(model, plan)  # no example inputs again: the plan's own
+    assert smaller(batches[0][0]).shape == (4, 4)
+    with pytest.raises(prunekit.ConfigError, match="example_inputs"):
+        structured.remove_channels(model, structured.ChannelPlan.from_dict(plan.to_dict()))  # a plan from a file has none

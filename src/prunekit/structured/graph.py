@@ -163,7 +163,7 @@ class ChannelGraph:
         for name, (lq, lk) in attention.items():  # projections scale with the kept channels in and out, products with them once
             m = modules[name]
             e, g = m.embed_dim, attention_group.get(name)
-            proj, products = attention_macs(m, lq, lk)  # type: ignore[arg-type]
+            proj, products = attention_macs(m, lq, lk)
             weights = sum(p.numel() for n, p in m.named_parameters() if n.endswith("weight"))
             biases = sum(p.numel() for n, p in m.named_parameters() if n.endswith("bias"))
             self.layers.append(Layer(f"{name}.projections", g, g, e, e, False, proj, weights, biases // e))
@@ -281,7 +281,7 @@ def count_macs_params(model: nn.Module, example_inputs: Any) -> tuple[float, int
             continue  # an attention's out_proj: counted with its attention (its forward does not call the module)
         macs += (m.in_features * m.out_features if isinstance(m, nn.Linear) else m.weight.numel()) * pos
     for name, (lq, lk) in attention.items():
-        macs += sum(attention_macs(modules[name], lq, lk))  # type: ignore[arg-type]
+        macs += sum(attention_macs(modules[name], lq, lk))
     return macs, sum(p.numel() for p in model.parameters())
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,8 +38,10 @@ class ChannelPlan:
         layers: output channels kept per convolution / linear layer.
         budget: ``(kind, fraction)``, e.g. ``("macs", 0.5)``.
         importance: the criterion that ranked the channels.
-        macs_before, macs_after, params_before, params_after: per-sample conv + linear MACs and
-            parameter counts at full width and after pruning.
+        macs_before, macs_after, params_before, params_after: per-sample MACs (convolutions,
+            linear layers, attention) and parameter counts at full width and after pruning.
+        example_inputs: the input batch the model was traced with (kept in memory, not in
+            :meth:`to_dict`): :func:`~prunekit.structured.remove_channels` reuses it.
     """
 
     groups: tuple[str, ...]
@@ -52,6 +54,7 @@ class ChannelPlan:
     macs_after: float
     params_before: float
     params_after: float
+    example_inputs: Any = field(default=None, compare=False, repr=False)
 
     @property
     def counts(self) -> list[int]:
@@ -255,5 +258,5 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
     layer_out = {layer.name: layer.out_channels if layer.out_group is None else counts[layer.out_group] for layer in graph.layers}
     return ChannelPlan(
         tuple(g.name for g in graph.groups), tuple(full), kept, layer_out, (kind, fraction), importance,
-        graph.macs(full), graph.macs(counts), graph.params(full), graph.params(counts),
+        graph.macs(full), graph.macs(counts), graph.params(full), graph.params(counts), graph.example_inputs,
     )

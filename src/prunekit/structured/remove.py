@@ -37,18 +37,22 @@ def _apply(model: nn.Module, plan: ChannelPlan, example_inputs: Any) -> nn.Modul
     return model
 
 
-def remove_channels(model: nn.Module, plan: ChannelPlan, example_inputs: Any) -> nn.Module:
+def remove_channels(model: nn.Module, plan: ChannelPlan, example_inputs: Any = None) -> nn.Module:
     """A new model with the channels of ``plan`` physically removed (``model`` is not modified).
 
     Args:
         model: the full-width model the plan was made for.
         plan: from :func:`~prunekit.structured.plan_channels`.
-        example_inputs: one input batch (for tracing).
+        example_inputs: one input batch (for tracing); default: the one the plan was made with
+            (a plan read from a file has none: pass it then).
 
     Returns:
         A smaller copy: it computes what ``model`` computes with the removed channels' outputs
         zeroed (exactly, with BN in eval mode), in fewer operations.
     """
+    example_inputs = example_inputs if example_inputs is not None else plan.example_inputs
+    if example_inputs is None:
+        raise ConfigError("remove_channels needs example_inputs= (one input batch): this plan was read from a file, not made from data")
     was_training = model.training
     smaller = _apply(copy.deepcopy(model).eval(), plan, example_inputs)
     return smaller.train(was_training)
