@@ -321,3 +321,73 @@ def test_prospr_names_weights_that_never_reach_the_logits_like_the_other_methods
     for method in ("snip", "prospr"):
         with pytest.warns(prunekit.PrunekitWarning, match="'spare.weight' do not affect the logits"):
             prunekit.prune(Unused(), method, 0.5, data=data)
+
+
+# any model (and any map-style dataset) on the command line ---------------------------------------------
+BUILDERS = '''
+import torch
+from torch import nn
+
+def small_cnn(num_classes, width=8):
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * width, num_classes))
+
+class Pairs(torch.utils.data.Dataset):
+    def __init__(self, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(n) % 3
+        self.images = torch.rand(n, 1, 8, 8, generator=g) * 0.2
+        for c in range(3):
+            self.images[self.labels == c, 0, 2 * c, :] = 1.0  # a bright row per class
+    def __len__(self):
+        return len(self.labels)
+    def __getitem__(self, i):
+        return self.images[i], int(self.labels[i])
+
+def pairs():
+    return Pairs(120, 0), Pairs(30, 1)
+'''
+
+
+def test_any_importable_model_and_dataset_builder_runs_from_the_command_line(tmp_path, monkeypatch, capsys):
+    from prunekit.cli import main
+    from prunekit.experiments import ResultsDB
+
+    (tmp_path / "my_models.py").write_text(BUILDERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "o"
+    argv = ["run", "--model", "my_models:small_cnn", "--model-args", "width=6", "--dataset", "my_models:pairs", "--method", "snip",
+            "--sparsity", "0.5", "--recipe", "lenet-fmnist", "--epochs", "2", "--train", "val_size=0", "--train", "batch_size=20",
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0, capsys.readouterr().err
+    with ResultsDB(out / "results.db") as db:
+        (row,) = db.runs()
+    assert row.status == "done" and row.config["model"] == "my_models:small_cnn" and row.config["init"] == "builder"
+    assert row.config["model_kwargs"] == {"width": 6} and row.final_acc > 0.5  # the rows it learns to tell apart
+    assert main([*argv[:2], "my_models:no_such", *argv[3:]]) == 2
+    assert "has no callable 'no_such'" in capsys.readouterr().err
+
+
+def test_timm_and_torchvision_names_build_through_their_packages(monkeypatch):
+    import sys
+    import types
+
+    from prunekit import models
+    from prunekit.errors import ConfigError
+
+    calls = []
+    fake_timm = types.ModuleType("timm")
+    fake_timm.create_model = lambda name, pretrained, num_classes, in_chans, **kw: (
+        calls.append((name, pretrained, num_classes, in_chans)) or nn.Sequential(nn.Flatten(), nn.Linear(in_chans * 16, num_classes)))
+    fake_vision = types.ModuleType("torchvision.models")
+    fake_vision.get_model = lambda name, weights, num_classes, **kw: (calls.append((name, weights, num_classes)) or nn.Linear(3, num_classes))
+    monkeypatch.setitem(sys.modules, "timm", fake_timm)
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.models", fake_vision)
+    net = models.create("timm:resnet18", 7, (2, 4, 4), seed=0)
+    assert calls[-1] == ("resnet18", False, 7, 2) and net(torch.randn(1, 2, 4, 4)).shape == (1, 7)
+    models.create("torchvision:mobilenet_v2", 5, (3, 4, 4), seed=0)
+    assert calls[-1] == ("mobilenet_v2", None, 5)
+    monkeypatch.setitem(sys.modules, "timm", None)  # not installed
+    with pytest.raises(ConfigError, match="pip install timm"):
+        models.create("timm:resnet18", 7, (2, 4, 4))

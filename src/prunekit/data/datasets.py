@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DataError, unknown
+from ..errors import ConfigError, DataError, unknown
 from . import formats
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -208,9 +208,61 @@ def list_datasets() -> list[str]:
 
 
 def get_info(name: str) -> DatasetInfo:
+    """A dataset prunekit reads by name, or ``package.module:builder``: a callable returning the
+    ``(train, test)`` pair of map-style datasets of ``(image tensor [C, H, W], label)``."""
+    if isinstance(name, str) and ":" in name:
+        return _builder_info(name)
     if name not in DATASETS:
         raise unknown("dataset", name, DATASETS)
     return DATASETS[name]
+
+
+def _builder_info(name: str) -> DatasetInfo:
+    module, _, target = name.partition(":")
+    if not module or not target:
+        raise ConfigError(f"dataset {name!r}: a dataset from outside prunekit is package.module:builder")
+    return DatasetInfo(
+        name, f"{module}.{target}(): (train, test) map-style datasets of (image, label)", None, (), (), False, 0, (),
+        "make the builder importable (PYTHONPATH) and return (train, test)", _read_builder, cache=False,
+    )
+
+
+def _read_builder(source: Path, options: dict[str, Any]) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
+    """The builder's ``(train, test)`` pair as uint8 arrays (float images in [0, 1] quantised to 8 bits,
+    as every dataset is held on the device)."""
+    import importlib
+
+    name = str(source)
+    module, _, target = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), target)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"dataset {name!r}: cannot import {target!r} from {module!r} ({type(exc).__name__}: {exc})") from None
+    pair = fn()
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise DataError(f"dataset builder {name!r} must return (train, test) map-style datasets, got {type(pair).__name__}")
+    out = {}
+    for split, dataset in zip(("train", "test"), pair):
+        images, labels = [], []
+        try:
+            for i in range(len(dataset)):
+                x, y = dataset[i][0], dataset[i][1]
+                images.append(torch.as_tensor(x))
+                labels.append(int(y))
+        except (TypeError, IndexError, ValueError) as exc:
+            raise DataError(f"dataset builder {name!r}: the {split} dataset must give (image tensor, integer label) pairs ({exc})") from None
+        if not images:
+            raise DataError(f"dataset builder {name!r}: the {split} dataset is empty")
+        stacked = torch.stack(images)
+        if stacked.dim() == 3:
+            stacked = stacked.unsqueeze(1)  # [N, H, W] grey images
+        if stacked.dtype != torch.uint8:
+            if stacked.is_floating_point() and (stacked.min() < 0 or stacked.max() > 1):
+                raise DataError(f"dataset builder {name!r}: float images must lie in [0, 1] (they are held as 8-bit images)")
+            stacked = (stacked.float() * 255).round().clamp(0, 255).to(torch.uint8)
+        out[split] = (stacked.numpy(), np.asarray(labels, dtype=np.int64))
+    classes = [str(i) for i in range(int(max(out["train"][1].max(), out["test"][1].max())) + 1)]
+    return out, classes
 
 
 def _locate(info: DatasetInfo, data_dir: str | os.PathLike[str] | None) -> Path:
@@ -301,7 +353,7 @@ def load_dataset(
     info = get_info(name)
     if image_size is not None and name != "image-folder":
         raise DataError(f"image_size applies to image-folder only, not {name!r}")
-    source = _locate(info, data_dir)
+    source = Path(name) if info.reader is _read_builder else _locate(info, data_dir)
     opts = {**options, "image_size": image_size, "workers": workers}
     splits, classes = _read_cached(info, source, opts) if (cache and info.cache) else info.reader(source, opts)
     parts = {}
@@ -312,4 +364,7 @@ def load_dataset(
             raise DataError(f"{split} labels of {name} fall outside [0, {len(classes)})")
     if info.num_classes is None:
         info = replace(info, num_classes=len(classes))
+    if not info.mean:  # a builder's images: normalised by their own per-channel statistics
+        pixels = parts["train"].images.float().div_(255).transpose(0, 1).flatten(1)
+        info = replace(info, mean=tuple(pixels.mean(1).tolist()), std=tuple(max(v, 1e-6) for v in pixels.std(1).tolist()))
     return Dataset(info, parts["train"], parts["test"], source)

@@ -76,7 +76,7 @@ def build_method_options(method: str, values: Mapping[str, Any], for_run: bool =
 class RunSpec:
     """One run as requested (:func:`resolve` fills in every default and validates every value)."""
 
-    model: str = required("network: a model name (prunekit models)")
+    model: str = required("network: a zoo model (prunekit models), or package.module:builder, timm:NAME, torchvision:NAME")
     dataset: str = required("dataset name (prunekit datasets)")
     method: str | None = option(None, "dense, a pruning method (prunekit methods) or imp; dense when structured= is given")
     sparsity: float | None = option(None, f"fraction of prunable weights removed, in (0, 1) (default {DEFAULT_SPARSITY})")
@@ -113,7 +113,7 @@ def _check_sparsity(method: str, spec: RunSpec) -> float:
     return float(sparsity)
 
 
-def _prunable_count(model: str, dataset: str, num_classes: int | None, model_kwargs: Mapping[str, Any]) -> int:
+def _prunable_count(model: str, dataset: str, num_classes: int | None, model_kwargs: Mapping[str, Any]) -> int | None:
     """Prunable weights of a zoo model on a dataset, counted on the meta device (no memory, no data)."""
     import torch
 
@@ -121,9 +121,14 @@ def _prunable_count(model: str, dataset: str, num_classes: int | None, model_kwa
     from ..models import create
 
     shape = (1, 28, 28) if dataset in ("mnist", "fashion-mnist") else (3, 32, 32)
-    with torch.device("meta"):
-        net = create(model, num_classes or 10, shape, seed=0, **dict(model_kwargs))
-    return sum(p.numel() for p in prunable_parameters(net).values())
+    try:
+        with torch.device("meta"):
+            net = create(model, num_classes or 10, shape, seed=0, **dict(model_kwargs))
+        return sum(p.numel() for p in prunable_parameters(net).values())
+    except ConfigError:
+        raise
+    except Exception:  # a model from outside the zoo that cannot be built on the meta device: prune() checks it
+        return None
 
 
 def _recipe(spec: RunSpec, dataset: str) -> Recipe:
@@ -148,7 +153,7 @@ def resolve(spec: RunSpec, device: Any = None) -> Run:
         raise ConfigError("a run needs a method (dense, a pruning method or imp), or structured= for early structured pruning")
     if method not in known_methods():
         raise unknown("method", method, known_methods())
-    get_model_spec(spec.model)
+    model_spec = get_model_spec(spec.model)
     info = get_info(spec.dataset)
     recipe = _recipe(spec, info.name)
     sparsity = _check_sparsity(method, spec)
@@ -175,11 +180,15 @@ def resolve(spec: RunSpec, device: Any = None) -> Run:
     if method != DENSE and 1.0 - sparsity < 1e-3:  # only extreme sparsities can keep nothing of a zoo model
         from ..core.pruning import check_keeps_some
 
-        check_keeps_some(_prunable_count(spec.model, info.name, info.num_classes, model_kwargs), 1.0 - sparsity)
+        count = _prunable_count(spec.model, info.name, info.num_classes, model_kwargs)
+        if count is not None:
+            check_keeps_some(count, 1.0 - sparsity)
     precision = resolve_precision(train.amp, train.channels_last, default_device() if device is None else device, notice=False)
     common: dict[str, Any] = dict(
         model=spec.model, dataset=info.name, seed=spec.seed, recipe=recipe.name, train=train, model_kwargs=MappingProxyType(model_kwargs),
-        init=recipe.init, bn_gamma=recipe.bn_gamma, headline=recipe.headline, scoring_batch_size=scoring_bs, precision=precision.dtype,
+        # a zoo model is initialised as its recipe's paper did; a model from outside keeps its builder's initialisation
+        init=recipe.init if model_spec.init != "builder" else "builder", bn_gamma=recipe.bn_gamma, headline=recipe.headline,
+        scoring_batch_size=scoring_bs, precision=precision.dtype,
     )
     if spec.structured is not None:
         if method != DENSE or spec.ablation is not None:

@@ -16,6 +16,7 @@ INITS = {
     "kaiming_normal": "He-normal (fan-in) conv and linear weights, zero biases (open_lth, FORCE, ProsPr)",
     "grasp": "conv He-normal (fan-out), linear N(0, 0.01), zero biases (GraSP)",
     "torch": "PyTorch defaults",
+    "builder": "the model's own, as its builder made it (models from outside the zoo; BatchNorm untouched too)",
 }
 BN_GAMMA_INITS = {"ones": "BN weight 1, bias 0", "uniform": "BN weight ~ U[0, 1], bias 0 (open_lth)"}
 
@@ -25,6 +26,8 @@ _NORM = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 def initialize(model: nn.Module, scheme: str = "kaiming_normal", bn_gamma: str = "ones") -> nn.Module:
     """Initialise ``model`` in place with ``scheme`` and the BN-scale rule ``bn_gamma``."""
+    if scheme == "builder":
+        return model
     for m in model.modules():
         if isinstance(m, _NORM) and getattr(m, "weight", None) is not None:
             if bn_gamma == "uniform":

@@ -36,7 +36,18 @@ def list_models() -> list[str]:
 
 
 def get_model_spec(name: str) -> ModelSpec:
+    """A zoo model by name, or a model from outside the zoo: ``package.module:builder``,
+    ``timm:NAME``, ``torchvision:NAME`` (:mod:`prunekit.models.external`), initialised by its builder."""
+    if isinstance(name, str) and ":" in name:
+        from .external import builder_factory
+
+        factory, summary = builder_factory(name)
+        return ModelSpec(name, summary, factory, init="builder")
     return _MODELS.get(name)
+
+
+def is_zoo_model(name: str) -> bool:
+    return name in _MODELS
 
 
 def create(
@@ -55,7 +66,8 @@ def create(
         name: one of :func:`list_models`.
         num_classes: outputs of the classifier.
         input_shape: ``(C, H, W)`` of one input (channels and size come from the dataset).
-        init: weight initialisation (see :data:`prunekit.models.init.INITS`); default: the model's.
+        init: weight initialisation (see :data:`prunekit.models.init.INITS`); default: the model's
+            (``"builder"`` for a model from outside the zoo: its own).
         bn_gamma: BatchNorm scale init, ``"ones"`` or ``"uniform"`` (U[0, 1], open_lth).
         seed: seed the initialisation (the global RNG is left as it was); None uses the global RNG.
         **kwargs: model-specific (``width`` for ResNets, ``shortcut="A"|"B"``).
