@@ -256,7 +256,7 @@ def test_mlflow_log_callback_logs_params_and_each_epoch(monkeypatch):
     assert [s for s, _ in calls["metrics"]] == [1, 2]
     assert calls["metrics"][1][1]["train_loss"] == pytest.approx(result.history[1]["train_loss"])
     monkeypatch.setitem(sys.modules, "mlflow", None)
-    with pytest.raises(ConfigError, match="pip install mlflow"):
+    with pytest.raises(ConfigError, match=r"pip install 'prunekit\[mlflow\]'"):
         MLflowLog()
 
 

@@ -93,7 +93,7 @@ def _lightning_callback_class() -> Any:
 
         return pytorch_lightning.Callback
     except ImportError:
-        raise ConfigError("the Lightning callback needs Lightning: pip install lightning") from None
+        raise ConfigError("the Lightning callback needs Lightning: pip install 'prunekit[lightning]' (or lightning)") from None
 
 
 def lightning_callback(
@@ -155,7 +155,7 @@ def huggingface_callback(
     try:
         import transformers
     except ImportError:
-        raise ConfigError("the Hugging Face callback needs transformers: pip install transformers") from None
+        raise ConfigError("the Hugging Face callback needs transformers: pip install 'prunekit[huggingface]' (or transformers)") from None
     base: Any = transformers.TrainerCallback
     core = _Pruning(masks, method, sparsity, data, submodule, bake, options)
 

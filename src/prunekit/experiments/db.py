@@ -351,7 +351,7 @@ class ResultsDB:
         try:
             import pandas as pd
         except ImportError:
-            raise ResultsDBError("ResultsDB.to_dataframe needs pandas: pip install pandas") from None
+            raise ResultsDBError("ResultsDB.to_dataframe needs pandas: pip install 'prunekit[logging]' (or pandas)") from None
         rows = self.runs(status)
         if epochs:
             return pd.DataFrame([{"key": r.key, **e} for r in rows for e in self.epochs(r.key)])

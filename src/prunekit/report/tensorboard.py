@@ -34,7 +34,7 @@ def export_tensorboard(out_dir: str | Path, **filters: Any) -> Path:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ConfigError("TensorBoard export needs TensorBoard: pip install tensorboard") from None
+        raise ConfigError("TensorBoard export needs TensorBoard: pip install 'prunekit[logging]' (or tensorboard)") from None
     out_dir = Path(out_dir)
     db_path = out_dir / "results.db"
     if not db_path.is_file():

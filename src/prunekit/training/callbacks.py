@@ -181,7 +181,7 @@ class TensorBoardLog(Callback):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError("TensorBoardLog needs TensorBoard: pip install tensorboard") from None
+            raise ConfigError("TensorBoardLog needs TensorBoard: pip install 'prunekit[logging]' (or tensorboard)") from None
         self.writer = SummaryWriter(str(log_dir))
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
@@ -201,7 +201,7 @@ class MLflowLog(Callback):
         try:
             import mlflow
         except ImportError:
-            raise ConfigError("MLflowLog needs MLflow: pip install mlflow") from None
+            raise ConfigError("MLflowLog needs MLflow: pip install 'prunekit[mlflow]' (or mlflow)") from None
         self.mlflow = mlflow
 
     def on_fit_start(self, trainer: Trainer) -> None:
