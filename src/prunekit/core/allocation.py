@@ -17,6 +17,7 @@ Conventions:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -212,7 +213,8 @@ TIE_RULES = {
 
 def _spread_zero_ties(values: Tensor, keep: Tensor, segments: Tensor, n_segments: int, generator: torch.Generator) -> Tensor:
     """``keep`` with its zero-scored entries chosen again: as many as it holds, spread over the segments
-    (layers) in proportion to their zero-scored entries, at random within a segment.
+    (layers) in proportion to their zero-scored entries (one for each first, where there are enough:
+    the tie rule never empties a layer), at random within a segment.
 
     Args:
         values: the scores ranked (1-D); the cut is at 0 (every entry above 0 is kept).
@@ -224,7 +226,12 @@ def _spread_zero_ties(values: Tensor, keep: Tensor, segments: Tensor, n_segments
     out = keep & ~zeros
     per = torch.bincount(segments[zeros], minlength=n_segments).tolist()
     total = sum(per)
-    counts = apportion([need * z / total for z in per], per, need)
+    tied = [i for i, z in enumerate(per) if z]
+    if need >= len(tied):  # every layer with tied weights gets one first: the tie rule never empties a layer
+        rest = need - len(tied)
+        counts = apportion([1 + rest * (z - 1) / max(1, total - len(tied)) if z else 0.0 for z in per], per, need)
+    else:
+        counts = apportion([need * z / total for z in per], per, need)
     zero_idx = torch.nonzero(zeros).flatten().cpu()
     seg_of = segments[zeros].cpu()
     for seg, c in enumerate(counts):
@@ -372,6 +379,7 @@ class Ranker:
         nested: bool = False,
         ties: str = "random",
         seed: int = 0,
+        reserve: Sequence[str] = (),
     ):
         if allocation not in ALLOCATIONS:
             raise unknown("allocation", allocation, ALLOCATIONS)
@@ -395,6 +403,13 @@ class Ranker:
         self.seed = seed
         self._step = 0
         self._segments: Tensor | None = None
+        # tensors no score can rank (exactly zero when scoring): each keeps the step's density, at random
+        # (a fixed seeded order, so nested schedules stay nested); the global ranking shares the rest
+        unknown_names = [n for n in reserve if n not in self.names]
+        if unknown_names:
+            raise ConfigError(f"reserve names {unknown_names[0]!r}, which is not among the ranked tensors")
+        self.reserve = [i for i, n in enumerate(self.names) if n in set(reserve)] if rule is None and allocation == "global" else []
+        self._reserve_order: dict[int, Tensor] = {}
 
     def _flat(self, scores: Mapping[str, Tensor]) -> Tensor:
         missing = [n for n in self.names if n not in scores]
@@ -436,8 +451,14 @@ class Ranker:
         elif self.allocation == "global":
             if cand_flat is not None and cand_idx is None:
                 cand_idx = torch.nonzero(cand_flat).flatten()
-            counted = values if cand_idx is None else values[cand_idx]
+            reserved_keep = self._reserved(density, values.device, cand_flat) if self.reserve else None
+            ranked = values
+            if reserved_keep is not None:  # the reserved tensors' places are taken: rank the rest for the remainder
+                ranked = torch.where(self._reserved_mask(values.device), torch.full_like(values, -math.inf), values)
+            counted = ranked if cand_idx is None else ranked[cand_idx]
             target = min(kept_count(self.total, density), counted.numel())
+            if reserved_keep is not None:
+                target -= int(reserved_keep.sum())
             keep_c, ties = _exact_topk(counted, target)
             zero_ties.append(ties)
             if self.ties == "random" and int(ties):
@@ -451,6 +472,10 @@ class Ranker:
                 kept_idx = cand_idx[_indices(keep_c, target)]
                 flat_mask = torch.zeros(self.total, dtype=torch.bool, device=values.device)
                 flat_mask[kept_idx] = True
+            if reserved_keep is not None:
+                flat_mask = flat_mask | reserved_keep
+                target += int(reserved_keep.sum())
+                kept_idx = torch.nonzero(flat_mask).flatten() if self.nested else None
         else:
             budgets = layer_budgets(self.shapes, density, self.allocation) or []
             if cand_flat is not None:
@@ -478,6 +503,8 @@ class Ranker:
             stats = [torch.tensor(target, device=values.device), torch.stack(zero_ties).sum()]
         # a non-finite candidate score makes the sum non-finite; the exact (slower) check runs only then
         probe = torch.where(cand_flat, values, 0) if cand_flat is not None and self.allocation != "global" else counted
+        if self.reserve and self.rule is None and self.allocation == "global":
+            probe = values if cand_flat is None else torch.where(cand_flat, values, 0)
         stats.append(probe.sum())
         got = torch.stack([t.to(torch.float64) for t in stats]).tolist()  # the one host synchronisation of the step
         if not math.isfinite(got[2]):
@@ -489,6 +516,27 @@ class Ranker:
         self._kept_idx = kept_idx
         self._step += 1
         return Selection(self._split(flat_mask), target, kept, chosen > 0, chosen)
+
+    def _reserved_mask(self, device: torch.device) -> Tensor:
+        segments = self._segment_ids(device)
+        return torch.isin(segments, torch.tensor(self.reserve, device=device))
+
+    def _reserved(self, density: float, device: torch.device, candidates: Tensor | None) -> Tensor:
+        """The kept entries of the reserved tensors: ``round(density * n)`` of each, in a fixed seeded
+        random order (the first ones of it), among the candidates where there are candidates."""
+        from ..data.loader import mix_seed
+
+        keep = torch.zeros(self.total, dtype=torch.bool, device=device)
+        offsets = [0, *itertools.accumulate(self.sizes)]
+        for i in self.reserve:
+            if i not in self._reserve_order:
+                g = torch.Generator().manual_seed(mix_seed(self.seed, 0x2E5E7, i))
+                self._reserve_order[i] = torch.randperm(self.sizes[i], generator=g).to(device)
+            order = self._reserve_order[i] + offsets[i]
+            if candidates is not None:
+                order = order[candidates[order]]
+            keep[order[: kept_count(self.sizes[i], density)]] = True
+        return keep
 
     def _segment_ids(self, device: torch.device) -> Tensor:
         """The layer (position in ``names``) of every flat entry."""

@@ -232,8 +232,10 @@ def prune(
     if collapse not in ("warn", "error"):
         raise ConfigError(f"collapse must be 'warn' or 'error', got {collapse!r}")
     ties = ties or ("index" if getattr(opts, "official", False) else "random")
-    ranker = Ranker({n: p.shape for n, p in params.items()}, allocation, rule, nested=spec.monotone, ties=ties, seed=seed)
-    _warn_zero_tensors(method, model, params)
+    zero = _warn_zero_tensors(method, model, params)
+    reserve = zero if ties == "random" and len(zero) < len(params) else []  # index ties: prunekit's rule before 0.3
+    ranker = Ranker({n: p.shape for n, p in params.items()}, allocation, rule, nested=spec.monotone, ties=ties, seed=seed,
+                    reserve=reserve)
     steps = density_schedule(keep, opts.num_steps, opts.schedule) if spec.iterative else [keep]
     start = time.perf_counter()
     masks: dict[str, Tensor] | None = None
@@ -289,6 +291,7 @@ def prune(
         "output_fn": None if output_fn is None else getattr(output_fn, "__name__", type(output_fn).__name__),
         "tie_steps": tie_steps,
         "ties": ties,
+        "reserved": reserve,
         "empty_layers": empty,
         "disconnected": cut,
         "world_size": world_size(),
@@ -362,15 +365,15 @@ def _run_score(spec: Method, ctx: ScoringContext, opts: Any, masks: Mapping[str,
         ) from exc
 
 
-def _warn_zero_tensors(method: str, model: nn.Module, params: Mapping[str, Tensor]) -> None:
+def _warn_zero_tensors(method: str, model: nn.Module, params: Mapping[str, Tensor]) -> list[str]:
     """Name the prunable tensors that are exactly zero (and zero BatchNorm scales): gradient scores
-    vanish through them, and the mask is then decided by the tie rule."""
+    vanish through them, and no score can rank a zero tensor's own weights; those are returned."""
     zero = [n for n, p in params.items() if not bool(p.detach().any())]
     names = list(params)
     gammas = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
               and not bool(m.weight.detach().any())]
     if not zero and not gammas:
-        return
+        return zero
     said = []
     if zero:
         head = " (the last prunable layer: a zero-initialised classifier head?)" if names and names[-1] in zero else ""
@@ -380,10 +383,12 @@ def _warn_zero_tensors(method: str, model: nn.Module, params: Mapping[str, Tenso
     warnings.warn(
         f"{method}: " + "; ".join(said) + ". Gradient-based scores vanish through them (and, for a zero head, in every layer "
         "before it): ties among zero scores are then spread over the layers at random (ties='random'), not decided by "
-        "the scores. Score before zero-initialising, or with the initialisation the model trains from.",
+        "the scores, and a zero tensor, which no score can rank, keeps the mask's density at random instead of being "
+        "emptied by the global ranking. Score before zero-initialising, or with the initialisation the model trains from.",
         PrunekitWarning,
         stacklevel=3,
     )
+    return zero
 
 
 def _check_collapse(method: str, model: nn.Module, masks: Mapping[str, Tensor], ctx: ScoringContext, collapse: str) -> tuple[list[str], bool | None]:
