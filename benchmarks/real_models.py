@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import prunekit  # noqa: E402
-from real_models import FAST, MODELS, NEEDS, build  # noqa: E402
+import prunekit
+from real_models import FAST, MODELS, NEEDS, build
 
 
 def run(model_name: str, method: str, sparsity: float, ties: str) -> tuple[float, float | None, int, bool]:
@@ -42,7 +42,7 @@ def run(model_name: str, method: str, sparsity: float, ties: str) -> tuple[float
 
 
 def cell(result: tuple[float, float | None, int, bool]) -> str:
-    seconds, eff, empty, cut = result
+    _, eff, empty, cut = result
     return f"{'n/a' if eff is None else f'{100 * eff:.2f} %'}{' ‡' if cut else ''} / {empty}"
 
 

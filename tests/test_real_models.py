@@ -7,8 +7,8 @@ import warnings
 import pytest
 
 import prunekit
-from prunekit.errors import LayerCollapseError
 from prunekit.core.pruning import score
+from prunekit.errors import LayerCollapseError
 from real_models import FAST, MODELS, NEEDS, build
 
 
