@@ -421,3 +421,70 @@ def test_remove_channels_reuses_the_input_its_plan_was_made_with():
     assert smaller(batches[0][0]).shape == (4, 4)
     with pytest.raises(prunekit.ConfigError, match="example_inputs"):
         structured.remove_channels(model, structured.ChannelPlan.from_dict(plan.to_dict()))  # a plan from a file has none
+
+
+# a budget in time --------------------------------------------------------------------------------------
+def _cnn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1),
+                         nn.BatchNorm2d(32), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def test_a_latency_plan_meets_its_budget_exactly_as_defined_on_a_given_table_and_removes_no_layer():
+    from prunekit.structured import ChannelGraph
+    from prunekit.structured.latency import LatencyModel, grid
+
+    model, x = _cnn(), torch.randn(2, 3, 8, 8)
+    graph = ChannelGraph(copy.deepcopy(model).eval(), x[:1])
+
+    def fake(index, cin, cout):  # a table: a unit costs in proportion to its MACs, plus a per-channel overhead
+        layer = graph.layers[index]
+        return 1e-6 * layer.macs * (cin / layer.in_channels) * (cout / layer.out_channels) + 1e-4 * cout
+
+    table = LatencyModel(graph, fake, fixed=0.002)
+    plans = [structured.plan_channels(model, budget="latency=0.5", importance="l1", example_inputs=x[:1], graph=graph, latency=table)
+             for _ in range(2)]
+    plan = plans[0]
+    assert plans[1].kept == plan.kept  # deterministic
+    full = table.step_time(plan.sizes)
+    assert plan.step_seconds_before == pytest.approx(full)
+    assert plan.step_seconds_after == pytest.approx(table.step_time(plan.counts))
+    assert plan.step_seconds_after <= 0.5 * full  # met, as defined
+    for size, count in zip(plan.sizes, plan.counts):
+        assert count in grid(size) and count >= 2  # kept at measured widths, no group emptied
+    assert "training step" in str(plan)
+
+
+def test_the_latency_table_is_cached_per_device_torch_precision_and_batch(tmp_path, monkeypatch):
+    from prunekit.structured.latency import LatencyTable, Unit, cache_path, device_key
+    from prunekit.training.precision import Precision
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    cpu = torch.device("cpu")
+    key = device_key(cpu, Precision("bf16", True), 128)
+    unit = Unit("conv", 16, 32, (3, 3), (1, 1), (1, 1), False, (8, 8), True, True)
+    table = LatencyTable(key)
+    table.put(unit, 8, 16, 0.001)
+    table.save()
+    assert LatencyTable(key).get(unit, 8, 16) == 0.001  # read back
+    for other in (device_key(cpu, Precision("fp32", True), 128), device_key(cpu, Precision("bf16", False), 128),
+                  device_key(cpu, Precision("bf16", True), 64)):
+        assert cache_path(other) != cache_path(key) and LatencyTable(other).get(unit, 8, 16) is None
+    monkeypatch.setattr(torch, "__version__", "0.0.0-other")  # another torch: measured again, never reused
+    assert LatencyTable(device_key(cpu, Precision("bf16", True), 128)).get(unit, 8, 16) is None
+    monkeypatch.undo()
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    cache_path(key).write_text("{ not json")  # a damaged cache file is measured again, not trusted
+    assert LatencyTable(key).get(unit, 8, 16) is None
+
+
+def test_a_latency_budget_is_refused_where_it_cannot_be_measured():
+    from test_structured import _ViT
+
+    vit, x = _ViT(), torch.randn(2, 3, 16, 16)
+    with pytest.raises(prunekit.ConfigError, match="latency budget times convolutions"):
+        structured.plan_channels(vit, budget="latency=0.5", example_inputs=x[:1])
+    with torch.device("meta"):
+        meta = _cnn()
+    with pytest.raises(prunekit.ConfigError, match="meta device"):
+        structured.plan_channels(meta, budget="latency=0.5", example_inputs=torch.randn(1, 3, 8, 8, device="meta"))

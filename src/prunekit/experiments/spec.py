@@ -92,7 +92,8 @@ class RunSpec:
     scoring_batch_size: int | None = option(None, "batch size of the scoring batches (default: the training batch size)", min=1)
     structured: str | None = option(None, "early structured pruning of a dense run: TRIGGER[:NAME=VALUE,...] with TRIGGER one of "
                                     + ", ".join(TRIGGERS))
-    budget: str | None = option(None, f"structured budget: macs=F or params=F, the fraction kept (default {DEFAULT_BUDGET})")
+    budget: str | None = option(None, "structured budget: macs=F, params=F or latency=F (training-step time on the device), "
+                                f"the fraction kept (default {DEFAULT_BUDGET})")
     density: float | None = option(None, "fraction of prunable weights kept (instead of sparsity)")
 
 

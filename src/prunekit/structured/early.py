@@ -30,10 +30,11 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..options import option
 from ..training.callbacks import Callback
+from ..training.precision import Precision
 from .graph import Budget, ChannelGraph, call, parse_budget
 from .importance import get_importance, group_importances
 from .indicator import EPI_THRESHOLDS, EarlyBirdTracker, EPITracker
-from .plan import ChannelPlan, _knapsack, check_min_keep
+from .plan import ChannelPlan, _knapsack, attach_latency, check_min_keep
 from .remove import remove_channels, remove_channels_and_carry
 
 TRIGGERS = {
@@ -115,6 +116,8 @@ class EarlyPruning(Callback):
         tau = tau if tau is not None else EPI_THRESHOLDS["gradient" if imp.needs_gradients else "magnitude"]
         self.epi = EPITracker(tau, options.window)
         self.early_bird = EarlyBirdTracker(options.eb_threshold, options.eb_window)
+        self.batch_size = 128  # the training step a latency budget is timed at (the trainer's, under fit)
+        self.precision: Precision | None = None
         self.looks: list[dict[str, Any]] = []  # (epoch, step) of every look
         self.plan: ChannelPlan | None = None  # set when pruned
         self.pruned_model: nn.Module | None = None  # the smaller model training went on with
@@ -130,8 +133,10 @@ class EarlyPruning(Callback):
     def _ensure_graph(self, model: nn.Module, example_inputs: Any) -> ChannelGraph:
         if self._graph is None:
             self.example_inputs = example_inputs
-            with torch.random.fork_rng(devices=[]):  # tracing must not move the training's random stream
+            with torch.random.fork_rng(devices=[]):  # tracing (and timing) must not move the training's random stream
                 self._graph = ChannelGraph(copy.deepcopy(model).eval(), example_inputs)
+                if self.budget.kind == "latency":  # timed once, at the trainer's batch size and precision, on its device
+                    attach_latency(self._graph, model, self.batch_size, self.precision)
         return self._graph
 
     def _plan(self, model: nn.Module, importance: str, grads: dict[str, Tensor] | None) -> ChannelPlan:
@@ -198,6 +203,8 @@ class EarlyPruning(Callback):
         if self.example_inputs is None:
             x, _ = next(iter(trainer.train_loader))
             self.example_inputs = x[:1].detach().clone()
+        self.batch_size = trainer.config.batch_size
+        self.precision = getattr(trainer, "precision", None)
         self._interval = max(1, len(trainer.train_loader) // self.evals_per_epoch)
         target = self._prune_epoch(trainer.config.epochs)
         if target is not None and not 0 <= target < trainer.config.epochs:
@@ -290,6 +297,8 @@ class EarlyPruning(Callback):
             "trigger": self.trigger,
             "importance": self.importance,
             "budget": str(self.budget),
+            "step_seconds_before": None if plan is None else plan.step_seconds_before,
+            "step_seconds_after": None if plan is None else plan.step_seconds_after,
             "pruned_epoch": self.pruned_epoch,
             "forced": self.forced,
             "fired_at_look": self.epi.fired_at if self.trigger == "epi" else self.early_bird.fired_at,

@@ -92,7 +92,10 @@ class ChannelGraph:
         self.example_inputs = example_inputs
         modules = dict(model.named_modules())
         attention: dict[str, tuple[int, int]] = {}
-        order, shapes = _run_order(model, example_inputs, attention)
+        self.input_shapes: dict[str, tuple[int, ...]] = {}  # per layer: its input's shape per sample
+        self.normalised: set[str] = set()  # layers whose output a BatchNorm normalises next
+        self.latency: Any = None  # a LatencyModel, where a latency budget is planned
+        order, shapes = _run_order(model, example_inputs, attention, self.input_shapes, self.normalised)
         if not order:
             raise ConfigError(f"{type(model).__name__} has no convolution or linear layer to prune")
         self.classifier = order[-1]
@@ -189,6 +192,10 @@ class ChannelGraph:
         )
 
     def cost(self, kind: str, counts: Sequence[int]) -> float:
+        if kind == "latency":
+            if self.latency is None:
+                raise ConfigError("a latency budget needs the graph's latency model (plan_channels builds it)")
+            return float(self.latency.step_time(counts))
         return self.macs(counts) if kind == "macs" else self.params(counts)
 
     def tp_group(self, index: int, idxs: Sequence[int]) -> Any:
@@ -218,13 +225,27 @@ def attention_macs(module: nn.MultiheadAttention, lq: int, lk: int) -> tuple[flo
 
 
 def _run_order(
-    model: nn.Module, example_inputs: Any, attention: dict[str, tuple[int, int]] | None = None
+    model: nn.Module, example_inputs: Any, attention: dict[str, tuple[int, int]] | None = None,
+    inputs: dict[str, tuple[int, ...]] | None = None, normalised: set[str] | None = None,
 ) -> tuple[list[str], dict[str, float]]:
     """Conv/linear layers in the order they run, and each one's output positions per sample; with
-    ``attention``, also every ``nn.MultiheadAttention``'s query and key lengths (filled in)."""
+    ``attention``, also every ``nn.MultiheadAttention``'s query and key lengths; with ``inputs``, each
+    layer's input shape per sample; with ``normalised``, the layers a BatchNorm runs on right after."""
     order: list[str] = []
     positions: dict[str, float] = {}
     handles = []
+    last: list[nn.Module | None] = [None]
+    if normalised is not None:
+        names_of = {m: n for n, m in model.named_modules()}
+        for m in names_of:
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                def after(module: nn.Module, args: Any, output: Any) -> None:
+                    prev = last[0]
+                    if isinstance(prev, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and prev.out_channels == module.num_features:
+                        normalised.add(names_of[prev])
+                    last[0] = module
+
+                handles.append(m.register_forward_hook(after))
     if attention is not None:
         for name, m in model.named_modules():
             if isinstance(m, nn.MultiheadAttention):
@@ -235,12 +256,15 @@ def _run_order(
                 handles.append(m.register_forward_hook(record_attention))
 
     def hook(name: str):
-        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+        def record(module: nn.Module, args: Any, output: Any) -> None:
+            last[0] = module
             if name not in positions and isinstance(output, Tensor):
                 batch = output.shape[0] if output.dim() > 1 else 1
                 channels = output.shape[1] if not isinstance(module, nn.Linear) else output.shape[-1]
                 positions[name] = output.numel() / batch / channels
                 order.append(name)
+                if inputs is not None and args and isinstance(args[0], Tensor):
+                    inputs[name] = tuple(args[0].shape[1:]) if args[0].dim() > 1 else tuple(args[0].shape)
 
         return record
 
@@ -285,7 +309,11 @@ def count_macs_params(model: nn.Module, example_inputs: Any) -> tuple[float, int
     return macs, sum(p.numel() for p in model.parameters())
 
 
-BUDGET_KINDS = {"macs": "multiply-accumulates per sample", "params": "parameters"}
+BUDGET_KINDS = {
+    "macs": "multiply-accumulates per sample",
+    "params": "parameters",
+    "latency": "training-step time on the device it trains on (a measured latency table)",
+}
 
 
 class Budget(NamedTuple):

@@ -23,8 +23,10 @@ from ..core.batches import BatchStream
 from ..core.outputs import logits_of
 from ..errors import ConfigError
 from ..methods.context import default_loss, model_device, model_dtype
+from ..training.precision import Precision
 from .graph import ChannelGraph, call, parse_budget
 from .importance import get_importance, group_importances
+from .latency import LatencyModel
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ class ChannelPlan:
     params_before: float
     params_after: float
     example_inputs: Any = field(default=None, compare=False, repr=False)
+    step_seconds_before: float | None = None  # a latency plan's estimated training step, full and pruned
+    step_seconds_after: float | None = None
 
     @property
     def counts(self) -> list[int]:
@@ -81,6 +85,8 @@ class ChannelPlan:
             "layers": dict(self.layers), "budget": [self.budget[0], self.budget[1]], "importance": self.importance,
             "macs_before": self.macs_before, "macs_after": self.macs_after,
             "params_before": self.params_before, "params_after": self.params_after,
+            **({} if self.step_seconds_before is None else
+               {"step_seconds_before": self.step_seconds_before, "step_seconds_after": self.step_seconds_after}),
         }
 
     @classmethod
@@ -88,7 +94,7 @@ class ChannelPlan:
         return cls(
             tuple(d["groups"]), tuple(d["sizes"]), tuple(tuple(k) for k in d["kept"]), dict(d["layers"]),
             (d["budget"][0], float(d["budget"][1])), d["importance"], float(d["macs_before"]), float(d["macs_after"]),
-            float(d["params_before"]), float(d["params_after"]),
+            float(d["params_before"]), float(d["params_after"]), None, d.get("step_seconds_before"), d.get("step_seconds_after"),
         )
 
     def __str__(self) -> str:
@@ -96,6 +102,9 @@ class ChannelPlan:
         lines = [f"channel plan ({self.importance}, {kind} <= {frac:g}): MACs {self.macs_before:,.0f} -> {self.macs_after:,.0f} "
                  f"({self.macs_after / self.macs_before:.1%}), parameters {self.params_before:,.0f} -> {self.params_after:,.0f} "
                  f"({self.params_after / self.params_before:.1%})"]
+        if self.step_seconds_before and self.step_seconds_after is not None:
+            lines[0] += (f", training step {1000 * self.step_seconds_before:.1f} -> {1000 * self.step_seconds_after:.1f} ms "
+                         f"({self.step_seconds_after / self.step_seconds_before:.1%}, estimated)")
         for name, size, kept in zip(self.groups, self.sizes, self.kept):
             lines.append(f"  {name}: {len(kept)}/{size}")
         return "\n".join(lines)
@@ -132,12 +141,17 @@ def plan_channels(
     taylor_batches: int = 4,
     graph: ChannelGraph | None = None,
     scores: Sequence[Tensor] | None = None,
+    batch_size: int = 128,
+    precision: Precision | None = None,
+    latency: LatencyModel | None = None,
 ) -> ChannelPlan:
     """The dominant sub-network of ``model`` under ``budget``; the model is not modified.
 
     Args:
         model: any ``nn.Module`` Torch-Pruning can trace.
-        budget: ``"macs=F"`` or ``"params=F"``: the fraction of MACs (or parameters) kept.
+        budget: ``"macs=F"``, ``"params=F"`` or ``"latency=F"``: the fraction of MACs, parameters or
+            training-step time kept (:mod:`prunekit.structured.latency`: measured on the model's
+            device at ``batch_size`` and ``precision``, cached; groups kept at the measured widths).
         importance: a name from :func:`~prunekit.structured.list_importances`.
         data: batches of ``(inputs, targets)``: the example input for tracing, and the gradients
             of ``taylor`` (summed over ``taylor_batches`` batches, on a copy).
@@ -148,6 +162,9 @@ def plan_channels(
             otherwise do to the high-resolution early layers first.
         graph, scores: an already built graph of ``model`` and its group importances (used by
             :class:`~prunekit.structured.EarlyPruning`, which scores as training goes).
+        batch_size, precision: the training step a latency budget is timed at (default precision:
+            fp32, contiguous).
+        latency: an already built latency model of ``graph`` (instead of measuring one).
 
     Raises:
         ConfigError: a bad budget, importance or option; a model Torch-Pruning cannot trace; a budget
@@ -159,6 +176,8 @@ def plan_channels(
     if graph is None:
         work = copy.deepcopy(model)
         graph = ChannelGraph(work, example_inputs_of(data, example_inputs, work), ignore)
+    if kind == "latency":
+        attach_latency(graph, model, batch_size, precision, latency)
     if scores is None:
         if imp.needs_gradients:
             if data is None:
@@ -166,6 +185,23 @@ def plan_channels(
             accumulate_gradients(graph.model, data, taylor_batches)
         scores = group_importances(graph, importance)
     return _knapsack(graph, [s.double() for s in scores], kind, fraction, min_keep, importance)
+
+
+def attach_latency(graph: ChannelGraph, model: nn.Module, batch_size: int, precision: Precision | None,
+                   latency: LatencyModel | None = None) -> LatencyModel:
+    """Give ``graph`` its latency model (measured on the model's device unless given), and keep its
+    groups at the widths the table holds (each group's unit becomes its grid step)."""
+    from .latency import measured_model, step_of
+
+    for group in graph.groups:
+        group.unit = step_of(group.size, group.unit)
+    if latency is None:
+        device = model_device(model)
+        if device.type == "meta":
+            raise ConfigError("a latency budget is timed on the device the model trains on; this model is on the meta device")
+        latency = measured_model(graph, graph.model, graph.example_inputs, batch_size, precision or Precision(), device)
+    graph.latency = latency
+    return latency
 
 
 def check_min_keep(min_keep: float) -> float:
@@ -210,21 +246,25 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
     values: list[list[float]] = [s.tolist() for s in scores]
     order = [sorted(range(len(v)), key=lambda i, v=v: (v[i], i)) for v in values]  # type: ignore[misc]
     removed: list[list[int]] = [[] for _ in full]
-    touching: list[list[Any]] = [[] for _ in full]
-    for layer in graph.layers:
+    touching: list[list[int]] = [[] for _ in full]
+    for i, layer in enumerate(graph.layers):
         for g in {layer.in_group, layer.out_group} - {None}:
-            touching[g].append(layer)  # type: ignore[index]
-    neighbours = [{h for layer in touching[g] for h in (layer.in_group, layer.out_group) if h is not None} for g in range(len(full))]
-    def cost_at(layer: Any, c: list[int]) -> float:
-        return layer.macs_at(c) if kind == "macs" else layer.params_at(c)
+            touching[g].append(i)  # type: ignore[index]
+    neighbours = [{h for i in touching[g] for h in (graph.layers[i].in_group, graph.layers[i].out_group) if h is not None}
+                  for g in range(len(full))]
+
+    def cost_at(i: int, c: list[int]) -> float:
+        if kind == "latency":
+            return float(graph.latency.layer_time(i, c))
+        return graph.layers[i].macs_at(c) if kind == "macs" else graph.layers[i].params_at(c)
 
     def saving(g: int) -> float:
         """What removing group ``g``'s next unit frees."""
-        total = 0.0 if kind == "macs" else float(graph.groups[g].norm_params * units[g])
-        for layer in touching[g]:
-            now = cost_at(layer, counts)
+        total = float(graph.groups[g].norm_params * units[g]) if kind == "params" else 0.0
+        for i in touching[g]:
+            now = cost_at(i, counts)
             counts[g] -= units[g]
-            total += now - cost_at(layer, counts)
+            total += now - cost_at(i, counts)
             counts[g] += units[g]
         return total
 
@@ -259,4 +299,5 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
     return ChannelPlan(
         tuple(g.name for g in graph.groups), tuple(full), kept, layer_out, (kind, fraction), importance,
         graph.macs(full), graph.macs(counts), graph.params(full), graph.params(counts), graph.example_inputs,
+        *((graph.cost("latency", full), graph.cost("latency", counts)) if kind == "latency" else (None, None)),
     )
