@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Table 1 and the precision-parity runs of benchmarks/RESULTS.md: ResNet-20 on the full CIFAR-10-jpg
-# with the cifar-cpu recipe, as resumable sweeps into runs/cifar_full (run it again after an
-# interruption: only unfinished runs train). Seed 0 of every cell first, so that an interrupted
-# machine still leaves a whole table; then the fp32 parity runs; then seed 1.
+# Table 1 (every PaI method), Table 2 (early structured pruning) and the precision-parity runs of
+# benchmarks/RESULTS.md: ResNet-20 on the full CIFAR-10-jpg with the cifar-cpu recipe, as resumable
+# sweeps into runs/cifar_full (run it again after an interruption: only unfinished runs train). Seed 0
+# of every cell first, so that an interrupted machine still leaves whole tables; then the fp32 parity
+# runs; then seed 1. PARTS picks and orders the parts (default: all, in this order):
+#   t1s0 table 1, seed 0 | t1x0 table 1 at 99.5 %, seed 0 | t2 table 2 | parity0 fp32 dense, seed 0
+#   t1s1 | t1x1 | parity1   (the same, seed 1)
 # The results database (without checkpoints or masks) is copied to benchmarks/cifar_full/ after
-# every sweep, so that the table survives a new machine: `prunekit report --out benchmarks/cifar_full`.
+# every sweep, so that the tables survive a new machine: `prunekit report --out benchmarks/cifar_full`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/cifar_full}
@@ -13,9 +16,15 @@ C=benchmarks/configs/cifar_full
 KEEP=${KEEP:-benchmarks/cifar_full/results.db}
 keep() { .venv/bin/python -c "import sys; from prunekit.experiments.db import ResultsDB; ResultsDB(sys.argv[1]).export(sys.argv[2])" "$OUT/results.db" "$KEEP"; }
 sweep() { .venv/bin/prunekit sweep --out "$OUT" --data-dir "$DATA" --no-progress --config "$@"; keep; }
-sweep $C/table1_seed0.toml
-sweep $C/table1_extreme_seed0.toml
-sweep $C/parity_fp32.toml --seeds 0
-sweep $C/table1_seed1.toml
-sweep $C/table1_extreme_seed1.toml
-sweep $C/parity_fp32.toml --seeds 1
+for part in ${PARTS:-t1s0 t1x0 t2 parity0 t1s1 t1x1 parity1}; do
+    case $part in
+        t1s0) sweep $C/table1_seed0.toml ;;
+        t1x0) sweep $C/table1_extreme_seed0.toml ;;
+        t2) sweep $C/table2_epi.toml ;;
+        parity0) sweep $C/parity_fp32.toml --seeds 0 ;;
+        t1s1) sweep $C/table1_seed1.toml ;;
+        t1x1) sweep $C/table1_extreme_seed1.toml ;;
+        parity1) sweep $C/parity_fp32.toml --seeds 1 ;;
+        *) echo "unknown part $part" >&2; exit 2 ;;
+    esac
+done

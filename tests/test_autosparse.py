@@ -172,3 +172,19 @@ def test_every_shipped_scorer_loads_and_says_what_it_was_taught_on():
         assert floor < scorer.meta["heldout_spearman"] <= 1.0
         out = scorer.predict(torch.tensor([[0.01, 0.0], [-0.2, 1e-3]], dtype=torch.float64))
         assert out.shape == (2,) and torch.isfinite(out).all()
+
+
+def test_bf16_scoring_agrees_with_fp32_and_keeps_exact_counts(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    features = torch.randn(4000, 2, generator=g).double()
+    scorer = teach(features, torch.sigmoid(features[:, 0] - features[:, 1]), epochs=2, seed=0)
+    fp32 = scorer.predict(features)
+    bf16 = scorer.predict(features, bf16=True)
+    assert float((fp32 - bf16).abs().max()) < 0.02 * float(fp32.max() - fp32.min())
+    assert spearman(fp32, bf16) > 0.98
+    path = scorer.save(tmp_path / "s.pt")
+    net, data = _mlp(2), _batches(3)
+    masks = prunekit.prune(net, "autosparse", 0.8, data=data, scorer=str(path), precision="bf16")
+    assert masks.kept == math.floor(0.2 * 42 + 0.5) and masks.meta["options"]["precision"] == "bf16"
+    with pytest.raises(ConfigError, match="precision"):
+        prunekit.prune(net, "autosparse", 0.8, data=data, scorer=str(path), precision="fp16")

@@ -102,7 +102,7 @@ def test_the_main_job_shows_every_method_at_three_sparsities_against_dense():
     runs = spec.resolved()
     assert {r.method for r in runs} == {"dense", *[m for m in prunekit.list_methods() if m != "grasp_abs"]}
     assert sorted({r.sparsity for r in runs if r.method != "dense"}) == [0.9, 0.98, 0.995]
-    assert len(runs) == 31
+    assert len(runs) == 34
 
 
 def test_autosparse_teach_from_a_config_trains_the_irp_run_once_then_teaches(tmp_path, tiny_mnist, capsys, monkeypatch):

@@ -436,17 +436,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_autosparse_list(args: argparse.Namespace) -> int:
-    from .autosparse import list_scorers, load_scorer
+    from .autosparse import list_layerwise_scorers, list_scorers, load_layerwise_scorer, load_scorer
     from .methods.autosparse import AutoSparseOptions
+    from .methods.autosparse_layerwise import DEFAULT_SCORER
 
+    print("autosparse (the paper's score network of (theta0, g0)):")
     for name, path in list_scorers().items():
         meta = load_scorer(path).meta
         taught = meta.get("taught_on", {})
         ranking = taught.get("irp", {}).get("scorer", "magnitude")
         default = " (default)" if name == AutoSparseOptions().scorer else ""
-        print(f"{name:20s} {meta.get('arch')} taught on {taught.get('model')} / {taught.get('dataset')} "
+        print(f"  {name:22s} {meta.get('arch')} taught on {taught.get('model')} / {taught.get('dataset')} "
               f"(IRP to density {taught.get('final_density', float('nan')):.3g}, {taught.get('rounds')} rounds ranked by {ranking}); "
               f"held-out Spearman {meta.get('heldout_spearman', float('nan')):.3f}{default}")
+    print("autosparse_layerwise (learned per-layer densities and within-layer ranking):")
+    for name, path in list_layerwise_scorers().items():
+        meta = load_layerwise_scorer(path).meta
+        default = " (default)" if name == DEFAULT_SCORER else ""
+        teachers = ", ".join(t["name"] for t in meta.get("teachers", []))
+        loto = meta.get("leave_one_teacher_out")
+        said = ""
+        if loto:
+            said = "; leave-one-teacher-out: " + ", ".join(
+                f"{r['teacher']} density error {r['density_error']:.2f} (ERK {r['density_error_erk']:.2f}), "
+                f"ranking {r['ranking_spearman']:.2f} (|theta0| {r['ranking_spearman_abs_theta']:.2f})" for r in loto)
+        print(f"  {name:22s} teachers (profile=): {teachers}{said}{default}")
     return 0
 
 
@@ -462,59 +476,137 @@ def _check_writable(path: Path) -> None:
         raise ConfigError(f"cannot write {str(path)!r} ({exc.strerror or exc}); choose another --save") from None
 
 
-def cmd_autosparse_teach(args: argparse.Namespace) -> int:
-    from .autosparse import table_from_imp_run, teach
-    from .experiments import DatasetCache, ImpRun
+def _irp_runs(args: argparse.Namespace, device: torch.device) -> list[tuple[Any, Any, str | None]]:
+    """The finished IMP/IRP runs ``--config`` (trained first where needed) and ``--from-run`` name:
+    ``(record, typed run, data folder)`` each."""
+    from .experiments import ImpRun
     from .experiments.db import ResultsDB
 
-    # every argument checked before any training or teaching
-    if Path(args.save).is_dir():
-        raise ConfigError(f"--save {args.save!r} is a directory; give the scorer file's path (e.g. {Path(args.save) / 'scorer.pt'})")
-    _check_writable(Path(args.save))
-    if args.epochs < 1:
-        raise ConfigError(f"--epochs must be at least 1 (epochs of teaching the score network), got {args.epochs}")
-    if args.from_run is not None and not args.from_run.strip():
-        raise ConfigError("--from-run needs a run's key (or a unique prefix of it); it is empty")
-    device = _device(args.device)
-    key, data_dir = args.from_run, args.data_dir
-    if args.config:  # the IRP run the file describes, trained first unless the database already holds it
+    wanted: list[tuple[str, str | None]] = []
+    for config in args.config or []:  # the IRP run the file describes, trained first unless the database already holds it
         from .experiments import load_sweep_file, run_sweep
         from .experiments.spec import with_overrides
 
-        spec = with_overrides(load_sweep_file(args.config, device), data_dir=args.data_dir)
-        data_dir = spec.data_dir
+        spec = with_overrides(load_sweep_file(config, device), data_dir=args.data_dir)
         runs = spec.resolved(device)
         if len(runs) != 1 or not isinstance(runs[0], ImpRun):
-            raise ConfigError(f"{args.config} describes {len(runs)} run(s) ({', '.join(sorted({r.method for r in runs}))}); "
+            raise ConfigError(f"{config} describes {len(runs)} run(s) ({', '.join(sorted({r.method for r in runs}))}); "
                               "--config needs exactly one IMP/IRP run: methods = [\"imp\"], one model, sparsity and seed, dense = false")
         summary = run_sweep(spec, args.out, device=device, progress=None if not args.no_progress else False)
         print(summary, file=sys.stderr)
         if summary.counts["failed"]:
-            raise ConfigError(f"the IRP run of {args.config} failed; see {Path(args.out) / 'results.db'}")
-        key = runs[0].key
+            raise ConfigError(f"the IRP run of {config} failed; see {Path(args.out) / 'results.db'}")
+        wanted.append((runs[0].key, spec.data_dir))
+    wanted += [(key, args.data_dir) for key in args.from_run or []]
     db_path = Path(args.out) / "results.db"
     if not db_path.is_file():
         raise ConfigError(f"no results database at {db_path}; pass --out of the IRP run")
+    found = []
     with ResultsDB(db_path) as db:
-        rows = [r for r in db.runs(status="done") if r.key.startswith(key)]
-    if len(rows) != 1:
-        raise ConfigError(f"--from-run {key!r} matches {len(rows)} finished runs in {db_path}; give a longer key")
-    row = rows[0]
-    run = row.run
-    if not isinstance(run, ImpRun):
-        raise ConfigError(f"run {row.key} is a {row.method!r} run; a scorer is taught from an IMP/IRP run (--method imp)")
-    ds = DatasetCache(data_dir).get(run.dataset)
-    model = run.make_model(ds, device)
-    print(f"features: initial weights and a full-pass gradient of {run.model} on {run.dataset} ...", file=sys.stderr)
-    table = table_from_imp_run(Path(row.run_dir or Path(args.out) / "runs" / row.key), model, run.scoring_data(ds, device))
-    meta = {"taught_on": {"model": run.model, "dataset": run.dataset, "run": row.key, "sparsity": run.sparsity,
-                          "final_density": table.source["final_density"], "rounds": table.source["rounds"],
-                          "irp": row.config["method_options"], "recipe": run.recipe, "epochs_per_round": run.train.epochs}}
-    scorer = teach(table.features, table.targets, arch=args.arch, epochs=args.epochs, seed=args.seed, meta=meta,
-                   progress=not args.no_progress)
+        done = db.runs(status="done")
+    for key, data_dir in wanted:
+        rows = [r for r in done if r.key.startswith(key)]
+        if len(rows) != 1:
+            raise ConfigError(f"--from-run {key!r} matches {len(rows)} finished runs in {db_path}; give a longer key")
+        if not isinstance(rows[0].run, ImpRun):
+            raise ConfigError(f"run {rows[0].key} is a {rows[0].method!r} run; a scorer is taught from an IMP/IRP run (--method imp)")
+        found.append((rows[0], rows[0].run, data_dir))
+    keys = [r.key for r, _, _ in found]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("the same IRP run is named twice; every teacher must be another run")
+    return found
+
+
+def _taught_on(row: Any, run: Any, **more: Any) -> dict[str, Any]:
+    return {"model": run.model, "dataset": run.dataset, "run": row.key, "sparsity": run.sparsity, "irp": row.config["method_options"],
+            "recipe": run.recipe, "epochs_per_round": run.train.epochs, "seed": run.seed, **more}
+
+
+def cmd_autosparse_teach(args: argparse.Namespace) -> int:
+    from .autosparse import table_from_imp_run, teach
+    from .experiments import DatasetCache
+
+    # every argument checked before any training or teaching
+    if not args.config and not args.from_run:
+        raise ConfigError("name the IRP run(s) to teach from: --config FILE or --from-run KEY (each may be repeated)")
+    if Path(args.save).is_dir():
+        raise ConfigError(f"--save {args.save!r} is a directory; give the scorer file's path (e.g. {Path(args.save) / 'scorer.pt'})")
+    _check_writable(Path(args.save))
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1 (epochs of teaching the score network), got {args.epochs}")
+    if any(not k.strip() for k in args.from_run or []):
+        raise ConfigError("--from-run needs a run's key (or a unique prefix of it); it is empty")
+    if args.gradient_batches is not None and args.gradient_batches < 1:
+        raise ConfigError(f"--gradient-batches must be at least 1, got {args.gradient_batches}")
+    device = _device(args.device)
+    found = _irp_runs(args, device)
+    caches: dict[str | None, Any] = {}
+    if args.method == "autosparse_layerwise":
+        return _teach_layerwise(args, found, caches, device)
+    tables, taught = [], []
+    for row, run, data_dir in found:
+        ds = caches.setdefault(data_dir, DatasetCache(data_dir)).get(run.dataset)
+        print(f"features: initial weights and a full-pass gradient of {run.model} on {run.dataset} ...", file=sys.stderr)
+        table = table_from_imp_run(Path(row.run_dir or Path(args.out) / "runs" / row.key), run.make_model(ds, device),
+                                   run.scoring_data(ds, device), num_batches=args.gradient_batches)
+        tables.append(table)
+        taught.append(_taught_on(row, run, rounds=table.source["rounds"], final_density=table.source["final_density"]))
+    epochs = args.epochs or 10
+    loto = []
+    if len(tables) > 1:  # a scorer taught without each teacher, ranking that teacher's weights
+        from .autosparse import spearman
+
+        for i, (held, about) in enumerate(zip(tables, taught)):
+            rest = [t for j, t in enumerate(tables) if j != i]
+            other = teach(torch.cat([t.features for t in rest]), torch.cat([t.targets for t in rest]), arch=args.arch, epochs=epochs,
+                          seed=args.seed)
+            rho = spearman(other.predict(held.features), held.targets)
+            loto.append({"teacher": f"{about['model']}/{about['dataset']}", "spearman": rho})
+            print(f"leave-one-teacher-out: {about['model']}/{about['dataset']}: Spearman {rho:.4f}", file=sys.stderr)
+    meta: dict[str, Any] = {"taught_on": taught[0] if len(taught) == 1 else {**taught[0], "teachers": taught}}
+    if loto:
+        meta["leave_one_teacher_out"] = loto
+    scorer = teach(torch.cat([t.features for t in tables]), torch.cat([t.targets for t in tables]), arch=args.arch, epochs=epochs,
+                   seed=args.seed, meta=meta, progress=not args.no_progress)
     path = scorer.save(args.save)
-    print(f"scorer: {scorer.meta['arch']}, {len(table.targets):,} weights, held-out Spearman {scorer.meta['heldout_spearman']:.4f} "
-          f"(MSE {scorer.meta['heldout_mse']:.5f}, best epoch {scorer.meta['best_epoch']}); wrote {path}")
+    print(f"scorer: {scorer.meta['arch']}, {sum(len(t.targets) for t in tables):,} weights, held-out Spearman "
+          f"{scorer.meta['heldout_spearman']:.4f} (MSE {scorer.meta['heldout_mse']:.5f}, best epoch {scorer.meta['best_epoch']}); wrote {path}")
+    return 0
+
+
+def _teach_layerwise(args: argparse.Namespace, found: list[tuple[Any, Any, str | None]], caches: dict[str | None, Any],
+                     device: torch.device) -> int:
+    from .autosparse import TeachSettings, leave_one_teacher_out, teach_layerwise, teacher_from_imp_run
+    from .experiments import DatasetCache
+    from .methods.autosparse_layerwise import AutoSparseLayerwiseOptions
+
+    batches = args.gradient_batches or AutoSparseLayerwiseOptions().gradient_batches
+    names = [f"{run.model}/{run.dataset}" for _, run, _ in found]
+    names = [n if names.count(n) == 1 else f"{n}/seed{run.seed}" for n, (_, run, _) in zip(names, found)]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"two teachers are the same model, dataset and seed: {names}")
+    teachers = []
+    for name, (row, run, data_dir) in zip(names, found):
+        ds = caches.setdefault(data_dir, DatasetCache(data_dir)).get(run.dataset)
+        print(f"teacher {name}: initial weights, g0 over {batches} batches, every round's mask ...", file=sys.stderr)
+        teachers.append(teacher_from_imp_run(Path(row.run_dir or Path(args.out) / "runs" / row.key), run.make_model(ds, device).cpu(),
+                                             run.scoring_data(ds, torch.device("cpu")), name, num_batches=batches,
+                                             source=_taught_on(row, run)))
+    settings = TeachSettings(seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
+    loto = leave_one_teacher_out(teachers, settings, progress=lambda m: print(m, file=sys.stderr)) if len(teachers) > 1 else []
+    scorer = teach_layerwise(teachers, settings, meta={"leave_one_teacher_out": loto, "g0_batches": batches})
+    path = scorer.save(args.save)
+    if loto:
+        print("\nleave-one-teacher-out (a scorer taught on the other teachers, scored on this one's tickets):")
+        print("| teacher | density error (ERK, uniform) | within-layer Spearman (abs theta0) | ticket IoU (random placement) | "
+              "kept per layer at the last round (ticket) |")
+        print("|---|---:|---:|---:|---|")
+        for r in loto:
+            print(f"| {r['teacher']} | {r['density_error']:.3f} ({r['density_error_erk']:.3f}, {r['density_error_layerwise']:.3f}) | "
+                  f"{r['ranking_spearman']:.3f} ({r['ranking_spearman_abs_theta']:.3f}) | {r['ticket_iou']:.3f} "
+                  f"({r['ticket_iou_random_placement']:.3f}) | {' / '.join(map(str, r['kept_final']))} "
+                  f"({' / '.join(map(str, r['kept_final_ticket']))}) |")
+    print(f"\nscorer: autosparse_layerwise, {len(teachers)} teacher(s) ({', '.join(names)}); wrote {path}")
     return 0
 
 
@@ -578,14 +670,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("autosparse", help="AutoSparse scorers: teach one from an IRP run, list the shipped ones")
     asub = a.add_subparsers(dest="action", required=True)
-    t = asub.add_parser("teach", help="build (theta0, g0) -> survival from an IMP/IRP run and train a score network")
-    src = t.add_mutually_exclusive_group(required=True)
-    src.add_argument("--from-run", metavar="KEY", help="a finished IMP/IRP run's key (or a unique prefix) in --out's results.db")
-    src.add_argument("--config", metavar="FILE", help="a sweep file describing one IMP/IRP run (methods = [\"imp\"]): "
-                     "trained into --out first (resumable; skipped when already there), then taught from")
+    t = asub.add_parser("teach", help="teach a scorer from one or several IMP/IRP runs (with several: a leave-one-teacher-out score)")
+    t.add_argument("--from-run", metavar="KEY", action="append",
+                   help="a finished IMP/IRP run's key (or a unique prefix) in --out's results.db; repeat for several teachers")
+    t.add_argument("--config", metavar="FILE", action="append", help="a sweep file describing one IMP/IRP run (methods = [\"imp\"]): "
+                   "trained into --out first (resumable; skipped when already there), then taught from; repeat for several teachers")
+    t.add_argument("--method", default="autosparse", choices=["autosparse", "autosparse_layerwise"],
+                   help="the method the scorer is for: the paper's score network of (theta0, g0), or the layer-aware one (default: autosparse)")
     t.add_argument("--save", required=True, help="where to write the scorer file")
-    t.add_argument("--arch", default="mlp", choices=["mlp", "resnet"], help="the score network (default: mlp)")
-    t.add_argument("--epochs", type=int, default=10, help="epochs of teaching the score network (default: 10)")
+    t.add_argument("--arch", default="mlp", choices=["mlp", "resnet"], help="autosparse's score network (default: mlp)")
+    t.add_argument("--epochs", type=int, default=None, help="epochs of teaching the score network (default: 10; autosparse_layerwise: 6)")
+    t.add_argument("--gradient-batches", type=int, default=None,
+                   help="batches of g0 per teacher (default: autosparse a full pass, autosparse_layerwise its option's default, 10)")
     t.add_argument("--seed", type=int, default=0, help="seed of the score network and its held-out split (default: 0)")
     common(t)
     t.set_defaults(func=cmd_autosparse_teach)

@@ -31,6 +31,7 @@ ALLOCATIONS: dict[str, str] = {
     "global": "one ranking across all prunable layers (the default of every method)",
     "layerwise": "every layer keeps the same fraction of its weights",
     "erk": "Erdos-Renyi-Kernel layer densities, proportional to sum(shape)/prod(shape) (RigL, Liu et al. 2022)",
+    "learned": "the per-layer counts a method predicts for the model (autosparse_layerwise), its scores ranking within each layer",
 }
 SCHEDULES: dict[str, str] = {
     "exponential": "d_t = d^(t/T): the same fraction removed at every step (SynFlow, FORCE default)",
@@ -143,6 +144,8 @@ def layer_budgets(shapes: Sequence[Sequence[int]], density: float, allocation: s
     if allocation == "global":
         return None
     sizes = [math.prod(s) for s in shapes]
+    if allocation == "learned":
+        raise ConfigError("the 'learned' allocation's counts come from its method, not from the layer shapes")
     if allocation == "layerwise":
         densities = [density] * len(sizes)
     elif allocation == "erk":
@@ -369,6 +372,8 @@ class Ranker:
         nested: monotone schedules: each step selects only among the weights the previous step kept.
             The global exact rule then ranks only those candidates, so a step costs time in
             proportion to what is still alive.
+        counts: for ``allocation="learned"``: ``density -> kept count per tensor`` (in ``shapes``
+            order), checked to sum to ``kept_count(N, density)`` with no tensor over its size.
     """
 
     def __init__(
@@ -380,6 +385,7 @@ class Ranker:
         ties: str = "random",
         seed: int = 0,
         reserve: Sequence[str] = (),
+        counts: Callable[[float], Sequence[int]] | None = None,
     ):
         if allocation not in ALLOCATIONS:
             raise unknown("allocation", allocation, ALLOCATIONS)
@@ -390,6 +396,9 @@ class Ranker:
                 raise unknown("count rule", rule, OFFICIAL_RULES)
             if allocation != "global":
                 raise ConfigError(f"the official count rule ranks globally; it cannot be combined with allocation={allocation!r}")
+        if (allocation == "learned") != (counts is not None):
+            raise ConfigError("allocation='learned' takes its per-layer counts from the method (counts=), and only it does")
+        self.counts = counts
         self.names = list(shapes)
         self.shapes = [tuple(int(d) for d in shapes[n]) for n in self.names]
         self.sizes = [math.prod(s) for s in self.shapes]
@@ -477,7 +486,7 @@ class Ranker:
                 target += int(reserved_keep.sum())
                 kept_idx = torch.nonzero(flat_mask).flatten() if self.nested else None
         else:
-            budgets = layer_budgets(self.shapes, density, self.allocation) or []
+            budgets = self._learned_budgets(density) if self.counts is not None else layer_budgets(self.shapes, density, self.allocation) or []
             if cand_flat is not None:
                 counted = torch.where(cand_flat, values, torch.full_like(values, -math.inf))
                 limits = torch.stack([c.sum() for c in cand_flat.split(self.sizes)]).tolist()
@@ -516,6 +525,14 @@ class Ranker:
         self._kept_idx = kept_idx
         self._step += 1
         return Selection(self._split(flat_mask), target, kept, chosen > 0, chosen)
+
+    def _learned_budgets(self, density: float) -> list[int]:
+        assert self.counts is not None
+        budgets = [int(c) for c in self.counts(density)]
+        want = kept_count(self.total, density)
+        if len(budgets) != len(self.sizes) or sum(budgets) != want or any(not 0 <= b <= n for b, n in zip(budgets, self.sizes)):
+            raise ConfigError(f"learned per-layer counts {budgets} do not fit the layers {self.sizes} with {want} kept in all")
+        return budgets
 
     def _reserved_mask(self, device: torch.device) -> Tensor:
         segments = self._segment_ids(device)

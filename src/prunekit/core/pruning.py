@@ -17,12 +17,12 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..console import ProgressLines
 from ..distributed import check_agreement, world_size
-from ..errors import ConfigError, LayerCollapseError, PrunekitError, PrunekitWarning, ScoreError, unknown
+from ..errors import ConfigError, LayerCollapseError, PrunekitError, PrunekitWarning, ScoreError
 from ..methods import Method, get_method
 from ..methods.context import LossFn, ScoringContext, default_loss, model_device, scoring_dtype
 from ..options import as_dict
 from . import inputs as inp
-from .allocation import ALLOCATIONS, Ranker, Selection, check_density, density_schedule, kept_count
+from .allocation import Ranker, Selection, check_density, density_schedule, kept_count
 from .batches import BatchStream
 from .masks import Masks
 from .outputs import OutputFn, checked_loss_fn, checked_output_fn
@@ -178,7 +178,8 @@ def prune(
         seed: fixes random scores, re-initialisations and any randomness in the forward pass
             (dropout); the caller's global RNG state is left as it was.
         allocation: ``"global"`` (one ranking, the default of every method but ``random``),
-            ``"layerwise"`` (same density in every layer) or ``"erk"``.
+            ``"layerwise"`` (same density in every layer), ``"erk"``, or ``"learned"`` (the per-layer
+            counts a method predicts: ``autosparse_layerwise``'s default).
         include: glob patterns over parameter names replacing the default prunable set
             (weights of Conv*d and Linear layers).
         exclude: glob patterns removed from the prunable set.
@@ -225,17 +226,23 @@ def prune(
     keep = resolve_density(sparsity, density)
     spec, opts, ctx, params = _setup(model, method, data, seed, include, exclude, loss_fn, output_fn, options, values, example_inputs)
     check_keeps_some(sum(p.numel() for p in params.values()), keep)
-    allocation = allocation or spec.allocation
-    if allocation not in ALLOCATIONS:
-        raise unknown("allocation", allocation, ALLOCATIONS)
+    allocation = spec.check_allocation(allocation or spec.allocation)
     rule = spec.official_rule if getattr(opts, "count_rule", "exact") == "official" else None
     if collapse not in ("warn", "error"):
         raise ConfigError(f"collapse must be 'warn' or 'error', got {collapse!r}")
     ties = ties or ("index" if getattr(opts, "official", False) else "random")
     zero = _warn_zero_tensors(method, model, params)
     reserve = zero if ties == "random" and len(zero) < len(params) else []  # index ties: prunekit's rule before 0.3
+    counts = None
+    if allocation == "learned":
+        assert spec.layer_counts is not None
+        layer_counts = spec.layer_counts
+
+        def counts(d: float) -> Sequence[int]:
+            return layer_counts(ctx, opts, d)
+
     ranker = Ranker({n: p.shape for n, p in params.items()}, allocation, rule, nested=spec.monotone, ties=ties, seed=seed,
-                    reserve=reserve)
+                    reserve=reserve, counts=counts)
     steps = density_schedule(keep, opts.num_steps, opts.schedule) if spec.iterative else [keep]
     start = time.perf_counter()
     masks: dict[str, Tensor] | None = None

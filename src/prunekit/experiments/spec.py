@@ -210,9 +210,7 @@ def resolve(spec: RunSpec, device: Any = None) -> Run:
         return ImpRun(**common, sparsity=sparsity, options=options)
     allocation = None
     if method != DENSE:
-        allocation = spec.allocation or get_method(method).allocation
-        if allocation not in ALLOCATIONS:
-            raise unknown("allocation", allocation, ALLOCATIONS)
+        allocation = get_method(method).check_allocation(spec.allocation or get_method(method).allocation)
     elif spec.allocation is not None:
         raise ConfigError("allocation does not apply to the dense baseline")
     return TrainingRun(**common, method=method, sparsity=sparsity, options=options, allocation=allocation, ablation=spec.ablation)

@@ -34,10 +34,14 @@ class AutoSparseOptions:
                                        "at the same path is another run; scoring refuses a file that changed since", since="0.3")
     gradient_batches: int | None = option(None, "batches of g0, their sum scaled to a full pass (None: one full pass over data, as the official code)", min=1)
     chunk: int | None = option(None, "weights scored per forward pass of the score network (None: 2,048 on the CPU, 65,536 on an accelerator)", min=1)
+    precision: str = option("fp32", "the score network's arithmetic: fp32; bf16 (autocast: several times faster where the device "
+                            "computes bf16 natively, predictions within 0.5 %, the mask nearly the same); auto (bf16 where native)",
+                            choices=("fp32", "bf16", "auto"), since="0.3")
 
 
 def autosparse_scores(ctx: ScoringContext, opts: AutoSparseOptions, masks: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
     from ..autosparse import feature_matrix, full_pass_gradient, load_scorer
+    from ..training.precision import native_bf16
 
     scorer = load_scorer(opts.scorer)
     if opts.scorer_sha256 is not None and scorer.sha256 != opts.scorer_sha256:
@@ -56,7 +60,8 @@ def autosparse_scores(ctx: ScoringContext, opts: AutoSparseOptions, masks: Mappi
     theta0 = ctx.original()
     features = feature_matrix(theta0, g0, ctx.names)
     rows = ProgressLines("autosparse: scoring", len(features), "weights")
-    pred = scorer.predict(features, chunk=opts.chunk, device=ctx.device, progress=None if quiet else rows.update)
+    bf16 = opts.precision == "bf16" or (opts.precision == "auto" and native_bf16(ctx.device)[0])
+    pred = scorer.predict(features, chunk=opts.chunk, device=ctx.device, progress=None if quiet else rows.update, bf16=bf16)
     out, i = {}, 0
     for name in ctx.names:
         n = theta0[name].numel()

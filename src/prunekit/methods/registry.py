@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..core.allocation import ALLOCATIONS
+from ..errors import ConfigError, unknown
 from ..options import build, option
 from ..registry import Registry
 
@@ -54,6 +55,9 @@ class Method:
         complete: called on a run's options when the run is resolved: fills in what must be part
             of the run's identity (a scorer file's checksum) and refuses what cannot run, before
             anything runs.
+        layer_counts: ``(context, options, density) -> kept count per prunable tensor``, for a
+            method that predicts its own per-layer counts (``allocation="learned"``); its scores
+            then rank weights within a layer only.
     """
 
     name: str
@@ -67,6 +71,24 @@ class Method:
     official: Mapping[str, Any] = field(default_factory=dict)
     official_rule: str | None = None
     complete: Callable[[Any], Any] | None = None  # options -> what a run records (e.g. a file's checksum), checked now
+    layer_counts: Callable[[Any, Any, float], Sequence[int]] | None = None
+
+    def check_allocation(self, allocation: str) -> str:
+        """``allocation`` if this method can run with it.
+
+        Raises:
+            ConfigError: an unknown allocation; ``"learned"`` for a method that predicts no counts;
+                ``"global"`` for one whose scores are comparable only within a layer.
+        """
+        if allocation not in ALLOCATIONS:
+            raise unknown("allocation", allocation, ALLOCATIONS)
+        if allocation == "learned" and self.layer_counts is None:
+            raise ConfigError(f"allocation 'learned' is the per-layer counts a method predicts (autosparse_layerwise); "
+                              f"{self.name!r} predicts none: use global, layerwise or erk")
+        if allocation == "global" and self.layer_counts is not None:
+            raise ConfigError(f"{self.name!r} scores rank weights within a layer only, so they cannot be ranked globally: "
+                              "use allocation 'learned' (its own per-layer counts, the default), 'layerwise' or 'erk'")
+        return allocation
 
     def build_options(self, values: Mapping[str, Any]) -> Any:
         """The method's option dataclass from ``values``, validated, with the ``official=True`` preset applied.
