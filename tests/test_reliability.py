@@ -437,7 +437,7 @@ def test_a_database_damaged_inside_is_refused_before_anything_trains(tmp_path, t
 def test_a_results_database_that_is_a_folder_is_one_error(tmp_path, tiny_mnist, capsys):
     (tmp_path / "o" / "results.db").mkdir(parents=True)
     argv = ["run", "--model", "lenet_300_100", "--dataset", "mnist", "--data-dir", str(tiny_mnist), "--method", "snip",
-            "--recipe", "lenet-fmnist", "--epochs", "1", "--out", str(tmp_path / "o")]
+            "--recipe", "lenet-fmnist", "--epochs", "1", "--train", "val_size=40", "--out", str(tmp_path / "o")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "is a folder" in err and "Traceback" not in err
@@ -580,18 +580,26 @@ def test_a_run_that_never_leaves_chance_level_fails_loudly_unless_its_masks_cut_
     from prunekit.experiments import TrainingRun
     from resume_worker import toy_dataset
 
+    from prunekit.training.core import STALL_MIN_STEPS
+
+    epochs = STALL_MIN_STEPS // 10  # 500 images in batches of 50: 10 steps an epoch
     model = _dead(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)))
     with pytest.warns(prunekit.PrunekitWarning, match="chance level"):
-        result = training.fit(model, toy_dataset(), training.TrainConfig(epochs=2, batch_size=50, lr=0.05), device="cpu", progress=False)
+        result = training.fit(model, toy_dataset(), training.TrainConfig(epochs=epochs, batch_size=50, lr=0.05), device="cpu", progress=False)
     assert "ln 10" in result.extra["stalled"]
     healthy = training.fit(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)), toy_dataset(),
-                           training.TrainConfig(epochs=2, batch_size=50, lr=0.05), device="cpu", progress=False)
+                           training.TrainConfig(epochs=epochs, batch_size=50, lr=0.05), device="cpu", progress=False)
     assert "stalled" not in healthy.extra
+    # too few steps prove nothing: the same dead network after 2 epochs (20 steps) is not called stalled
+    short = training.fit(_dead(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))), toy_dataset(),
+                         training.TrainConfig(epochs=2, batch_size=50, lr=0.05), device="cpu", progress=False)
+    assert "stalled" not in short.extra
 
     original = TrainingRun.make_model
     monkeypatch.setattr(TrainingRun, "make_model", lambda self, ds, device, seed=None: _dead(original(self, ds, device, seed)))
     datasets = DatasetCache(str(tiny_mnist))
-    dense = run_one(spec(method="dense", sparsity=0.0, epochs=2), tmp_path / "o", datasets=datasets)
+    long = -(-STALL_MIN_STEPS // 7)  # 360 training images in batches of 50: at least 7 steps an epoch
+    dense = run_one(spec(method="dense", sparsity=0.0, epochs=long), tmp_path / "o", datasets=datasets)
     assert dense.status == "failed" and dense.record.error.startswith("TrainingStalled: the training loss stayed at chance level")
     assert dense.record.failure == "method" and dense.record.final_acc is None  # never a result
     # a mask that cuts every path through the network: chance level is the method's own result, recorded and marked
@@ -604,5 +612,5 @@ def test_a_run_that_never_leaves_chance_level_fails_loudly_unless_its_masks_cut_
         return model, prunekit.Masks({**dict(masks.items()), first: torch.zeros_like(masks[first])}, masks.meta)
 
     monkeypatch.setattr(TrainingRun, "prepare", cut)
-    collapsed = run_one(spec(epochs=2, seed=5), tmp_path / "o", datasets=datasets)
+    collapsed = run_one(spec(epochs=long, seed=5), tmp_path / "o", datasets=datasets)
     assert collapsed.status == "done" and collapsed.record.extra["disconnected"] is True and collapsed.record.effective_density == 0.0

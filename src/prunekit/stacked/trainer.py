@@ -292,7 +292,7 @@ class StackedTrainer:
                 res.extra["stacked"] = self.n
                 res.extra["model_images_per_second"] = self.n * res.images_per_second
                 res.extra.update(self.precision.as_dict())
-                why = stalled(self.histories[k], self.classes)
+                why = stalled(self.histories[k], self.classes, len(self.train_loader))
                 if why is not None:
                     res.extra["stalled"] = why
                 results.append(res)

@@ -161,14 +161,19 @@ def train_epoch(
     return EpochTotals(loss, acc, seen, time.perf_counter() - start, lr)
 
 
-def stalled(history: list[dict[str, Any]], classes: int | None) -> str | None:
-    """Why a run never left chance level, or None: every epoch's training loss at least 97 % of
-    ``ln(classes)`` (the loss of a uniform guess) and the last epoch's training accuracy at most
-    1.5 / ``classes``. A dead network (e.g. every ReLU off after a too large first step) looks so;
-    a network that learns, however slowly, does not."""
+# Fewer optimizer steps than this prove nothing about a network that is still at chance level: a
+# healthy one may not have left it yet (a few steps on a tiny dataset, a warm-up, a badly pruned mask).
+STALL_MIN_STEPS = 100
+
+
+def stalled(history: list[dict[str, Any]], classes: int | None, steps_per_epoch: int) -> str | None:
+    """Why a run never left chance level, or None: after at least ``STALL_MIN_STEPS`` optimizer
+    steps, every epoch's training loss at least 97 % of ``ln(classes)`` (the loss of a uniform guess)
+    and the last epoch's training accuracy at most 1.5 / ``classes``. A dead network (e.g. every
+    ReLU off after a too large first step) looks so; a network that learns, however slowly, does not."""
     import math
 
-    if not history or classes is None or classes < 2:
+    if not history or classes is None or classes < 2 or len(history) * steps_per_epoch < STALL_MIN_STEPS:
         return None
     chance = math.log(classes)
     losses = [h.get("train_loss") for h in history]

@@ -269,7 +269,7 @@ class Trainer:
         self._call("on_fit_end")
         result = summarize(self.history, self.train_seconds, self.images)
         result.extra.update(self.precision.as_dict())
-        why = stalled(self.history, self.classes)
+        why = stalled(self.history, self.classes, len(self.train_loader))
         if why is not None:  # a result that is not one: said, and marked for whoever records it
             result.extra["stalled"] = why
             warnings.warn(f"training stalled: {why}", PrunekitWarning, stacklevel=2)
