@@ -440,6 +440,7 @@ def test_a_latency_plan_meets_its_budget_exactly_as_defined_on_a_given_table_and
 
     def fake(index, cin, cout):  # a table: a unit costs in proportion to its MACs, plus a per-channel overhead
         layer = graph.layers[index]
+        assert cin >= 1 and cout >= 1, "a width below a group's floor was costed"  # a measured table has no such width
         return 1e-6 * layer.macs * (cin / layer.in_channels) * (cout / layer.out_channels) + 1e-4 * cout
 
     table = LatencyModel(graph, fake, fixed=0.002)
@@ -454,6 +455,18 @@ def test_a_latency_plan_meets_its_budget_exactly_as_defined_on_a_given_table_and
     for size, count in zip(plan.sizes, plan.counts):
         assert count in grid(size) and count >= 2  # kept at measured widths, no group emptied
     assert "training step" in str(plan)
+    # down to the floors: budgets that leave groups at their fewest channels; the width below a floor is never costed
+    met = 0
+    for fraction in (0.3, 0.2, 0.1, 0.05, 0.02):
+        try:
+            tight = structured.plan_channels(model, budget=f"latency={fraction}", importance="l1", example_inputs=x[:1], graph=graph,
+                                             latency=LatencyModel(graph, fake, fixed=0.0), min_keep=0.0)
+        except ConfigError as e:
+            assert "cannot be met" in str(e)
+            continue
+        met += 1
+        assert tight.step_seconds_after <= fraction * tight.step_seconds_before and min(tight.counts) >= 1
+    assert met >= 2
 
 
 def test_the_latency_table_is_cached_per_device_torch_precision_and_batch(tmp_path, monkeypatch):

@@ -259,7 +259,10 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
         return graph.layers[i].macs_at(c) if kind == "macs" else graph.layers[i].params_at(c)
 
     def saving(g: int) -> float:
-        """What removing group ``g``'s next unit frees."""
+        """What removing group ``g``'s next unit frees (nothing where the group is at its floor: the
+        width below it is never costed, and a latency table has no time for it)."""
+        if counts[g] - units[g] < floor[g]:
+            return 0.0
         total = float(graph.groups[g].norm_params * units[g]) if kind == "params" else 0.0
         for i in touching[g]:
             now = cost_at(i, counts)
