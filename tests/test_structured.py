@@ -469,6 +469,27 @@ def test_a_latency_plan_meets_its_budget_exactly_as_defined_on_a_given_table_and
     assert met >= 2
 
 
+def test_a_measured_table_is_made_monotone_and_flat_steps_do_not_stall_the_plan():
+    from prunekit.structured import ChannelGraph
+    from prunekit.structured.latency import LatencyModel, grid, monotone_envelope
+
+    # noise made the narrower layer slower: its time becomes the least of the wider ones'; unmeasured widths stay unmeasured
+    raw = {(4, 4): 1.0, (4, 2): 1.2, (2, 4): 0.7, (2, 2): 0.9, (1, 1): None}
+    assert monotone_envelope(raw) == {(4, 4): 1.0, (4, 2): 1.0, (2, 4): 0.7, (2, 2): 0.7}
+
+    model, x = _cnn(), torch.randn(2, 3, 8, 8)
+    graph = ChannelGraph(copy.deepcopy(model).eval(), x[:1])
+
+    def stairs(index, cin, cout):  # time changes only every 8 channels, in or out: most single removals free nothing
+        layer = graph.layers[index]
+        return 1e-3 * layer.macs * math.ceil(cout / 8) / math.ceil(layer.out_channels / 8) * math.ceil(cin / 8) / math.ceil(layer.in_channels / 8)
+
+    plan = structured.plan_channels(model, budget="latency=0.5", importance="l1", example_inputs=x[:1], graph=graph,
+                                    latency=LatencyModel(graph, stairs, fixed=0.0))
+    assert plan.step_seconds_after <= 0.5 * plan.step_seconds_before
+    assert all(c in grid(n) for c, n in zip(plan.counts, plan.sizes))
+
+
 def test_the_latency_table_is_cached_per_device_torch_precision_and_batch(tmp_path, monkeypatch):
     from prunekit.structured.latency import LatencyTable, Unit, cache_path, device_key
     from prunekit.training.precision import Precision

@@ -240,9 +240,20 @@ def measured_model(graph: Any, model: nn.Module, example_inputs: Any, batch_size
     if todo:
         table.save()
 
+    envelopes: dict[int, dict[tuple[int, int], float]] = {}
+
     def unit_time(index: int, cin: int, cout: int) -> float:
+        """The unit's time at these widths: the least measured time at these widths or wider (a
+        narrower layer never needs longer than a wider one: timing noise and kernel choices make the
+        raw table non-monotone, and a planner would see removing channels cost time)."""
         unit = units[index]
-        t = table.get(unit, cin, cin if unit.depthwise else cout)
+        if index not in envelopes:
+            layer = graph.layers[index]
+            ins = [layer.in_channels] if layer.in_group is None else widths[layer.in_group]
+            outs = [layer.out_channels] if layer.out_group is None else widths[layer.out_group]
+            envelopes[index] = monotone_envelope(
+                {(ci, co): table.get(unit, ci, ci if unit.depthwise else co) for ci in ins for co in outs})
+        t = envelopes[index].get((cin, cout))
         if t is None:
             raise ConfigError(f"no latency measured for {graph.layers[index].name} at widths ({cin}, {cout})")
         return t
@@ -250,6 +261,22 @@ def measured_model(graph: Any, model: nn.Module, example_inputs: Any, batch_size
     full_step = time_network(model, example_inputs, batch_size, precision, device)
     units_full = sum(unit_time(i, *_widths_at(graph.layers[i], graph.full_counts)) for i in range(len(graph.layers)))
     return LatencyModel(graph, unit_time, max(0.0, full_step - units_full))
+
+
+def monotone_envelope(times: dict[tuple[int, int], float | None]) -> dict[tuple[int, int], float]:
+    """``t(cin, cout)`` replaced by the least time measured at ``cin' >= cin, cout' >= cout``: the
+    largest table below the measured one that never grows as channels are removed (unmeasured
+    widths, None, are left out)."""
+    ins = sorted({ci for ci, _ in times}, reverse=True)
+    outs = sorted({co for _, co in times}, reverse=True)
+    out: dict[tuple[int, int], float] = {}
+    for i, ci in enumerate(ins):
+        for j, co in enumerate(outs):
+            candidates = [v for v in (times.get((ci, co)), out.get((ins[i - 1], co)) if i else None,
+                                      out.get((ci, outs[j - 1])) if j else None) if v is not None]
+            if candidates:
+                out[(ci, co)] = min(candidates)
+    return {k: v for k, v in out.items() if times.get(k) is not None}
 
 
 def _widths_at(layer: Any, counts: Sequence[int]) -> tuple[int, int]:

@@ -234,7 +234,9 @@ def check_budget(graph: ChannelGraph, kind: str, fraction: float, min_keep: floa
 
 def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: float, min_keep: float, importance: str) -> ChannelPlan:
     """Remove, one unit at a time, the unit of channels with the lowest importance per unit of budget
-    it frees, until the network fits (a unit: one channel, or a group's attention heads' width)."""
+    it frees, until the network fits (a unit: one channel, or a group's attention heads' width). A
+    unit that frees nothing now (a measured time flat between two widths) is taken only when no unit
+    frees anything, the least important first: it opens the way to the next width's saving."""
     check_budget(graph, kind, fraction, min_keep)
     full = graph.full_counts
     counts = list(full)
@@ -277,12 +279,13 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
     gains = [saving(g) for g in range(len(full))]
     current = before
     while current > target:
-        best: tuple[float, int, int] | None = None
+        best: tuple[float, float, int, int] | None = None
         for g in range(len(full)):
-            if counts[g] - units[g] < floor[g] or gains[g] <= 0:
+            if counts[g] - units[g] < floor[g] or gains[g] < 0:
                 continue
             unit = next_unit(g)
-            key = (sum(values[g][c] for c in unit) / gains[g], g, unit[0])
+            importance_ = sum(values[g][c] for c in unit)
+            key = (0.0, importance_ / gains[g], g, unit[0]) if gains[g] > 0 else (1.0, importance_, g, unit[0])
             if best is None or key < best:
                 best = key
         if best is None:
@@ -291,7 +294,7 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
                 f"budget {kind}={fraction:g} cannot be met without emptying layers: keeping at least "
                 f"max(1, {min_keep:g} x size) channels per group, the network keeps {least / before:.2%} of its {kind}"
             )
-        _, g, _ = best
+        _, _, g, _ = best
         removed[g].extend(next_unit(g))
         counts[g] -= units[g]
         current = graph.cost(kind, counts)
