@@ -578,9 +578,8 @@ def _dead(model):
 def test_a_run_that_never_leaves_chance_level_fails_loudly_unless_its_masks_cut_the_network(tmp_path, tiny_mnist, monkeypatch):
     from prunekit import training
     from prunekit.experiments import TrainingRun
-    from resume_worker import toy_dataset
-
     from prunekit.training.core import STALL_MIN_STEPS
+    from resume_worker import toy_dataset
 
     epochs = STALL_MIN_STEPS // 10  # 500 images in batches of 50: 10 steps an epoch
     model = _dead(nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10)))
