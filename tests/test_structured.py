@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -488,6 +489,21 @@ def test_a_measured_table_is_made_monotone_and_flat_steps_do_not_stall_the_plan(
                                     latency=LatencyModel(graph, stairs, fixed=0.0))
     assert plan.step_seconds_after <= 0.5 * plan.step_seconds_before
     assert all(c in grid(n) for c, n in zip(plan.counts, plan.sizes))
+
+
+def test_a_latency_budget_for_bf16_channels_last_on_the_cpu_says_it_may_not_hold(monkeypatch):
+    from prunekit.structured import latency as lat
+    from prunekit.training.precision import Precision
+
+    model, x = _cnn(), torch.randn(2, 3, 8, 8)
+    monkeypatch.setattr(lat, "time_unit", lambda unit, cin, cout, *a, **k: 1e-6 * cin * cout)  # no clock in a test
+    monkeypatch.setattr(lat, "time_network", lambda *a, **k: 0.0)  # no fixed part
+    monkeypatch.setattr(lat.LatencyTable, "save", lambda self: None)
+    with pytest.warns(prunekit.PrunekitWarning, match="BatchNorm's backward"):
+        structured.plan_channels(model, budget="latency=0.6", example_inputs=x[:1], batch_size=2, precision=Precision("bf16", True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", prunekit.PrunekitWarning)
+        structured.plan_channels(model, budget="latency=0.6", example_inputs=x[:1], batch_size=2, precision=Precision("fp32", False))
 
 
 def test_the_latency_table_is_cached_per_device_torch_precision_and_batch(tmp_path, monkeypatch):

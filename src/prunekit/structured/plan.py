@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 
 from ..core.batches import BatchStream
 from ..core.outputs import logits_of
-from ..errors import ConfigError
+from ..errors import ConfigError, PrunekitWarning
 from ..methods.context import default_loss, model_device, model_dtype
 from ..training.precision import Precision
 from .graph import ChannelGraph, call, parse_budget
@@ -199,7 +200,14 @@ def attach_latency(graph: ChannelGraph, model: nn.Module, batch_size: int, preci
         device = model_device(model)
         if device.type == "meta":
             raise ConfigError("a latency budget is timed on the device the model trains on; this model is on the meta device")
-        latency = measured_model(graph, graph.model, graph.example_inputs, batch_size, precision or Precision(), device)
+        precision = precision or Precision()
+        if device.type == "cpu" and precision.dtype == "bf16" and precision.channels_last:
+            warnings.warn(
+                "a latency budget planned for bf16 + channels-last on the CPU: the per-layer table misses a slowdown of "
+                "BatchNorm's backward at pruned widths (a ResNet-20 planned for latency=0.7 measured 2.0x the full step; "
+                "benchmarks/RESULTS.md); plan and train in fp32 (amp=false, channels_last=false) where the time must hold",
+                PrunekitWarning, stacklevel=3)
+        latency = measured_model(graph, graph.model, graph.example_inputs, batch_size, precision, device)
     graph.latency = latency
     return latency
 
