@@ -43,7 +43,13 @@ def _kernel_ops(step) -> int:
 
 
 def counts(name, shape):
-    """The steps are the ones ``benchmarks/stacked.py`` times, at batch 4 per model."""
+    """The steps are the ones ``benchmarks/stacked.py`` times, at batch 4 per model.
+
+    Counted with 2 intra-op threads whatever the environment says: with one (``OMP_NUM_THREADS=1``)
+    PyTorch 2.13 dispatches these small grouped convolutions to a path that loops over the groups
+    (a copy, fill and cat per group: 139 ops against 79 for 4 stacked LeNet-5s), and the count would
+    measure that dispatch rule rather than the stacked step."""
+    torch.set_num_threads(2)
     def single_step():
         model = models.create(name, 10, shape, seed=0)
         masks = prunekit.prune(model, "random", 0.9, seed=0)
