@@ -532,3 +532,12 @@ def test_a_database_written_before_typed_runs_reads_and_its_runs_are_found_done(
             summary = run_sweep(sweep_from_mapping({**values, **common, "train": train}), out, device=torch.device("cpu"), progress=False,
                                 log=False)
             assert summary.counts["skipped"] == len(summary.outcomes) > 0, how
+
+
+def test_a_table_where_only_the_dense_baseline_finished_is_well_formed_markdown():
+    from prunekit.report.tables import Cell, Table
+
+    t = Table("lenet5", "fashion-mnist", "lenet-fmnist", 20, "final", [], {}, Cell([0.9, 0.92]))
+    lines = t.to_markdown().splitlines()
+    header, rule, dense = lines[2:5]
+    assert header == "| method | 0 % |" and rule == "|---|---:|" and dense == "| dense (0 %) | 91.00 ± 1.41 |"

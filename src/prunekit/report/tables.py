@@ -108,10 +108,11 @@ class Table:
 
     def to_markdown(self) -> str:
         best = self.best()
-        header = "| method | " + " | ".join(f"{percent(s)} %" for s in self.sparsities) + " |"
-        lines = [f"**{self.title}**", "", header, "|---|" + "---:|" * len(self.sparsities)]
+        columns = [f"{percent(s)} %" for s in self.sparsities] or ["0 %"]  # only the dense baseline finished: its own column
+        header = "| method | " + " | ".join(columns) + " |"
+        lines = [f"**{self.title}**", "", header, "|---|" + "---:|" * len(columns)]
         if self.dense is not None:
-            lines.append("| dense (0 %) | " + " | ".join(self.dense.text() for _ in self.sparsities) + " |")
+            lines.append("| dense (0 %) | " + " | ".join(self.dense.text() for _ in columns) + " |")
         for label, row in self.rows.items():
             cells = []
             for s in self.sparsities:
