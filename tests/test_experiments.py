@@ -541,3 +541,14 @@ def test_a_table_where_only_the_dense_baseline_finished_is_well_formed_markdown(
     lines = t.to_markdown().splitlines()
     header, rule, dense = lines[2:5]
     assert header == "| method | 0 % |" and rule == "|---|---:|" and dense == "| dense (0 %) | 91.00 ± 1.41 |"
+
+
+def test_a_cell_whose_runs_failed_to_train_says_so_and_is_never_the_best():
+    from prunekit.report.tables import Cell, Table
+
+    rows = {"snip": {0.9: Cell([0.5, 0.52]), 0.99: Cell([], failed=3)}, "synflow": {0.9: Cell([0.4], failed=2), 0.99: Cell([0.2])}}
+    t = Table("lenet5", "cifar10-jpg", "lenet-fmnist", 10, "final", [0.9, 0.99], rows, None)
+    md = t.to_markdown()
+    assert "| snip | **51.00 ± 1.41** | failed (3) |" in md and "| synflow | 40.00 (2 failed) | **20.00** |" in md
+    assert "(k failed): k runs of the cell never trained" in md and "over 1/2/3 seeds" in md  # runs per cell, failed ones counted
+    assert t.best() == {0.9: "snip", 0.99: "synflow"}

@@ -30,7 +30,9 @@ def plot_accuracy(table: Table, path: str | Path) -> Path:
     ax = fig.subplots()
     markers = "osD^v<>phX*"
     for i, (label, row) in enumerate(table.rows.items()):
-        xs = sorted(row)
+        xs = sorted(s for s in row if row[s].n)  # a cell whose every run failed has no point
+        if not xs:
+            continue
         ax.errorbar(
             [1 - s for s in xs], [100 * row[s].mean for s in xs], yerr=[100 * row[s].std for s in xs],
             marker=markers[i % len(markers)], capsize=3, linewidth=1.4, markersize=4, label=label,
@@ -51,7 +53,7 @@ def plot_accuracy(table: Table, path: str | Path) -> Path:
     ax.minorticks_off()
     ax.set_xlabel("sparsity (density on a log scale)")
     ax.set_ylabel(f"{_METRIC_NAMES[table.metric]} (%)")
-    seeds = sorted({c.n for row in table.rows.values() for c in row.values()})
+    seeds = sorted({c.n + c.failed for row in table.rows.values() for c in row.values()})
     ax.set_title(f"{table.model} on {table.dataset} ({table.recipe}, {epochs_text(table.epochs)}); "
                  f"points: mean, bars: ± std over {'/'.join(map(str, seeds))} seed{'s' if seeds != [1] else ''}", fontsize=9)
     ax.grid(alpha=0.3)

@@ -42,11 +42,14 @@ def epochs_text(n: int) -> str:
 @dataclass
 class Cell:
     """The values of one table cell (one per seed), and how many of its runs had a layer left
-    empty (``empty``, marked †) or no input-to-output path at all (``cut``, marked ‡)."""
+    empty (``empty``, marked †) or no input-to-output path at all (``cut``, marked ‡), and how many
+    failed to train (``failed``: stalled at chance level or diverged; the method's failure, not the
+    machine's), which have no value: the mean is over the others, and the cell says so."""
 
     values: list[float]
     empty: int = 0
     cut: int = 0
+    failed: int = 0
 
     @property
     def n(self) -> int:
@@ -62,9 +65,12 @@ class Cell:
 
     def text(self) -> str:
         mark = " ‡" if self.cut else (" †" if self.empty else "")
+        failed = f" ({self.failed} failed)" if self.failed else ""
+        if self.n == 0:
+            return f"failed ({self.failed})" if self.failed else "–"
         if self.n == 1:
-            return f"{100 * self.mean:.2f}{mark}"
-        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}{mark}"
+            return f"{100 * self.mean:.2f}{mark}{failed}"
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}{mark}{failed}"
 
 
 @dataclass
@@ -90,7 +96,7 @@ class Table:
 
     @property
     def title(self) -> str:
-        seeds = sorted({c.n for row in self.rows.values() for c in row.values()} | ({self.dense.n} if self.dense else set()))
+        seeds = sorted({c.n + c.failed for row in self.rows.values() for c in row.values()} | ({self.dense.n} if self.dense else set()))
         n = "/".join(map(str, seeds))
         return (
             f"{self.model} on {self.dataset}, recipe {self.recipe} ({epochs_text(self.epochs)}): {_METRIC_NAMES[self.metric]} (%), "
@@ -101,7 +107,7 @@ class Table:
         """The row with the highest mean in each column (dense excluded)."""
         out = {}
         for s in self.sparsities:
-            cands = [(row[s].mean, label) for label, row in self.rows.items() if s in row]
+            cands = [(row[s].mean, label) for label, row in self.rows.items() if s in row and row[s].n]
             if cands:
                 out[s] = max(cands)[1]
         return out
@@ -130,6 +136,9 @@ class Table:
         if any(c.cut for c in flagged):
             lines.append("‡: in some run of the cell the mask left no path from input to output: the network was disconnected "
                          "and could not learn (chance level is the method's result there).")
+        if any(c.failed for c in flagged):
+            lines.append("(k failed): k runs of the cell never trained (stalled at chance level or diverged, although the mask "
+                         "kept a path; each run's error says which); the mean and std are over the others.")
         layers = self.layers_markdown()
         if layers:
             lines += ["", layers]
@@ -209,13 +218,19 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
     groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
+    failures: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
     for row in db.runs(status="done", **filters):
         if row.structured is None:  # structured runs have their own tables (report.structured)
             groups[_group_key(row)].append(row)
+    for row in db.runs(status="failed", **filters):  # a method that does not train is a result too, said as such
+        if row.structured is None and row.failure == "method" and row.method != DENSE:
+            failures[_group_key(row)].append(row)
+    for key in failures:
+        groups.setdefault(key, [])
     order = {m: i for i, m in enumerate(known_methods())}
     tables = []
     for (model, dataset, recipe, train_json), rows in sorted(groups.items()):
-        chosen = metric if metric != "auto" else rows[0].config.get("headline", "final")
+        chosen = metric if metric != "auto" else (rows or failures[(model, dataset, recipe, train_json)])[0].config.get("headline", "final")
         col = _COLUMN[chosen]
         cells: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         flags: dict[tuple[str, float], list[int]] = defaultdict(lambda: [0, 0])
@@ -243,8 +258,14 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
                 layer_runs[label][r.sparsity].append(r.layers)
             if r.effective_density is not None:
                 effective[label][r.sparsity].append(r.effective_density)
+        failed: dict[tuple[str, float], int] = defaultdict(int)
+        for r in failures[(model, dataset, recipe, train_json)]:
+            label = _row_label(r)
+            sort_keys.setdefault(label, (order.get(r.method, 99), r.ablation or "", label))
+            cells[label].setdefault(r.sparsity, [])
+            failed[(label, r.sparsity)] += 1
         sparsities = sorted({s for row in cells.values() for s in row})
-        table_rows = {label: {s: Cell(v, *flags[(label, s)]) for s, v in cells[label].items()}
+        table_rows = {label: {s: Cell(v, flags[(label, s)][0], flags[(label, s)][1], failed[(label, s)]) for s, v in cells[label].items()}
                       for label in sorted(cells, key=lambda label: sort_keys[label])}
         tables.append(
             Table(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, sparsities, table_rows,
