@@ -11,7 +11,7 @@ variant learns two things from one or several IRP teachers (IMP runs rewound to 
   with ``log d``, taught from every round of every teacher (each round's mask is one example at its
   own density). On a model, the predicted ratios are shifted by one constant so that the layers
   hold exactly ``round(d N)`` weights, none above its size and every layer at least one
-  (:func:`learned_counts`, largest remainders as in :func:`prunekit.core.allocation.apportion`);
+  (:func:`calibrated_counts`, largest remainders as in :func:`prunekit.core.allocation.apportion`);
 * **the ranking model**: a weight's place within its layer, a small MLP on features comparable
   across layers and models (:data:`WEIGHT_FEATURES`: within-layer ranks and scale-free sizes of
   ``|theta0|``, ``|g0|``, ``|theta0 g0|``, and ``theta0 g0`` with its sign), taught on the
