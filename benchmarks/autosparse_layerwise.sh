@@ -6,7 +6,8 @@
 #   b      target (b) LeNet-5 / CIFAR-10-jpg, seeds 0-2, and the shuffle ablation
 #   a      target (a) LeNet-5 / Fashion-MNIST, seeds 0-2, the shuffle ablation and the teacher's profile
 #   c      target (c) ResNet-20 / full CIFAR-10-jpg, seed 0, into Table 1's folder (its runs are reused)
-# The results databases (without checkpoints or masks) are copied under benchmarks/ after every sweep.
+# The results databases (without checkpoints or masks) are copied under benchmarks/ after every sweep
+# and every 5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=benchmarks/configs/autosparse_layerwise
@@ -16,6 +17,11 @@ DATA=${DATA:-.data/cifar10-jpg.tar.gz}   # copy of ../shared/datasets/cifar10-jp
 SAVE=${SAVE:-runs/irp_layerwise/irp-lenets-resnet20.pt}
 keep() { .venv/bin/python -c "import sys; from prunekit.experiments.db import ResultsDB; ResultsDB(sys.argv[1]).export(sys.argv[2])" "$1/results.db" "$2"; }
 sweep() { local out=$1; shift; .venv/bin/prunekit sweep --out "$out" --no-progress --config "$@"; }
+# every 5 minutes while the sweeps run, too: a machine lost mid-sweep keeps every run finished before
+mkdir -p benchmarks/autosparse_layerwise benchmarks/cifar_full
+( while sleep 300; do [ -f "$OUT/results.db" ] && keep "$OUT" benchmarks/autosparse_layerwise/results.db
+                      [ -f "$CIFAR_OUT/results.db" ] && keep "$CIFAR_OUT" benchmarks/cifar_full/results.db; done ) & exporter=$!
+trap 'kill $exporter 2>/dev/null' EXIT
 for part in ${PARTS:-teach b a c}; do
     case $part in
         teach) .venv/bin/prunekit autosparse teach --method autosparse_layerwise --out runs/irp_layerwise --save "$SAVE" --no-progress \

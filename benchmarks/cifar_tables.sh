@@ -7,7 +7,7 @@
 #   t1s0 table 1, seed 0 | t1x0 table 1 at 99.5 %, seed 0 | t2 table 2 | parity0 fp32 dense, seed 0
 #   t1s1 | t1x1 | parity1   (the same, seed 1)
 # The results database (without checkpoints or masks) is copied to benchmarks/cifar_full/ after
-# every sweep, so that the tables survive a new machine: `prunekit report --out benchmarks/cifar_full`.
+# every sweep and every 5 minutes, so that the tables survive a new machine: `prunekit report --out benchmarks/cifar_full`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/cifar_full}
@@ -16,6 +16,10 @@ C=benchmarks/configs/cifar_full
 KEEP=${KEEP:-benchmarks/cifar_full/results.db}
 keep() { .venv/bin/python -c "import sys; from prunekit.experiments.db import ResultsDB; ResultsDB(sys.argv[1]).export(sys.argv[2])" "$OUT/results.db" "$KEEP"; }
 sweep() { .venv/bin/prunekit sweep --out "$OUT" --data-dir "$DATA" --no-progress --config "$@"; keep; }
+# also every 5 minutes while the sweeps run: a machine lost mid-sweep keeps every run finished before
+mkdir -p "$(dirname "$KEEP")"
+( while sleep 300; do [ -f "$OUT/results.db" ] && keep; done ) & exporter=$!
+trap 'kill $exporter 2>/dev/null' EXIT
 for part in ${PARTS:-t1s0 t1x0 t2 parity0 t1s1 t1x1 parity1}; do
     case $part in
         t1s0) sweep $C/table1_seed0.toml ;;
