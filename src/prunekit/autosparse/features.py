@@ -118,22 +118,45 @@ def table_from_imp_run(run_dir: str | Path, model: nn.Module, data: Iterable, *,
         model: a model of the run's architecture (its weights are replaced by the saved initial ones).
         data: the run's training batches (for ``g0``).
     """
+    run = read_irp_run(run_dir, model, data, num_batches=num_batches)
+    masks, names, meta = run.masks, run.names, run.masks[0].meta
+    source = {
+        "run_dir": str(run_dir), "rounds": len(masks), "final_density": masks[-1].density,
+        "irp": {k: meta.get(k) for k in ("scorer", "prune_first", "fraction", "rewind_epoch", "seed")},
+    }
+    return TeachingTable(feature_matrix(run.theta0, run.g0, names), survival_targets(masks, names), names, source)
+
+
+@dataclass
+class IrpRun:
+    """What an IMP/IRP run folder teaches from: every round's mask, the pruned tensors' names, the
+    initial weights, ``g0`` at them, and the model holding them."""
+
+    masks: list[Masks]
+    names: list[str]
+    theta0: dict[str, Tensor]
+    g0: dict[str, Tensor]
+    model: nn.Module
+
+
+def read_irp_run(run_dir: str | Path, model: nn.Module, data: Iterable, *, num_batches: int | None) -> IrpRun:
+    """The rounds (``imp/round_XX.pt``) and saved initial weights (``imp/rewind.pt``) of an IMP/IRP
+    run folder rewound to initialisation, loaded into a copy of ``model``, and ``g0`` from
+    ``num_batches`` batches of ``data`` (all of them with ``None``).
+
+    Raises:
+        ConfigError: the folder holds no rounds or no initial weights, or the run rewound to a later epoch.
+    """
     workdir = Path(run_dir) / "imp"
     rounds = sorted(workdir.glob("round_*.pt"))
     if not rounds or not (workdir / "rewind.pt").is_file():
         raise ConfigError(f"{run_dir} holds no IMP/IRP rounds with their initial weights (imp/round_XX.pt, imp/rewind.pt)")
     masks = [Masks.load(p) for p in rounds]
-    meta = masks[0].meta
-    if meta.get("rewind_epoch", 0) != 0:
-        raise ConfigError(f"{run_dir}: the run rewound to epoch {meta['rewind_epoch']}; AutoSparse's features are the *initial* weights")
+    if masks[0].meta.get("rewind_epoch", 0) != 0:
+        raise ConfigError(f"{run_dir}: the run rewound to epoch {masks[0].meta['rewind_epoch']}; AutoSparse's features are the *initial* weights")
     names = list(masks[0])
     initial = torch.load(workdir / "rewind.pt", map_location="cpu", weights_only=True)
     work = copy.deepcopy(model).cpu()
     work.load_state_dict(initial)
     g0 = full_pass_gradient(work, data, names, num_batches=num_batches)
-    theta0 = {n: initial[n] for n in names}
-    source = {
-        "run_dir": str(run_dir), "rounds": len(masks), "final_density": masks[-1].density,
-        "irp": {k: meta.get(k) for k in ("scorer", "prune_first", "fraction", "rewind_epoch", "seed")},
-    }
-    return TeachingTable(feature_matrix(theta0, g0, names), survival_targets(masks, names), names, source)
+    return IrpRun(masks, names, {n: initial[n] for n in names}, g0, work)

@@ -26,7 +26,6 @@ layer counts (a teacher's ticket profile can be used instead of the density mode
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -41,11 +40,10 @@ from torch import Tensor, nn
 
 from .. import __version__
 from ..core.allocation import apportion, kept_count
-from ..core.masks import Masks
 from ..errors import ConfigError
 from ..files import atomic_torch_save
-from .features import full_pass_gradient
-from .scorer import ScorerFileError, average_ranks, digest, spearman
+from .features import read_irp_run
+from .scorer import ScorerFileError, average_ranks, digest, read_scorer_file, spearman
 
 FORMAT = "prunekit-autosparse-layerwise"
 VERSION = 1
@@ -206,20 +204,9 @@ def teacher_from_imp_run(run_dir: str | Path, model: nn.Module, data: Iterable, 
                          source: Mapping[str, Any] | None = None) -> Teacher:
     """The :class:`Teacher` of an IMP/IRP run folder (``imp/rewind.pt`` and ``imp/round_XX.pt``, rewound
     to initialisation); ``g0`` from ``num_batches`` batches of ``data`` (all of them with ``None``)."""
-    workdir = Path(run_dir) / "imp"
-    rounds = sorted(workdir.glob("round_*.pt"))
-    if not rounds or not (workdir / "rewind.pt").is_file():
-        raise ConfigError(f"{run_dir} holds no IMP/IRP rounds with their initial weights (imp/round_XX.pt, imp/rewind.pt)")
-    masks = [Masks.load(p) for p in rounds]
-    if masks[0].meta.get("rewind_epoch", 0) != 0:
-        raise ConfigError(f"{run_dir}: the run rewound to epoch {masks[0].meta['rewind_epoch']}; the features are the *initial* weights")
-    names = list(masks[0])
-    initial = torch.load(workdir / "rewind.pt", map_location="cpu", weights_only=True)
-    work = copy.deepcopy(model).cpu()
-    work.load_state_dict(initial)
-    g0 = full_pass_gradient(work, data, names, num_batches=num_batches)
-    return teacher_from_masks(name, work, {n: initial[n] for n in names}, g0, masks,
-                              {**dict(source or {}), "run_dir": str(run_dir), "rounds": len(masks), "g0_batches": num_batches})
+    run = read_irp_run(run_dir, model, data, num_batches=num_batches)
+    return teacher_from_masks(name, run.model, run.theta0, run.g0, run.masks,
+                              {**dict(source or {}), "run_dir": str(run_dir), "rounds": len(run.masks), "g0_batches": num_batches})
 
 
 # -- the two models ---------------------------------------------------------------------------------------------------------
@@ -381,12 +368,7 @@ class LayerwiseScorer:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> LayerwiseScorer:
         path = Path(path)
-        if not path.is_file():
-            raise ScorerFileError(f"scorer file {str(path)!r} does not exist")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ScorerFileError(f"{str(path)!r} is not a readable scorer file ({type(exc).__name__}: {exc})") from None
+        payload = read_scorer_file(path)
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             kind = "the paper's AutoSparse (method autosparse)" if isinstance(payload, dict) and "arch" in payload else "no"
             raise ScorerFileError(f"{str(path)!r} is not a layer-aware AutoSparse scorer file (it is {kind} scorer file)")

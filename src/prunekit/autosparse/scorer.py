@@ -154,12 +154,7 @@ class Scorer:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Scorer:
         path = Path(path)
-        if not path.is_file():
-            raise ScorerFileError(f"scorer file {str(path)!r} does not exist")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ScorerFileError(f"{str(path)!r} is not a readable scorer file ({type(exc).__name__}: {exc})") from None
+        payload = read_scorer_file(path)
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise ScorerFileError(f"{str(path)!r} is not an AutoSparse scorer file")
         if payload.get("version") != VERSION:
@@ -177,6 +172,20 @@ class Scorer:
             raise
         except Exception as exc:
             raise ScorerFileError(f"{str(path)!r} is corrupt ({type(exc).__name__}: {exc})") from None
+
+
+def read_scorer_file(path: Path) -> Any:
+    """What a scorer file holds (either kind), read without running code from it.
+
+    Raises:
+        ScorerFileError: the file is missing or unreadable.
+    """
+    if not path.is_file():
+        raise ScorerFileError(f"scorer file {str(path)!r} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ScorerFileError(f"{str(path)!r} is not a readable scorer file ({type(exc).__name__}: {exc})") from None
 
 
 def digest(header: Any, tensors: Mapping[str, Tensor], unnamed: Sequence[Tensor] = ()) -> str:

@@ -150,17 +150,27 @@ def time_unit(unit: Unit, cin: int, cout: int, batch_size: int, precision: Preci
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     with precision.autocast(device):
         grad = torch.ones_like(F.relu(net(x)))
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+
+    def step() -> None:
         with precision.autocast(device):
             y = F.relu(net(x))
         y.backward(grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         x.grad = None
+
+    return median_seconds(step, device, repeats, warmup)
+
+
+def median_seconds(step: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
+    """Median wall-clock seconds of ``step()`` over ``repeats`` calls after ``warmup`` untimed ones
+    (the device synchronised around each call)."""
+    times = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= warmup:
@@ -301,18 +311,12 @@ def time_network(model: nn.Module, example_inputs: Tensor, batch_size: int, prec
     with torch.no_grad(), precision.autocast(device):
         classes = net(x[:2]).shape[-1]
     y = torch.randint(0, classes, (batch_size,), device=device, generator=torch.Generator(device=device).manual_seed(0))
-    times = []
-    for i in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+
+    def step() -> None:
         with precision.autocast(device):
             loss = F.cross_entropy(net(x).float(), y)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+
+    return median_seconds(step, device, repeats, warmup)
