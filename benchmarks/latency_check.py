@@ -5,7 +5,8 @@
 For ResNet-20 and VGG-11-BN (CIFAR shapes, batch 128), in fp32 (contiguous) and bf16 + channels-last:
 the latency table is measured (or read from the cache), then for ``latency=0.7/0.5/0.3`` a plan is
 made (L1 importance), the channels removed, and one training step of the pruned network timed
-against the full one's, both in this process. The estimate is the plan's step time over the full
+against the full one's, alternating in this process (the median of the per-round ratios, so that a
+machine that slows down or speeds up while it runs moves both). The estimate is the plan's step time over the full
 network's; the error is estimate / measured - 1. The MACs plan of the same fraction is timed beside
 it (what a MACs budget buys in time). Run it on a quiet machine: it times.
 """
@@ -20,10 +21,23 @@ import torch
 
 from prunekit import models, structured
 from prunekit.errors import ConfigError
-from prunekit.structured.latency import time_network
+from prunekit.structured.latency import median_seconds, training_step
 from prunekit.training.precision import Precision
 
 VARIANTS = {"fp32": Precision("fp32", False), "bf16+cl": Precision("bf16", True)}
+
+
+def step_ratio(full: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, batch_size: int, precision: Precision,
+               rounds: int = 7, repeats: int = 5) -> float:
+    """The pruned network's training step over the full one's: the median over ``rounds`` of the
+    ratio of their median steps, the two timed one after the other in each round."""
+    device = torch.device("cpu")
+    steps = [training_step(net, x, batch_size, precision, device) for net in (full, pruned)]
+    ratios = []
+    for _ in range(rounds):
+        a, b = (median_seconds(step, device, repeats, warmup=1) for step in steps)
+        ratios.append(b / a)
+    return sorted(ratios)[len(ratios) // 2]
 
 
 def main() -> None:
@@ -36,7 +50,6 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
     print(f"batch {args.batch_size}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{date.today()}\n")
     print("| model | precision | budget | estimated step / full | measured step / full | error | MACs kept | "
@@ -47,7 +60,6 @@ def main() -> None:
         x = torch.randn(1, 3, 32, 32)
         for variant in args.variants.split(","):
             precision = VARIANTS[variant]
-            full = time_network(model, x, args.batch_size, precision, device)
             for fraction in (float(f) for f in args.fractions.split(",")):
                 try:
                     plan = structured.plan_channels(model, budget=f"latency={fraction}", example_inputs=x, batch_size=args.batch_size,
@@ -57,9 +69,9 @@ def main() -> None:
                     continue
                 assert plan.step_seconds_before and plan.step_seconds_after is not None
                 estimate = plan.step_seconds_after / plan.step_seconds_before
-                measured = time_network(structured.remove_channels(model, plan), x, args.batch_size, precision, device) / full
+                measured = step_ratio(model, structured.remove_channels(model, plan), x, args.batch_size, precision)
                 macs_plan = structured.plan_channels(model, budget=f"macs={fraction}", example_inputs=x)
-                macs_measured = time_network(structured.remove_channels(model, macs_plan), x, args.batch_size, precision, device) / full
+                macs_measured = step_ratio(model, structured.remove_channels(model, macs_plan), x, args.batch_size, precision)
                 print(f"| {name} | {variant} | latency={fraction:g} | {estimate:.3f} | {measured:.3f} | {estimate / measured - 1:+.1%} | "
                       f"{plan.macs_after / plan.macs_before:.1%} | {macs_measured:.3f} |", flush=True)
 

@@ -14,7 +14,13 @@ device it trains on), in the manner of hardware-aware latency pruning (Shen et a
   threads: another machine or torch measures again);
 * the step of a network of widths ``c`` is estimated as ``fixed + sum_l T_l(c_in, c_out)``, where
   ``fixed`` (the loss, additions, pooling, the optimizer's loop, the framework) is calibrated once:
-  the full network's measured step minus the sum of its units at full width.
+  the full network's measured step minus the sum of its units at full width;
+* a narrower layer is not always a faster one: on the CPU with bf16 + channels-last and two threads,
+  PyTorch's BatchNorm runs 3-10x slower at widths that are not a multiple of 16 (a 12-channel
+  BatchNorm of a 32x32 map: 18.8 ms against 3.6 ms at 16 channels; benchmarks/RESULTS.md). A width
+  is therefore *kept-able* only where its group costs less than at every wider kept-able width
+  (:meth:`LatencyModel.widths`); the planner steps from one such width to the next, over the slow
+  ones, and the estimate is the measured table itself.
 
 The knapsack of :func:`~prunekit.structured.plan_channels` then buys time, not MACs.
 """
@@ -127,7 +133,7 @@ class LatencyTable:
 
 
 def time_unit(unit: Unit, cin: int, cout: int, batch_size: int, precision: Precision, device: torch.device,
-              repeats: int = 7, warmup: int = 3) -> float:
+              repeats: int = 15, warmup: int = 3) -> float:
     """Median seconds of one training step of ``unit`` at widths ``(cin, cout)``: forward, backward
     (to its input and weights) and an SGD step with momentum."""
     torch.manual_seed(0)
@@ -185,7 +191,7 @@ class LatencyModel:
         units: one per layer of the graph (None: a layer that is not timed, e.g. an attention's
             pseudo-layer: refused where a latency budget is asked for).
         unit_time: ``(layer index, cin, cout) -> seconds``, from a :class:`LatencyTable` or a test's
-            own numbers.
+            own numbers, defined at every width of each group's grid (its multiples of ``group.unit``).
         fixed: seconds of a step outside the units.
     """
 
@@ -193,15 +199,37 @@ class LatencyModel:
         self.graph = graph
         self.unit_time = unit_time
         self.fixed = fixed
+        self._widths: list[list[int]] | None = None
 
     def layer_time(self, index: int, counts: Sequence[int]) -> float:
-        layer = self.graph.layers[index]
-        cin = layer.in_channels if layer.in_group is None else counts[layer.in_group]
-        cout = layer.out_channels if layer.out_group is None else counts[layer.out_group]
-        return self.unit_time(index, cin, cout)
+        return self.unit_time(index, *_widths_at(self.graph.layers[index], counts))
 
     def step_time(self, counts: Sequence[int]) -> float:
         return self.fixed + sum(self.layer_time(i, counts) for i in range(len(self.graph.layers)))
+
+    def group_time(self, g: int, width: int) -> float:
+        """The time of the layers group ``g`` feeds or reads, at ``width`` with every other group full."""
+        counts = list(self.graph.full_counts)
+        counts[g] = width
+        return sum(self.layer_time(i, counts) for i, layer in enumerate(self.graph.layers) if g in (layer.in_group, layer.out_group))
+
+    def widths(self) -> list[list[int]]:
+        """Each group's widths a plan may keep, widest first: the full width, then every grid width at
+        which the group costs less than at each wider one kept. A width at which the measured table
+        is slower than at a wider width (a kernel's bad width, or noise) is never kept: removing
+        channels down to it would cost time, and the planner steps over it to the next faster width."""
+        if self._widths is None:
+            out = []
+            for g, group in enumerate(self.graph.groups):
+                kept, best = [group.size], self.group_time(g, group.size)
+                for w in sorted(grid(group.size, group.unit), reverse=True)[1:]:
+                    t = self.group_time(g, w)
+                    if t < best:
+                        kept.append(w)
+                        best = t
+                out.append(kept)
+            self._widths = out
+        return self._widths
 
 
 def units_of(graph: Any) -> list[Unit]:
@@ -250,20 +278,8 @@ def measured_model(graph: Any, model: nn.Module, example_inputs: Any, batch_size
     if todo:
         table.save()
 
-    envelopes: dict[int, dict[tuple[int, int], float]] = {}
-
     def unit_time(index: int, cin: int, cout: int) -> float:
-        """The unit's time at these widths: the least measured time at these widths or wider (a
-        narrower layer never needs longer than a wider one: timing noise and kernel choices make the
-        raw table non-monotone, and a planner would see removing channels cost time)."""
-        unit = units[index]
-        if index not in envelopes:
-            layer = graph.layers[index]
-            ins = [layer.in_channels] if layer.in_group is None else widths[layer.in_group]
-            outs = [layer.out_channels] if layer.out_group is None else widths[layer.out_group]
-            envelopes[index] = monotone_envelope(
-                {(ci, co): table.get(unit, ci, ci if unit.depthwise else co) for ci in ins for co in outs})
-        t = envelopes[index].get((cin, cout))
+        t = table.get(units[index], cin, cin if units[index].depthwise else cout)
         if t is None:
             raise ConfigError(f"no latency measured for {graph.layers[index].name} at widths ({cin}, {cout})")
         return t
@@ -273,22 +289,6 @@ def measured_model(graph: Any, model: nn.Module, example_inputs: Any, batch_size
     return LatencyModel(graph, unit_time, max(0.0, full_step - units_full))
 
 
-def monotone_envelope(times: dict[tuple[int, int], float | None]) -> dict[tuple[int, int], float]:
-    """``t(cin, cout)`` replaced by the least time measured at ``cin' >= cin, cout' >= cout``: the
-    largest table below the measured one that never grows as channels are removed (unmeasured
-    widths, None, are left out)."""
-    ins = sorted({ci for ci, _ in times}, reverse=True)
-    outs = sorted({co for _, co in times}, reverse=True)
-    out: dict[tuple[int, int], float] = {}
-    for i, ci in enumerate(ins):
-        for j, co in enumerate(outs):
-            candidates = [v for v in (times.get((ci, co)), out.get((ins[i - 1], co)) if i else None,
-                                      out.get((ci, outs[j - 1])) if j else None) if v is not None]
-            if candidates:
-                out[(ci, co)] = min(candidates)
-    return {k: v for k, v in out.items() if times.get(k) is not None}
-
-
 def _widths_at(layer: Any, counts: Sequence[int]) -> tuple[int, int]:
     cin = layer.in_channels if layer.in_group is None else counts[layer.in_group]
     cout = layer.out_channels if layer.out_group is None else counts[layer.out_group]
@@ -296,9 +296,16 @@ def _widths_at(layer: Any, counts: Sequence[int]) -> tuple[int, int]:
 
 
 def time_network(model: nn.Module, example_inputs: Tensor, batch_size: int, precision: Precision, device: torch.device,
-                 repeats: int = 7, warmup: int = 3) -> float:
+                 repeats: int = 15, warmup: int = 3) -> float:
     """Median seconds of one training step of ``model`` (a copy) at ``batch_size``: forward,
     cross-entropy on its logits, backward, SGD with momentum."""
+    return median_seconds(training_step(model, example_inputs, batch_size, precision, device), device, repeats, warmup)
+
+
+def training_step(model: nn.Module, example_inputs: Tensor, batch_size: int, precision: Precision,
+                  device: torch.device) -> Callable[[], None]:
+    """One training step of a copy of ``model`` at ``batch_size``, as a function to time: forward,
+    cross-entropy on its logits, backward, SGD with momentum (inputs: the example plus noise)."""
     import copy
 
     net = copy.deepcopy(model).to(device).train()
@@ -319,4 +326,4 @@ def time_network(model: nn.Module, example_inputs: Tensor, batch_size: int, prec
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return median_seconds(step, device, repeats, warmup)
+    return step

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from torch import Tensor, nn
 
 from ..core.batches import BatchStream
 from ..core.outputs import logits_of
-from ..errors import ConfigError, PrunekitWarning
+from ..errors import ConfigError
 from ..methods.context import default_loss, model_device, model_dtype
 from ..training.precision import Precision
 from .graph import ChannelGraph, call, parse_budget
@@ -201,12 +200,6 @@ def attach_latency(graph: ChannelGraph, model: nn.Module, batch_size: int, preci
         if device.type == "meta":
             raise ConfigError("a latency budget is timed on the device the model trains on; this model is on the meta device")
         precision = precision or Precision()
-        if device.type == "cpu" and precision.dtype == "bf16" and precision.channels_last:
-            warnings.warn(
-                "a latency budget planned for bf16 + channels-last on the CPU: the per-layer table misses a slowdown of "
-                "BatchNorm's backward at pruned widths (a ResNet-20 planned for latency=0.7 measured 2.0x the full step; "
-                "benchmarks/RESULTS.md); plan and train in fp32 (amp=false, channels_last=false) where the time must hold",
-                PrunekitWarning, stacklevel=3)
         latency = measured_model(graph, graph.model, graph.example_inputs, batch_size, precision, device)
     graph.latency = latency
     return latency
@@ -218,10 +211,14 @@ def check_min_keep(min_keep: float) -> float:
     return float(min_keep)
 
 
-def _floors(graph: ChannelGraph, min_keep: float) -> list[int]:
+def _floors(graph: ChannelGraph, min_keep: float, kind: str = "macs") -> list[int]:
     """The fewest channels each group may keep: ``max(1, ceil(min_keep * size))``, rounded up to the
-    group's unit (a multiple of its attention heads)."""
-    return [max(g.unit, math.ceil(math.ceil(min_keep * g.size) / g.unit) * g.unit) for g in graph.groups]
+    group's unit (a multiple of its attention heads); under a latency budget, up to the narrowest
+    width the plan may keep there (:meth:`~prunekit.structured.latency.LatencyModel.widths`)."""
+    floors = [max(g.unit, math.ceil(math.ceil(min_keep * g.size) / g.unit) * g.unit) for g in graph.groups]
+    if kind == "latency":
+        floors = [min(w for w in widths if w >= f) for widths, f in zip(graph.latency.widths(), floors)]
+    return floors
 
 
 def check_budget(graph: ChannelGraph, kind: str, fraction: float, min_keep: float) -> None:
@@ -231,7 +228,7 @@ def check_budget(graph: ChannelGraph, kind: str, fraction: float, min_keep: floa
         ConfigError: naming the smallest share of ``kind`` the network can keep.
     """
     full = graph.full_counts
-    least = graph.cost(kind, _floors(graph, min_keep)) / graph.cost(kind, full)
+    least = graph.cost(kind, _floors(graph, min_keep, kind)) / graph.cost(kind, full)
     if fraction < least:
         raise ConfigError(
             f"budget {kind}={fraction:g} cannot be met without emptying layers: keeping at least max(1, {min_keep:g} x size) "
@@ -241,15 +238,17 @@ def check_budget(graph: ChannelGraph, kind: str, fraction: float, min_keep: floa
 
 
 def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: float, min_keep: float, importance: str) -> ChannelPlan:
-    """Remove, one unit at a time, the unit of channels with the lowest importance per unit of budget
-    it frees, until the network fits (a unit: one channel, or a group's attention heads' width). A
-    unit that frees nothing now (a measured time flat between two widths) is taken only when no unit
-    frees anything, the least important first: it opens the way to the next width's saving."""
+    """Remove, one step at a time, the step of channels with the lowest importance per unit of budget
+    it frees, until the network fits. A step takes a group to its next narrower width: one channel
+    less, or a group's attention heads' width less; under a latency budget, the next width the
+    measured table makes faster (slower widths are stepped over). A step that frees nothing now (a
+    measured time flat between two widths) is taken only when no step frees anything, the least
+    important first: it opens the way to the next width's saving."""
     check_budget(graph, kind, fraction, min_keep)
     full = graph.full_counts
     counts = list(full)
-    units = [g.unit for g in graph.groups]
-    floor = _floors(graph, min_keep)
+    floor = _floors(graph, min_keep, kind)
+    allowed = graph.latency.widths() if kind == "latency" else None
     before = graph.cost(kind, full)
     target = fraction * before
     # channels of each group from least to most important (ties: lower index first)
@@ -268,32 +267,42 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
             return float(graph.latency.layer_time(i, c))
         return graph.layers[i].macs_at(c) if kind == "macs" else graph.layers[i].params_at(c)
 
+    def next_width(g: int) -> int | None:
+        """The width group ``g``'s next step leaves, or None at its floor (the width below a floor
+        is never costed: a latency table has no time for it)."""
+        if allowed is not None:
+            w = next((w for w in allowed[g] if w < counts[g]), None)
+        else:
+            w = counts[g] - graph.groups[g].unit
+        return w if w is not None and w >= floor[g] else None
+
     def saving(g: int) -> float:
-        """What removing group ``g``'s next unit frees (nothing where the group is at its floor: the
-        width below it is never costed, and a latency table has no time for it)."""
-        if counts[g] - units[g] < floor[g]:
+        """What group ``g``'s next step frees (nothing at its floor)."""
+        w = next_width(g)
+        if w is None:
             return 0.0
-        total = float(graph.groups[g].norm_params * units[g]) if kind == "params" else 0.0
+        step = counts[g] - w
+        total = float(graph.groups[g].norm_params * step) if kind == "params" else 0.0
         for i in touching[g]:
             now = cost_at(i, counts)
-            counts[g] -= units[g]
+            counts[g] -= step
             total += now - cost_at(i, counts)
-            counts[g] += units[g]
+            counts[g] += step
         return total
 
-    def next_unit(g: int) -> list[int]:
-        return order[g][len(removed[g]) : len(removed[g]) + units[g]]
+    def next_step(g: int) -> list[int]:
+        return order[g][len(removed[g]) : len(removed[g]) + counts[g] - next_width(g)]  # type: ignore[operator]
 
     gains = [saving(g) for g in range(len(full))]
     current = before
     while current > target:
         best: tuple[float, float, int, int] | None = None
         for g in range(len(full)):
-            if counts[g] - units[g] < floor[g] or gains[g] < 0:
+            if next_width(g) is None or gains[g] < 0:
                 continue
-            unit = next_unit(g)
-            importance_ = sum(values[g][c] for c in unit)
-            key = (0.0, importance_ / gains[g], g, unit[0]) if gains[g] > 0 else (1.0, importance_, g, unit[0])
+            step = next_step(g)
+            importance_ = sum(values[g][c] for c in step)
+            key = (0.0, importance_ / gains[g], g, step[0]) if gains[g] > 0 else (1.0, importance_, g, step[0])
             if best is None or key < best:
                 best = key
         if best is None:
@@ -303,8 +312,9 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
                 f"max(1, {min_keep:g} x size) channels per group, the network keeps {least / before:.2%} of its {kind}"
             )
         _, _, g, _ = best
-        removed[g].extend(next_unit(g))
-        counts[g] -= units[g]
+        step = next_step(g)
+        removed[g].extend(step)
+        counts[g] -= len(step)
         current = graph.cost(kind, counts)
         for h in neighbours[g] | {g}:
             gains[h] = saving(h)
