@@ -11,6 +11,8 @@ channels-last: the default where the CPU runs bf16 natively). The variants alter
 round (so a change in the shared machine's speed hits them alike); a round trains ``--epochs``
 epochs on the first ``--subset`` images per variant and keeps the last epoch's training throughput
 (the first warms up); the table gives the median over rounds and the ratio to the first variant.
+``--bare`` also times the bare step of each variant in the same rounds (forward, cross-entropy,
+backward, SGD on one fixed random batch, no loader, no trainer): what the trainer adds, if anything.
 LeNet-5 trains on Fashion-MNIST, the CIFAR models on CIFAR-10-jpg (``--data-dir``).
 """
 
@@ -19,9 +21,11 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import time
 from datetime import date
 
 import torch
+import torch.nn.functional as F
 
 from prunekit import data, models, training
 from prunekit.training.precision import Precision
@@ -42,6 +46,33 @@ def throughput(model_name: str, ds: data.Dataset, precision: Precision, args: ar
     return float(res.history[-1]["images_per_second"])
 
 
+def bare_step(model_name: str, ds: data.Dataset, precision: Precision, args: argparse.Namespace, steps: int = 15) -> float:
+    """Images/s of the bare training step: the median of ``steps`` timed steps after 3 untimed."""
+    device = torch.device(args.device)
+    net = models.create(model_name, ds.num_classes, ds.input_shape, seed=0).to(device).train()
+    x = torch.randn(args.batch_size, *ds.input_shape, device=device)
+    if precision.channels_last and x.dim() == 4:
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, ds.num_classes, (args.batch_size,), device=device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    times = []
+    for i in range(3 + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        with precision.autocast(device):
+            loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return args.batch_size / statistics.median(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="lenet5,resnet20,vgg11_bn")
@@ -53,6 +84,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--bare", action="store_true", help="also time the bare step of each variant (a row per model)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,12 +103,18 @@ def main() -> None:
         n = min(args.subset, len(ds.train))
         ds = data.Dataset(ds.info, ds.train.subset(torch.arange(n)), ds.test.subset(torch.arange(min(500, len(ds.test)))), ds.source)
         speeds: dict[str, list[float]] = {v: [] for v in variants}
+        bare: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.rounds):
             for v in variants:
                 speeds[v].append(throughput(name, ds, VARIANTS[v], args))
-        med = {v: statistics.median(s) for v, s in speeds.items()}
-        cells = [f"{med[v]:,.0f}" for v in variants] + [f"{med[v] / med[variants[0]]:.2f}x" for v in variants[1:]]
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+                if args.bare:
+                    bare[v].append(bare_step(name, ds, VARIANTS[v], args))
+        for label, table in ((name, speeds), (f"{name}, bare step", bare)):
+            if not table[variants[0]]:
+                continue
+            med = {v: statistics.median(s) for v, s in table.items()}
+            cells = [f"{med[v]:,.0f}" for v in variants] + [f"{med[v] / med[variants[0]]:.2f}x" for v in variants[1:]]
+            print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
