@@ -8,12 +8,15 @@ made (L1 importance), the channels removed, and one training step of the pruned 
 against the full one's, alternating in this process (the median of the per-round ratios, so that a
 machine that slows down or speeds up while it runs moves both). The estimate is the plan's step time over the full
 network's; the error is estimate / measured - 1. The MACs plan of the same fraction is timed beside
-it (what a MACs budget buys in time). Run it on a quiet machine: it times.
+it (what a MACs budget buys in time), and the last column times inference (a forward pass in
+evaluation mode at the same batch) of the latency plan against the full network's. Run it on a
+quiet machine: it times.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 from datetime import date
 
@@ -27,12 +30,27 @@ from prunekit.training.precision import Precision
 VARIANTS = {"fp32": Precision("fp32", False), "bf16+cl": Precision("bf16", True)}
 
 
+def inference_step(model: torch.nn.Module, x: torch.Tensor, batch_size: int, precision: Precision, device: torch.device):
+    """One forward pass of a copy of ``model`` in evaluation mode, without gradients, as a function to time."""
+    net = copy.deepcopy(model).to(device).eval()
+    batch = x[:1].to(device).expand(batch_size, *x.shape[1:]).contiguous()
+    if precision.channels_last:
+        net.to(memory_format=torch.channels_last)
+        batch = batch.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with torch.inference_mode(), precision.autocast(device):
+            net(batch)
+
+    return step
+
+
 def step_ratio(full: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, batch_size: int, precision: Precision,
-               rounds: int = 7, repeats: int = 5) -> float:
-    """The pruned network's training step over the full one's: the median over ``rounds`` of the
-    ratio of their median steps, the two timed one after the other in each round."""
+               rounds: int = 7, repeats: int = 5, make_step=training_step) -> float:
+    """The pruned network's training step (or ``make_step``'s) over the full one's: the median over
+    ``rounds`` of the ratio of their median steps, the two timed one after the other in each round."""
     device = torch.device("cpu")
-    steps = [training_step(net, x, batch_size, precision, device) for net in (full, pruned)]
+    steps = [make_step(net, x, batch_size, precision, device) for net in (full, pruned)]
     ratios = []
     for _ in range(rounds):
         a, b = (median_seconds(step, device, repeats, warmup=1) for step in steps)
@@ -53,8 +71,8 @@ def main() -> None:
     print(f"batch {args.batch_size}, CPU ({platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{date.today()}\n")
     print("| model | precision | budget | estimated step / full | measured step / full | error | MACs kept | "
-          "measured step / full of macs= same fraction |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+          "measured step / full of macs= same fraction | inference / full |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for name in args.models.split(","):
         model = models.create(name, 10, (3, 32, 32), seed=0)
         x = torch.randn(1, 3, 32, 32)
@@ -65,15 +83,17 @@ def main() -> None:
                     plan = structured.plan_channels(model, budget=f"latency={fraction}", example_inputs=x, batch_size=args.batch_size,
                                                     precision=precision)
                 except ConfigError as e:  # a budget below what the kept floors cost: said in the row
-                    print(f"| {name} | {variant} | latency={fraction:g} | not reachable: {e} | | | | |", flush=True)
+                    print(f"| {name} | {variant} | latency={fraction:g} | not reachable: {e} | | | | | |", flush=True)
                     continue
                 assert plan.step_seconds_before and plan.step_seconds_after is not None
                 estimate = plan.step_seconds_after / plan.step_seconds_before
-                measured = step_ratio(model, structured.remove_channels(model, plan), x, args.batch_size, precision)
+                pruned = structured.remove_channels(model, plan)
+                measured = step_ratio(model, pruned, x, args.batch_size, precision)
+                inference = step_ratio(model, pruned, x, args.batch_size, precision, make_step=inference_step)
                 macs_plan = structured.plan_channels(model, budget=f"macs={fraction}", example_inputs=x)
                 macs_measured = step_ratio(model, structured.remove_channels(model, macs_plan), x, args.batch_size, precision)
                 print(f"| {name} | {variant} | latency={fraction:g} | {estimate:.3f} | {measured:.3f} | {estimate / measured - 1:+.1%} | "
-                      f"{plan.macs_after / plan.macs_before:.1%} | {macs_measured:.3f} |", flush=True)
+                      f"{plan.macs_after / plan.macs_before:.1%} | {macs_measured:.3f} | {inference:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
