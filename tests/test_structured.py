@@ -494,6 +494,17 @@ def test_a_width_slower_than_a_wider_one_is_never_kept_the_plan_steps_over_it_an
         assert plan.step_seconds_after == pytest.approx(table.step_time(plan.counts))  # the estimate is the table itself
         assert plan.step_seconds_after <= fraction * plan.step_seconds_before
         assert [len(k) for k in plan.kept] == plan.counts
+    # min_keep rounds up to a kept-able width: 30 % of 16 is 6 channels (a grid width, slow here) -> 8,
+    # 30 % of 32 is 12 -> 16;
+    # a budget below what those floors cost is refused, naming what they cost
+    floors = {16: 8, 32: 16}
+    least = table.step_time([floors[n] for n in graph.full_counts]) / table.step_time(graph.full_counts)
+    plan = structured.plan_channels(model, budget=f"latency={least + 1e-9}", importance="l1", example_inputs=x[:1], graph=graph,
+                                    latency=table, min_keep=0.3)
+    assert dict(zip(plan.sizes, plan.counts)) == floors
+    with pytest.raises(ConfigError, match="cannot be met"):
+        structured.plan_channels(model, budget=f"latency={least * 0.99}", importance="l1", example_inputs=x[:1], graph=graph,
+                                 latency=table, min_keep=0.3)
 
     def stairs(index, cin, cout):  # time changes only every 8 channels, in or out: most single removals free nothing
         layer = graph.layers[index]
