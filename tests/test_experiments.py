@@ -552,3 +552,35 @@ def test_a_cell_whose_runs_failed_to_train_says_so_and_is_never_the_best():
     assert "| snip | **51.00 ± 1.41** | failed (3) |" in md and "| synflow | 40.00 (2 failed) | **20.00** |" in md
     assert "(k failed): k runs of the cell never trained" in md and "over 1/2/3 seeds" in md  # runs per cell, failed ones counted
     assert t.best() == {0.9: "snip", 0.99: "synflow"}
+
+
+def test_bf16_and_fp32_runs_of_one_spec_are_separate_tables_never_seeds_of_one_cell(tmp_path):
+    import csv
+    import dataclasses
+    import hashlib
+
+    from prunekit.report import build_tables, write_report
+
+    fp32 = {m: resolve(spec(m, 0.9 if m != "dense" else 0.0)) for m in ("dense", "snip")}
+    fp32 = {m: dataclasses.replace(r, precision="fp32") for m, r in fp32.items()}
+    bf16 = {m: dataclasses.replace(r, precision="bf16") for m, r in fp32.items()}
+    with ResultsDB(tmp_path / "results.db") as db:
+        for runs, acc in ((fp32, 0.80), (bf16, 0.90)):
+            for m, run in runs.items():
+                db.ensure(run.key, run.config)
+                assert db.claim(run.key, "me:1")
+                db.finish(run.key, "me:1", {"final_acc": acc + (0.05 if m == "dense" else 0.0), "best_acc": acc})
+        assert len({r.key for r in db.runs()}) == 4
+        tables = sorted(build_tables(db), key=lambda t: t.precision)
+        assert [t.precision for t in tables] == ["bf16", "fp32"]
+        for t, acc in zip(tables, (0.90, 0.80)):
+            assert t.dense is not None and t.dense.n == 1 and t.dense.mean == pytest.approx(acc + 0.05)
+            assert t.rows["snip"][0.9].n == 1 and t.rows["snip"][0.9].mean == pytest.approx(acc)
+            assert "over 1 seed" in t.title
+        assert "(2 epochs, bf16)" in tables[0].title and "(2 epochs, fp32)" in tables[1].title
+        # an fp32 table keeps the file name it had before precisions were told apart
+        train_json = json.dumps(fp32["dense"].config["train"], sort_keys=True)
+        assert tables[1].config_id == hashlib.sha256(train_json.encode()).hexdigest()[:6] != tables[0].config_id
+    write_report(tmp_path, plots=False)
+    with open(tmp_path / "report" / "results.csv") as f:
+        assert sorted(r["precision"] for r in csv.DictReader(f)) == ["bf16", "bf16", "fp32", "fp32"]

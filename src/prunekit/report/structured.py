@@ -7,7 +7,6 @@ of the same configuration are the baseline of the time ratio.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from collections import defaultdict
@@ -20,7 +19,8 @@ from matplotlib.figure import Figure
 from ..experiments.db import ResultsDB, RunRecord
 from ..experiments.kinds import DENSE, StructuredRun
 from ..files import atomic_savefig
-from .tables import _COLUMN, _METRIC_NAMES, METRICS, Cell, epochs_text
+from ..training.precision import FP32
+from .tables import _COLUMN, _METRIC_NAMES, METRICS, Cell, config_id, epochs_text, group_key
 
 
 @dataclass
@@ -34,6 +34,7 @@ class StructuredTable:
     rows: dict[str, dict[str, list[RunRecord]]]  # label -> budget -> runs
     dense: list[RunRecord] = field(default_factory=list)
     config_id: str = ""  # a short hash of the training configuration
+    precision: str = FP32  # the runs' training precision (the dense runs' too)
 
     @property
     def slug(self) -> str:
@@ -49,7 +50,8 @@ class StructuredTable:
     def to_markdown(self) -> str:
         dense = self._acc(self.dense) if self.dense else None
         lines = [
-            f"**{self.model} on {self.dataset}, recipe {self.recipe} ({epochs_text(self.epochs)}): early structured pruning, "
+            f"**{self.model} on {self.dataset}, recipe {self.recipe} ({epochs_text(self.epochs)}"
+            f", {self.precision}): early structured pruning, "
             f"{_METRIC_NAMES[self.metric]} (%)**",
             "",
             "| trigger | budget | accuracy | pruned at epoch | MACs kept | params kept | training time vs dense | inference latency |",
@@ -83,12 +85,10 @@ def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any)
         raise unknown("metric", metric, METRICS)
     groups: dict[tuple[str, ...], list[RunRecord]] = defaultdict(list)
     for row in db.runs(status="done", **filters):
-        cfg = row.config
-        if cfg["method"] == DENSE:
-            key = (cfg["model"], cfg["dataset"], cfg["recipe"], json.dumps(cfg["train"], sort_keys=True))
-            groups[key].append(row)
+        if row.config["method"] == DENSE:
+            groups[group_key(row.config)].append(row)
     tables = []
-    for (model, dataset, recipe, train_json), rows in sorted(groups.items()):
+    for (model, dataset, recipe, train_json, precision), rows in sorted(groups.items()):
         structured = [r for r in rows if r.structured is not None]
         if not structured:
             continue
@@ -102,7 +102,7 @@ def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any)
         dense = [r for r in rows if r.structured is None]
         tables.append(StructuredTable(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, budgets,
                                       {k: dict(v) for k, v in sorted(by_label.items())}, dense,
-                                      hashlib.sha256(train_json.encode()).hexdigest()[:6]))
+                                      config_id(train_json, precision), precision))
     return tables
 
 

@@ -19,6 +19,7 @@ from ..experiments.db import ResultsDB, RunRecord
 from ..experiments.kinds import DENSE
 from ..experiments.spec import known_methods
 from ..files import atomic_write_text
+from ..training.precision import FP32
 
 METRICS = {
     "auto": "the accuracy the recipe's paper reports (best epoch for grasp-cifar, final otherwise)",
@@ -89,6 +90,7 @@ class Table:
     layer_runs: dict[str, dict[float, list[list[dict[str, Any]]]]] = field(default_factory=dict)
     effective: dict[str, dict[float, list[float]]] = field(default_factory=dict)
     config_id: str = ""  # a short hash of the training configuration: tables of one recipe with other options differ
+    precision: str = FP32  # the runs' training precision (in the title)
 
     @property
     def slug(self) -> str:
@@ -99,7 +101,8 @@ class Table:
         seeds = sorted({c.n + c.failed for row in self.rows.values() for c in row.values()} | ({self.dense.n} if self.dense else set()))
         n = "/".join(map(str, seeds))
         return (
-            f"{self.model} on {self.dataset}, recipe {self.recipe} ({epochs_text(self.epochs)}): {_METRIC_NAMES[self.metric]} (%), "
+            f"{self.model} on {self.dataset}, recipe {self.recipe} ({epochs_text(self.epochs)}"
+            f", {self.precision}): {_METRIC_NAMES[self.metric]} (%), "
             f"mean ± std over {n} seed{'s' if seeds != [1] else ''}"
         )
 
@@ -203,9 +206,16 @@ def _row_label(row: RunRecord) -> str:
     return label + (f" ({row.ablation})" if row.ablation else "")
 
 
-def _group_key(row: RunRecord) -> tuple[str, str, str, str]:
-    cfg = row.config
-    return (cfg["model"], cfg["dataset"], cfg["recipe"], json.dumps(cfg["train"], sort_keys=True))
+def group_key(config: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    """What one table compares runs under: the model, dataset, recipe, training configuration and
+    training precision (a bf16 run and an fp32 run of one spec are different runs, never seeds of one cell)."""
+    return (config["model"], config["dataset"], config["recipe"], json.dumps(config["train"], sort_keys=True),
+            config.get("precision", FP32))
+
+
+def config_id(train_json: str, precision: str) -> str:
+    """A short hash of a table's training configuration and precision (fp32 tables keep the id they had)."""
+    return hashlib.sha256((train_json + ("" if precision == FP32 else f"|{precision}")).encode()).hexdigest()[:6]
 
 
 def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Table]:
@@ -217,20 +227,21 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
     """
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
-    groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
-    failures: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str, str], list[RunRecord]] = defaultdict(list)
+    failures: dict[tuple[str, str, str, str, str], list[RunRecord]] = defaultdict(list)
     for row in db.runs(status="done", **filters):
         if row.structured is None:  # structured runs have their own tables (report.structured)
-            groups[_group_key(row)].append(row)
+            groups[group_key(row.config)].append(row)
     for row in db.runs(status="failed", **filters):  # a method that does not train is a result too, said as such
         if row.structured is None and row.failure == "method" and row.method != DENSE:
-            failures[_group_key(row)].append(row)
+            failures[group_key(row.config)].append(row)
     for key in failures:
         groups.setdefault(key, [])
     order = {m: i for i, m in enumerate(known_methods())}
     tables = []
-    for (model, dataset, recipe, train_json), rows in sorted(groups.items()):
-        chosen = metric if metric != "auto" else (rows or failures[(model, dataset, recipe, train_json)])[0].config.get("headline", "final")
+    for (model, dataset, recipe, train_json, precision), rows in sorted(groups.items()):
+        group = (model, dataset, recipe, train_json, precision)
+        chosen = metric if metric != "auto" else (rows or failures[group])[0].config.get("headline", "final")
         col = _COLUMN[chosen]
         cells: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
         flags: dict[tuple[str, float], list[int]] = defaultdict(lambda: [0, 0])
@@ -259,7 +270,7 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
             if r.effective_density is not None:
                 effective[label][r.sparsity].append(r.effective_density)
         failed: dict[tuple[str, float], int] = defaultdict(int)
-        for r in failures[(model, dataset, recipe, train_json)]:
+        for r in failures[group]:
             label = _row_label(r)
             sort_keys.setdefault(label, (order.get(r.method, 99), r.ablation or "", label))
             cells[label].setdefault(r.sparsity, [])
@@ -271,7 +282,7 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
             Table(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, sparsities, table_rows,
                   Cell(dense) if dense else None, dict(layers),
                   {k: dict(v) for k, v in layer_runs.items()}, {k: dict(v) for k, v in effective.items()},
-                  hashlib.sha256(train_json.encode()).hexdigest()[:6])
+                  config_id(train_json, precision), precision)
         )
     return tables
 
@@ -279,7 +290,7 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
 CSV_FIELDS = [
     "key", "status", "model", "dataset", "recipe", "method", "ablation", "sparsity", "seed", "final_acc", "best_acc",
     "best_epoch", "test_at_best_val", "density", "effective_density", "scoring_seconds", "train_seconds",
-    "images_per_second", "epochs", "device", "prunekit", "torch", "mask_path", "error",
+    "images_per_second", "epochs", "precision", "memory_format", "device", "prunekit", "torch", "mask_path", "error",
 ]
 
 
@@ -293,6 +304,8 @@ def write_csv(rows: Iterable[RunRecord], path: str | Path) -> Path:
         versions = r.versions or {}
         out = {k: row.get(k) for k in CSV_FIELDS}
         out["epochs"] = r.config["train"]["epochs"]
+        out["precision"] = r.config.get("precision", FP32)  # keyed: what the run was resolved for
+        out["memory_format"] = (r.extra or {}).get("memory_format")  # what it trained in (finished runs)
         out["prunekit"] = versions.get("prunekit")
         out["torch"] = versions.get("torch")
         out["error"] = r.error.splitlines()[0] if r.error else None
