@@ -516,6 +516,27 @@ def test_a_width_slower_than_a_wider_one_is_never_kept_the_plan_steps_over_it_an
     assert all(c in grid(n) for c, n in zip(plan.counts, plan.sizes))
 
 
+def test_a_latency_plan_steps_over_a_width_that_became_slower_once_a_neighbour_was_thinned():
+    from prunekit.structured import ChannelGraph
+    from prunekit.structured.latency import LatencyModel
+
+    model, x = _cnn(), torch.randn(2, 3, 8, 8)
+    graph = ChannelGraph(copy.deepcopy(model).eval(), x[:1])
+
+    def interaction(index, cin, cout):  # the second convolution is slow at 12-16 outputs, but only with <= 8 inputs
+        layer = graph.layers[index]
+        t = 1e-3 * layer.macs * cin * cout / layer.in_channels / layer.out_channels
+        return t + (10e-3 * layer.macs if layer.in_channels == 16 and cin <= 8 and 12 <= cout <= 16 else 0.0)
+
+    table = LatencyModel(graph, interaction, fixed=0.0)
+    assert dict(zip(graph.full_counts, table.widths())) == {16: [16, 14, 12, 10, 8, 6, 4, 2], 32: [32, 28, 24, 20, 16, 12, 8, 4]}
+    plan = structured.plan_channels(model, budget="latency=0.05", importance="l1", example_inputs=x[:1], graph=graph, latency=table,
+                                    min_keep=0.0)
+    counts = dict(zip(plan.sizes, plan.counts))
+    assert counts[16] <= 8 and not 12 <= counts[32] <= 16  # stepped from 20 straight to 8 or below
+    assert plan.step_seconds_after <= 0.05 * plan.step_seconds_before
+
+
 def test_the_latency_table_is_cached_per_device_torch_precision_and_batch(tmp_path, monkeypatch):
     from prunekit.structured.latency import LatencyTable, Unit, cache_path, device_key
     from prunekit.training.precision import Precision

@@ -267,38 +267,46 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
             return float(graph.latency.layer_time(i, c))
         return graph.layers[i].macs_at(c) if kind == "macs" else graph.layers[i].params_at(c)
 
-    def next_width(g: int) -> int | None:
-        """The width group ``g``'s next step leaves, or None at its floor (the width below a floor
-        is never costed: a latency table has no time for it)."""
-        if allowed is not None:
-            w = next((w for w in allowed[g] if w < counts[g]), None)
-        else:
-            w = counts[g] - graph.groups[g].unit
-        return w if w is not None and w >= floor[g] else None
-
-    def saving(g: int) -> float:
-        """What group ``g``'s next step frees (nothing at its floor)."""
-        w = next_width(g)
-        if w is None:
-            return 0.0
-        step = counts[g] - w
-        total = float(graph.groups[g].norm_params * step) if kind == "params" else 0.0
-        for i in touching[g]:
-            now = cost_at(i, counts)
-            counts[g] -= step
-            total += now - cost_at(i, counts)
-            counts[g] += step
+    def group_cost(g: int, width: int) -> float:
+        """The cost of the layers group ``g`` feeds or reads with ``g`` at ``width``, the others as they are now."""
+        now, counts[g] = counts[g], width
+        total = sum(cost_at(i, counts) for i in touching[g])
+        counts[g] = now
         return total
 
-    def next_step(g: int) -> list[int]:
-        return order[g][len(removed[g]) : len(removed[g]) + counts[g] - next_width(g)]  # type: ignore[operator]
+    def next_width(g: int) -> int | None:
+        """The width group ``g``'s next step leaves, or None where it can go no further: at its floor
+        (the width below a floor is never costed: a latency table has no time for it) or, under a
+        latency budget, where no narrower kept-able width costs less than the current one with the
+        neighbours' widths as they are now (the widest that does is the next step)."""
+        if allowed is None:
+            w = counts[g] - graph.groups[g].unit
+            return w if w >= floor[g] else None
+        now = group_cost(g, counts[g])
+        return next((w for w in allowed[g] if floor[g] <= w < counts[g] and group_cost(g, w) < now), None)
 
-    gains = [saving(g) for g in range(len(full))]
+    targets: list[int | None] = [None] * len(full)
+    gains = [0.0] * len(full)
+
+    def refresh(g: int) -> None:
+        """Group ``g``'s next width and what stepping to it frees."""
+        targets[g] = w = next_width(g)
+        if w is None:
+            gains[g] = 0.0
+            return
+        freed = float(graph.groups[g].norm_params * (counts[g] - w)) if kind == "params" else 0.0
+        gains[g] = freed + group_cost(g, counts[g]) - group_cost(g, w)
+
+    def next_step(g: int) -> list[int]:
+        return order[g][len(removed[g]) : len(removed[g]) + counts[g] - targets[g]]  # type: ignore[operator]
+
+    for g in range(len(full)):
+        refresh(g)
     current = before
     while current > target:
         best: tuple[float, float, int, int] | None = None
         for g in range(len(full)):
-            if next_width(g) is None or gains[g] < 0:
+            if targets[g] is None or gains[g] < 0:
                 continue
             step = next_step(g)
             importance_ = sum(values[g][c] for c in step)
@@ -307,6 +315,11 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
                 best = key
         if best is None:
             least = graph.cost(kind, floor)
+            if least <= target:  # a latency plan where no narrower width is faster than the widths reached
+                raise ConfigError(
+                    f"budget {kind}={fraction:g} cannot be met: the plan reached {current / before:.2%} of the step, and no group "
+                    "has a narrower width that the measured table makes faster from there; ask for a larger fraction"
+                )
             raise ConfigError(
                 f"budget {kind}={fraction:g} cannot be met without emptying layers: keeping at least "
                 f"max(1, {min_keep:g} x size) channels per group, the network keeps {least / before:.2%} of its {kind}"
@@ -317,7 +330,7 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
         counts[g] -= len(step)
         current = graph.cost(kind, counts)
         for h in neighbours[g] | {g}:
-            gains[h] = saving(h)
+            refresh(h)
     kept = tuple(tuple(sorted(set(range(n)) - set(r))) for n, r in zip(full, removed))
     layer_out = {layer.name: layer.out_channels if layer.out_group is None else counts[layer.out_group] for layer in graph.layers}
     return ChannelPlan(
