@@ -537,6 +537,30 @@ def test_a_latency_plan_steps_over_a_width_that_became_slower_once_a_neighbour_w
     assert plan.step_seconds_after <= 0.05 * plan.step_seconds_before
 
 
+def test_a_structured_run_under_a_latency_budget_times_its_table_and_keeps_only_faster_widths(tmp_path, tiny_mnist, monkeypatch):
+    import math as m
+
+    from prunekit.experiments import DatasetCache, RunSpec, run_one
+    from prunekit.structured import latency as lat
+
+    def clock(unit, cin, cout, *args, **kwargs):  # no clock in a test: a cost in MACs, and widths not a multiple of 16 slow
+        macs = cin * cout * m.prod(unit.spatial) * m.prod(unit.kernel or (1,))
+        return 1e-9 * macs + (1e-3 if unit.kind == "conv" and cout % 16 else 0.0)
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(lat, "time_unit", clock)
+    monkeypatch.setattr(lat, "time_network", lambda *a, **k: 0.0)  # no fixed part
+    spec = RunSpec("vgg11_bn", "mnist", "dense", 0.0, 0, recipe="lenet-fmnist", epochs=2,
+                   train={"val_size": 40.0, "batch_size": 50}, structured="epoch:prune_at=1", budget="latency=0.6")
+    out = run_one(spec, tmp_path / "o", datasets=DatasetCache(str(tiny_mnist)), device=torch.device("cpu"))
+    assert out.status == "done", out.record.error
+    info = out.record.extra["structured"]
+    assert info["pruned_epoch"] == 1 and out.record.config["structured"]["budget"] == "latency=0.6"
+    widths = [c for name, c in info["layer_channels"].items() if name != "classifier"]
+    assert all(c % 16 == 0 for c in widths) and widths != [64, 128, 256, 256, 512, 512, 512, 512], info["layer_channels"]
+    assert any(list((tmp_path / "cache" / "latency").glob("*.json")))  # the table was measured and cached
+
+
 def test_the_latency_table_is_cached_per_device_torch_precision_and_batch(tmp_path, monkeypatch):
     from prunekit.structured.latency import LatencyTable, Unit, cache_path, device_key
     from prunekit.training.precision import Precision
