@@ -7,8 +7,8 @@ device it trains on), in the manner of hardware-aware latency pruning (Shen et a
 
 * every convolution and linear layer is a *unit* (with the BatchNorm that normalises its output),
   timed alone, forward + backward + SGD step, for a grid of input and output widths: each group's
-  widths are the multiples of its step (a group of 64 channels: 8, 16, ..., 64), widths the kernels
-  handle well; the planner keeps groups at those widths;
+  widths are the multiples of its step (a group of 64 channels: 8, 16, ..., 64); the planner keeps
+  groups at grid widths (those the table makes faster: below);
 * the table is measured once per device, precision, memory format, batch size and layer shape, and
   cached on disk (``$PRUNEKIT_CACHE/latency``, keyed by the device, the torch version and the
   threads: another machine or torch measures again);
