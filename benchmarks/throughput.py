@@ -12,7 +12,7 @@ round (so a change in the shared machine's speed hits them alike); a round train
 epochs on the first ``--subset`` images per variant and keeps the last epoch's training throughput
 (the first warms up); the table gives the median over rounds and the ratio to the first variant.
 ``--bare`` also times the bare step of each variant in the same rounds (forward, cross-entropy,
-backward, SGD on one fixed random batch, no loader, no trainer): what the trainer adds, if anything.
+backward, SGD with momentum on one fixed batch, no loader, no trainer): what the trainer adds, if anything.
 LeNet-5 trains on Fashion-MNIST, the CIFAR models on CIFAR-10-jpg (``--data-dir``).
 """
 
@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from datetime import date
 
 import torch
-import torch.nn.functional as F
 
 from prunekit import data, models, training
+from prunekit.structured.latency import median_seconds, training_step
 from prunekit.training.precision import Precision
 
 VARIANTS = {
@@ -47,30 +46,12 @@ def throughput(model_name: str, ds: data.Dataset, precision: Precision, args: ar
 
 
 def bare_step(model_name: str, ds: data.Dataset, precision: Precision, args: argparse.Namespace, steps: int = 15) -> float:
-    """Images/s of the bare training step: the median of ``steps`` timed steps after 3 untimed."""
+    """Images/s of the bare training step (the one a latency table times): the median of ``steps``
+    timed steps after 3 untimed."""
     device = torch.device(args.device)
-    net = models.create(model_name, ds.num_classes, ds.input_shape, seed=0).to(device).train()
-    x = torch.randn(args.batch_size, *ds.input_shape, device=device)
-    if precision.channels_last and x.dim() == 4:
-        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, ds.num_classes, (args.batch_size,), device=device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    times = []
-    for i in range(3 + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        with precision.autocast(device):
-            loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    return args.batch_size / statistics.median(times)
+    net = models.create(model_name, ds.num_classes, ds.input_shape, seed=0)
+    step = training_step(net, torch.randn(1, *ds.input_shape), args.batch_size, precision, device)
+    return args.batch_size / median_seconds(step, device, steps, warmup=3)
 
 
 def main() -> None:

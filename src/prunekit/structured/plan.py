@@ -274,28 +274,25 @@ def _knapsack(graph: ChannelGraph, scores: list[Tensor], kind: str, fraction: fl
         counts[g] = now
         return total
 
-    def next_width(g: int) -> int | None:
-        """The width group ``g``'s next step leaves, or None where it can go no further: at its floor
-        (the width below a floor is never costed: a latency table has no time for it) or, under a
-        latency budget, where no narrower kept-able width costs less than the current one with the
-        neighbours' widths as they are now (the widest that does is the next step)."""
-        if allowed is None:
-            w = counts[g] - graph.groups[g].unit
-            return w if w >= floor[g] else None
-        now = group_cost(g, counts[g])
-        return next((w for w in allowed[g] if floor[g] <= w < counts[g] and group_cost(g, w) < now), None)
-
     targets: list[int | None] = [None] * len(full)
     gains = [0.0] * len(full)
 
     def refresh(g: int) -> None:
-        """Group ``g``'s next width and what stepping to it frees."""
-        targets[g] = w = next_width(g)
-        if w is None:
-            gains[g] = 0.0
-            return
-        freed = float(graph.groups[g].norm_params * (counts[g] - w)) if kind == "params" else 0.0
-        gains[g] = freed + group_cost(g, counts[g]) - group_cost(g, w)
+        """Group ``g``'s next width and what stepping to it frees. No next width where the group can go
+        no further: at its floor (the width below a floor is never costed: a latency table has no time
+        for it) or, under a latency budget, where no narrower kept-able width costs less than the
+        current one with the neighbours' widths as they are now (the widest that does is the next step)."""
+        now = group_cost(g, counts[g])
+        candidates = [counts[g] - graph.groups[g].unit] if allowed is None else [w for w in allowed[g] if w < counts[g]]
+        targets[g], gains[g] = None, 0.0
+        for w in candidates:
+            if w < floor[g]:
+                break
+            after = group_cost(g, w)
+            if allowed is None or after < now:
+                freed = float(graph.groups[g].norm_params * (counts[g] - w)) if kind == "params" else 0.0
+                targets[g], gains[g] = w, freed + now - after
+                return
 
     def next_step(g: int) -> list[int]:
         return order[g][len(removed[g]) : len(removed[g]) + counts[g] - targets[g]]  # type: ignore[operator]
