@@ -16,7 +16,6 @@ quiet machine: it times.
 from __future__ import annotations
 
 import argparse
-import copy
 import platform
 from datetime import date
 
@@ -24,7 +23,7 @@ import torch
 
 from prunekit import models, structured
 from prunekit.errors import ConfigError
-from prunekit.structured.latency import median_seconds, training_step
+from prunekit.structured.latency import median_seconds, timed_copy, training_step
 from prunekit.training.precision import Precision
 
 VARIANTS = {"fp32": Precision("fp32", False), "bf16+cl": Precision("bf16", True)}
@@ -32,11 +31,8 @@ VARIANTS = {"fp32": Precision("fp32", False), "bf16+cl": Precision("bf16", True)
 
 def inference_step(model: torch.nn.Module, x: torch.Tensor, batch_size: int, precision: Precision, device: torch.device):
     """One forward pass of a copy of ``model`` in evaluation mode, without gradients, as a function to time."""
-    net = copy.deepcopy(model).to(device).eval()
-    batch = x[:1].to(device).expand(batch_size, *x.shape[1:]).contiguous()
-    if precision.channels_last:
-        net.to(memory_format=torch.channels_last)
-        batch = batch.contiguous(memory_format=torch.channels_last)
+    net, batch = timed_copy(model, x, batch_size, precision, device)
+    net.eval()
 
     def step() -> None:
         with torch.inference_mode(), precision.autocast(device):

@@ -302,18 +302,27 @@ def time_network(model: nn.Module, example_inputs: Tensor, batch_size: int, prec
     return median_seconds(training_step(model, example_inputs, batch_size, precision, device), device, repeats, warmup)
 
 
-def training_step(model: nn.Module, example_inputs: Tensor, batch_size: int, precision: Precision,
-                  device: torch.device) -> Callable[[], None]:
-    """One training step of a copy of ``model`` at ``batch_size``, as a function to time: forward,
-    cross-entropy on its logits, backward, SGD with momentum (inputs: the example plus noise)."""
+def timed_copy(model: nn.Module, example_inputs: Tensor, batch_size: int, precision: Precision,
+               device: torch.device) -> tuple[nn.Module, Tensor]:
+    """A copy of ``model`` on ``device`` and a batch of ``batch_size`` (the example repeated, plus
+    noise), both in ``precision``'s memory format: what a step is timed on."""
     import copy
 
-    net = copy.deepcopy(model).to(device).train()
+    net = copy.deepcopy(model).to(device)
     x = example_inputs[:1].to(device).expand(batch_size, *example_inputs.shape[1:]).contiguous()
     x = x + 0.01 * torch.randn_like(x)
     if precision.channels_last and x.dim() == 4:
         net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         x = x.contiguous(memory_format=torch.channels_last)
+    return net, x
+
+
+def training_step(model: nn.Module, example_inputs: Tensor, batch_size: int, precision: Precision,
+                  device: torch.device) -> Callable[[], None]:
+    """One training step of a copy of ``model`` at ``batch_size``, as a function to time: forward,
+    cross-entropy on its logits, backward, SGD with momentum (inputs: the example plus noise)."""
+    net, x = timed_copy(model, example_inputs, batch_size, precision, device)
+    net.train()
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
     with torch.no_grad(), precision.autocast(device):
         classes = net(x[:2]).shape[-1]
