@@ -4,6 +4,7 @@ first momentum step, the one output contract, tie warnings, and run keys that di
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
@@ -370,6 +371,22 @@ def test_run_keys_of_existing_configs_did_not_move(monkeypatch):
     resolved = resolve(official)
     assert resolved.options.count_rule == "official" and resolved.options.official_loss is True
     assert run_key(resolved) != "381cf25ca57e0331"
+
+
+def test_a_stored_configuration_says_what_was_asked_and_rebuilds_it_under_the_same_key():
+    from dataclasses import replace
+
+    from prunekit.experiments import RunSpec, from_config, resolve, run_key
+
+    spec = RunSpec("lenet5", "fashion-mnist", "snip", 0.9, 0, recipe="lenet-fmnist")
+    default = resolve(replace(spec, train={"warmup_epochs": 0.0, "amp": False}))
+    contiguous = resolve(replace(spec, train={"warmup_epochs": 0.0, "amp": False, "channels_last": False}))
+    assert contiguous.key == default.key == "9fbb802613913089"  # the memory format is not part of the key
+    assert contiguous.config["train"]["amp"] is False and contiguous.config["train"]["channels_last"] is False
+    # a worker that rebuilds the run from its stored form (Ray, a database row) trains what was asked
+    rebuilt = from_config(json.loads(json.dumps(contiguous.config)))
+    assert rebuilt.train.channels_last is False and rebuilt.train.amp is False and rebuilt.key == contiguous.key
+    assert run_key(contiguous.config) == contiguous.key
 
 
 def test_official_mode_is_refused_where_the_official_code_is_the_paper():

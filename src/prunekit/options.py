@@ -203,18 +203,27 @@ def as_dict(instance: Any) -> dict[str, Any]:
     return {k: as_dict_value(v) for k, v in dataclasses.asdict(instance).items()}
 
 
-def key_dict(instance: Any) -> dict[str, Any]:
+def key_dict(instance: Any, *, requested: bool = False) -> dict[str, Any]:
     """:func:`as_dict` without the options added later (``since=``) that still have their default,
     and with the options that are not keyed (``keyed=False``) at their default.
 
     This is what a run's key is computed from: adding an option to a method never changes the key
-    (nor the meaning) of a run recorded before it existed.
+    (nor the meaning) of a run recorded before it existed. ``requested=True`` keeps the options that
+    are not keyed at their values (what a run asked for, as its stored configuration says it);
+    :func:`unkeyed_at_default` turns that form into the keyed one.
     """
     out = as_dict(instance)
     for f in dataclasses.fields(instance):
         if f.metadata.get("since") and getattr(instance, f.name) == f.default:
             del out[f.name]
-        elif f.metadata.get("keyed") is False:
+    return out if requested else unkeyed_at_default(type(instance), out)
+
+
+def unkeyed_at_default(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (a :func:`key_dict` of ``cls``) with the options that are not keyed at their default."""
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("keyed") is False and f.name in out:
             out[f.name] = as_dict_value(f.default)
     return out
 

@@ -3,7 +3,8 @@
 A run is a frozen dataclass: the fields of :class:`Run` (network, data, recipe, training, seed) and
 those of its kind (a method and its typed options, IMP's options, a structured trigger and budget).
 Its JSON form (:attr:`Run.config`, the results database's ``config`` and the run folder's
-``config.json``) and its key (the hash of that form) are derived here, in one place, from the
+``config.json``) and its key (the hash of that form, the options that are not keyed at their
+defaults) are derived here, in one place, from the
 typed fields; the layout is the one prunekit has always written, so every recorded run keeps its
 key. How a kind is carried out is its :meth:`Run.execute`; the lifecycle around it (claim,
 heartbeat, record) is :mod:`prunekit.experiments.lifecycle`'s.
@@ -29,7 +30,7 @@ from ...distributed import rank
 from ...errors import ConfigError
 from ...files import atomic_write_json
 from ...models import create
-from ...options import as_dict, key_dict
+from ...options import as_dict, key_dict, unkeyed_at_default
 from ...training import Callback, TrainConfig, TrainResult
 from ...training.core import split_dataset
 from ...training.precision import BF16, FP32, Precision, native_bf16
@@ -41,10 +42,13 @@ IMP = "imp"
 
 
 def run_key(run: Run | Mapping[str, Any]) -> str:
-    """A stable 16-hex-digit key of a run (the hash of its JSON form)."""
+    """A stable 16-hex-digit key of a run: the hash of its JSON form, with the training options that
+    are not keyed (``amp``, ``channels_last``: the run keys the precision they resolve to) at their
+    defaults, as every key recorded before they took effect on the CPU had them."""
     if isinstance(run, Run):
         return run.key
-    return hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()[:16]
+    keyed = {**run, "train": unkeyed_at_default(TrainConfig, run["train"])}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class DatasetCache:
@@ -139,13 +143,15 @@ class Run:
     # -- derived in one place ---------------------------------------------------------------------
     @property
     def config(self) -> dict[str, Any]:
-        """The JSON form: the row's ``config`` in the results database, ``config.json`` in the run folder."""
+        """The JSON form: the row's ``config`` in the results database, ``config.json`` in the run folder
+        (the training options as asked for, ``amp`` and ``channels_last`` included: :func:`from_config`
+        rebuilds the same run from it)."""
         out = {
             "model": self.model,
             "dataset": self.dataset,
             "seed": self.seed,
             "recipe": self.recipe,
-            "train": key_dict(self.train),
+            "train": key_dict(self.train, requested=True),
             "model_kwargs": dict(self.model_kwargs),
             "init": self.init,
             "bn_gamma": self.bn_gamma,
@@ -159,7 +165,7 @@ class Run:
 
     @functools.cached_property
     def key(self) -> str:
-        """A stable 16-hex-digit key: the hash of :attr:`config`."""
+        """A stable 16-hex-digit key: :func:`run_key` of :attr:`config`."""
         return run_key(self.config)
 
     def training_precision(self, device: torch.device | str) -> Precision:
