@@ -613,3 +613,6 @@ def test_a_run_that_never_leaves_chance_level_fails_loudly_unless_its_masks_cut_
     monkeypatch.setattr(TrainingRun, "prepare", cut)
     collapsed = run_one(spec(epochs=long, seed=5), tmp_path / "o", datasets=datasets)
     assert collapsed.status == "done" and collapsed.record.extra["disconnected"] is True and collapsed.record.effective_density == 0.0
+    # and it trains one epoch, not the recipe's: no training can change a constant prediction
+    assert collapsed.record.extra["history_epochs"] == 1 < long
+    assert collapsed.record.extra["stopped"].startswith(f"stopped after epoch 1 of {long}: the mask leaves no path")

@@ -120,6 +120,20 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         training.fit(model, ds, replace(cfg, lr=0.1), checkpoint=tmp_path / "c.ckpt", device="cpu")
 
 
+def test_a_callback_ends_training_early_and_a_resumed_run_stays_stopped(tmp_path):
+    ds = toy_dataset()
+    cfg = training.TrainConfig(epochs=4, batch_size=50, lr=0.05)
+    model = models.create("lenet5", 10, (1, 28, 28), seed=0)
+    res = training.fit(model, ds, cfg, checkpoint=tmp_path / "c.ckpt", device="cpu", callbacks=[training.StopAfter(2, "enough")])
+    assert res.epochs == 2 and res.extra["stopped"] == "stopped after epoch 2 of 4: enough"
+    assert training.load_checkpoint(tmp_path / "c.ckpt")["epoch"] == 2
+    again = training.fit(models.create("lenet5", 10, (1, 28, 28), seed=0), ds, cfg, checkpoint=tmp_path / "c.ckpt", device="cpu",
+                         callbacks=[training.StopAfter(2, "enough")])
+    assert again.epochs == 2 and [h["test_acc"] for h in again.history] == [h["test_acc"] for h in res.history]
+    # without the callback the same checkpoint goes on to the recipe's end
+    assert training.fit(models.create("lenet5", 10, (1, 28, 28), seed=0), ds, cfg, checkpoint=tmp_path / "c.ckpt", device="cpu").epochs == 4
+
+
 @pytest.mark.skipif(not FMNIST.exists() and os.environ.get("PRUNEKIT_REQUIRE_DATA") != "1", reason="Fashion-MNIST not installed")
 def test_pruned_lenet_learns_fashion_mnist():
     ds = data.load_dataset("fashion-mnist")

@@ -80,6 +80,25 @@ class Evaluate(Callback):
                 metrics[f"{name}_{key}"] = value
 
 
+class StopAfter(Callback):
+    """End training after epoch ``epochs`` (counted from 1) for the reason ``why`` (the result's
+    ``extra["stopped"]`` says it, with the epoch)."""
+
+    def __init__(self, epochs: int, why: str):
+        if epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {epochs}")
+        self.epochs = epochs
+        self.why = why
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if trainer.epoch >= self.epochs:
+            trainer.stop = self.why
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, Any]) -> None:
+        if epoch + 1 >= self.epochs:
+            trainer.stop = self.why
+
+
 class Checkpoint(Callback):
     """Save the complete training state atomically, with its checksum, at the end of every epoch
     (the previous one kept beside it, :func:`~prunekit.training.checkpoint.save_checkpoint`)."""

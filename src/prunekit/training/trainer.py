@@ -172,6 +172,7 @@ class Trainer:
         self.masks: Masks | None = None
         self._enforce: Any = None
         self.classes: int | None = None  # the width of the logits, once a step has run
+        self.stop: str | None = None  # set by a callback at the end of an epoch: why training ends there
         self.forward_model = self._data_parallel(model)
         self.set_masks(masks)
 
@@ -252,6 +253,8 @@ class Trainer:
         self.model.train()
         self._call("on_fit_start")
         for epoch in range(self.epoch, cfg.epochs):
+            if self.stop is not None:  # a resumed run that had already stopped there
+                break
             self._call("on_epoch_start", epoch)
             self.train_loader.set_epoch(epoch)
             totals = train_epoch(
@@ -266,9 +269,13 @@ class Trainer:
             self.epoch = epoch + 1
             self.history.append(metrics)
             self._call("on_epoch_end", epoch, metrics)
+            if self.stop is not None:
+                break
         self._call("on_fit_end")
         result = summarize(self.history, self.train_seconds, self.images)
         result.extra.update(self.precision.as_dict())
+        if self.stop is not None:
+            result.extra["stopped"] = f"stopped after epoch {self.epoch} of {cfg.epochs}: {self.stop}"
         why = stalled(self.history, self.classes, len(self.train_loader))
         if why is not None:  # a result that is not one: said, and marked for whoever records it
             result.extra["stalled"] = why

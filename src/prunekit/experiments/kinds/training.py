@@ -17,7 +17,7 @@ from ...distributed import decided_by_rank0, rank, world_size
 from ...errors import MaskFileError
 from ...methods import get_method
 from ...options import key_dict
-from ...training import TrainingStalled, TrainResult, fit
+from ...training import StopAfter, TrainingStalled, TrainResult, fit
 from ...training.checkpoint import set_aside
 from ..ablations import reinit_seed, shuffle_masks
 from .base import DENSE, Executed, Run, RunContext, logger
@@ -104,9 +104,13 @@ class TrainingRun(Run):
     def _execute(self, ctx: RunContext) -> Executed:
         ds = ctx.datasets.get(self.dataset)
         model, masks = self.prepare(ctx, ds)
+        callbacks = ctx.epoch_callbacks(0)
+        if disconnects(model, masks, ds):  # nothing the recipe does can change that: one epoch shows it
+            logger.warning("%s: the mask leaves no path from input to output; the run stops after one epoch", self.label)
+            callbacks = [*callbacks, StopAfter(1, DISCONNECTED)]
         result = fit(
             model, ds, self.train, masks=masks, device=ctx.device, seed=self.seed, checkpoint=ctx.run_dir / "checkpoint.pt",
-            callbacks=ctx.epoch_callbacks(0), progress=ctx.progress, desc=f"{self.method} {self.sparsity:.4g}",
+            callbacks=callbacks, progress=ctx.progress, desc=f"{self.method} {self.sparsity:.4g}",
             precision=self.training_precision(ctx.device),
         )
         if ctx.events:
@@ -119,19 +123,30 @@ class TrainingRun(Run):
         Raises:
             TrainingStalled: the network never left chance level although its masks leave a path from
                 input to output (a mask that disconnects the network makes chance level the method's
-                result: recorded, marked ``disconnected``).
+                result: recorded, marked ``disconnected``; such a run trains one epoch, not its recipe).
         """
         extra: dict[str, Any] = {"history_epochs": result.epochs}
         if world_size() > 1:
             extra["world_size"] = world_size()
         why = result.extra.get("stalled")
-        if why is not None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cut = masks is not None and masks.report(model, input_shape=ds.input_shape).effective_density == 0.0
-            if not cut:
+        if why is not None or DISCONNECTED in result.extra.get("stopped", ""):
+            if disconnects(model, masks, ds):
+                extra["disconnected"] = True
+            elif why is not None:
                 raise TrainingStalled(why)
-            extra["disconnected"] = True
         return Executed(model, masks, result, extra)
+
+
+DISCONNECTED = ("the mask leaves no path from input to output, so the output does not depend on the input and no training "
+                "can take the network past the accuracy of one constant prediction")
+
+
+def disconnects(model: nn.Module, masks: Masks | None, ds: Dataset) -> bool:
+    """Whether ``masks`` leave no path from ``model``'s input to its output (False where that is unknown)."""
+    if masks is None:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return masks.report(model, input_shape=ds.input_shape).effective_density == 0.0
 
 
