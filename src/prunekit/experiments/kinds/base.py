@@ -4,9 +4,8 @@ A run is a frozen dataclass: the fields of :class:`Run` (network, data, recipe, 
 those of its kind (a method and its typed options, IMP's options, a structured trigger and budget).
 Its JSON form (:attr:`Run.config`, the results database's ``config`` and the run folder's
 ``config.json``) and its key (the hash of that form, the options that are not keyed at their
-defaults) are derived here, in one place, from the
-typed fields; the layout is the one prunekit has always written, so every recorded run keeps its
-key. How a kind is carried out is its :meth:`Run.execute`; the lifecycle around it (claim,
+defaults) are derived here, in one place, from the typed fields; the layout is the one prunekit
+has always written, so every recorded run keeps its key. How a kind is carried out is its :meth:`Run.execute`; the lifecycle around it (claim,
 heartbeat, record) is :mod:`prunekit.experiments.lifecycle`'s.
 """
 
