@@ -129,11 +129,11 @@ class TrainingRun(Run):
         if world_size() > 1:
             extra["world_size"] = world_size()
         why = result.extra.get("stalled")
-        if why is not None or DISCONNECTED in result.extra.get("stopped", ""):
-            if disconnects(model, masks, ds):
-                extra["disconnected"] = True
-            elif why is not None:
-                raise TrainingStalled(why)
+        # a run stopped for a cut mask was checked before it trained; a stalled one is checked now
+        if DISCONNECTED in result.extra.get("stopped", "") or (why is not None and disconnects(model, masks, ds)):
+            extra["disconnected"] = True
+        elif why is not None:
+            raise TrainingStalled(why)
         return Executed(model, masks, result, extra)
 
 
