@@ -288,3 +288,31 @@ def test_an_architecture_the_fused_path_cannot_express_uses_vmap_and_says_why():
     assert out.shape == (2, 3, 10) and stacked.path == "vmap" and "getitem" in stacked.fallback_reason
     with pytest.raises(Exception, match="fused stacked path cannot run"):
         StackedModel(members, fused=True)(torch.randn(2, 3, 3, 8, 8))
+
+
+def test_a_member_whose_mask_cuts_the_network_trains_alone_for_one_epoch(tmp_path, tiny_mnist, monkeypatch):
+    from prunekit.experiments import TrainingRun
+
+    original_prepare = TrainingRun.prepare
+
+    def cut_at_90(self, ctx, ds):
+        model, masks = original_prepare(self, ctx, ds)
+        if self.sparsity != 0.9:
+            return model, masks
+        first = next(iter(masks))
+        return model, prunekit.Masks({**dict(masks.items()), first: torch.zeros_like(masks[first])}, masks.meta)
+
+    monkeypatch.setattr(TrainingRun, "prepare", cut_at_90)
+    spec = sweep_from_mapping(
+        {"models": ["lenet_300_100"], "dataset": "mnist", "methods": ["random"], "sparsities": [0.5, 0.8, 0.9],
+         "seeds": [0], "epochs": 3, "train": TINY_TRAIN, "data_dir": str(tiny_mnist)}
+    )
+    summary = run_sweep(spec, tmp_path / "o", device=torch.device("cpu"), progress=False, log=False, stack=4)
+    assert summary.counts["done"] == 4
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        runs = {r.sparsity: r for r in db.runs()}
+    cut = runs[0.9]
+    assert cut.extra["disconnected"] is True and "stacked" not in cut.extra
+    assert cut.extra["history_epochs"] == 1 and cut.extra["stopped"].startswith("stopped after epoch 1 of 3")
+    assert all(runs[s].extra["stacked"] == 3 for s in (0.0, 0.5, 0.8))  # the others (dense too) still train as one network
+    assert runs[0.5].extra["history_epochs"] == 3

@@ -22,6 +22,7 @@ from ...stacked import Member, StackedModel, StackedTrainer, can_stack, checkpoi
 from ...training import TrainingDiverged
 from ...training.trainer import make_optimizer
 from ..kinds import DatasetCache, Run, TrainingRun
+from ..kinds.training import disconnects
 from ..record import EpochsToDB, Store, Trained, trained
 from .local import LocalBackend
 
@@ -110,6 +111,9 @@ class StackedBackend:
                 model, masks = run.prepare(ctx, ds)
             except Exception as exc:
                 yield run, exc
+                continue
+            if disconnects(model, masks, ds):  # trained alone: it stops after one epoch instead of the whole recipe
+                yield from self.alone.train([run], store)
                 continue
             by_epoch[checkpoint_epoch(ctx.run_dir / "checkpoint.pt")].append(Prepared(run, ctx.run_dir, model, masks))
         for group in by_epoch.values():
