@@ -294,8 +294,10 @@ def test_a_member_whose_mask_cuts_the_network_trains_alone_for_one_epoch(tmp_pat
     from prunekit.experiments import TrainingRun
 
     original_prepare = TrainingRun.prepare
+    prepared = []
 
     def cut_at_90(self, ctx, ds):
+        prepared.append(self.sparsity)
         model, masks = original_prepare(self, ctx, ds)
         if self.sparsity != 0.9:
             return model, masks
@@ -316,3 +318,27 @@ def test_a_member_whose_mask_cuts_the_network_trains_alone_for_one_epoch(tmp_pat
     assert cut.extra["history_epochs"] == 1 and cut.extra["stopped"].startswith("stopped after epoch 1 of 3")
     assert all(runs[s].extra["stacked"] == 3 for s in (0.0, 0.5, 0.8))  # the others (dense too) still train as one network
     assert runs[0.5].extra["history_epochs"] == 3
+    assert sorted(prepared) == [0.0, 0.5, 0.8, 0.9]  # each run scored or read once, the one trained alone too
+
+
+def test_what_a_member_recovered_from_before_training_stacked_reaches_its_record(tmp_path, tiny_mnist):
+    spec = sweep_from_mapping(
+        {"models": ["lenet_300_100"], "dataset": "mnist", "methods": ["random"], "sparsities": [0.5, 0.8], "seeds": [0],
+         "epochs": 2, "train": TINY_TRAIN, "data_dir": str(tiny_mnist), "dense": False}
+    )
+    first = run_sweep(spec, tmp_path / "o", device=torch.device("cpu"), progress=False, log=False, stack=4)
+    assert first.counts["done"] == 2
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        rows = {r.sparsity: r for r in db.runs()}
+        assert rows[0.5].extra["stacked"] == 2
+        damaged = tmp_path / "o" / "runs" / rows[0.5].key / "masks.pt"
+        damaged.write_bytes(damaged.read_bytes()[:200])  # as a machine lost while writing it would leave it
+        for row in rows.values():
+            db.reset(row.key)
+    again = run_sweep(spec, tmp_path / "o", device=torch.device("cpu"), progress=False, log=False, stack=4)
+    assert again.counts["done"] == 2
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        after = {r.sparsity: r for r in db.runs()}
+    assert after[0.5].extra["stacked"] == 2  # still trained as one group
+    assert "set aside" in " ".join(after[0.5].extra["recovered"]) and list(damaged.parent.glob("masks.pt.damaged*"))
+    assert "recovered" not in after[0.8].extra

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from ..kinds import DatasetCache, Run, RunContext
+from ..kinds import DatasetCache, Executed, Run, RunContext
 from ..record import Store, Trained, trained
 
 
@@ -30,8 +30,12 @@ class LocalBackend:
     def train_one(self, run: Run, store: Store) -> Trained | Exception:
         """``run`` carried out here; an exception inside it is returned (recorded), not raised."""
         ctx = self.context(run, store)
+        return self.carry_out(run, ctx, lambda: run.execute(ctx))
+
+    def carry_out(self, run: Run, ctx: RunContext, work: Callable[[], Executed]) -> Trained | Exception:
+        """What ``work`` (``run`` carried out in ``ctx``, whole or from its prepared model) produced, or the
+        exception it failed with (returned to be recorded, so that a sweep goes on with the next run)."""
         try:
-            done = run.execute(ctx)
-            return trained(done, ctx.run_dir, self.datasets.get(run.dataset), self.device)
-        except Exception as exc:  # recorded, so that a sweep goes on with the next run
+            return trained(work(), ctx.run_dir, self.datasets.get(run.dataset), self.device)
+        except Exception as exc:
             return exc

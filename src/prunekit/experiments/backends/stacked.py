@@ -12,16 +12,17 @@ import logging
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 
 import torch
 from torch import nn
 
 from ...core.masks import Masks
+from ...data import Dataset
 from ...stacked import Member, StackedModel, StackedTrainer, can_stack, checkpoint_epoch
 from ...training import TrainingDiverged
 from ...training.trainer import make_optimizer
-from ..kinds import DatasetCache, Run, TrainingRun
+from ..kinds import DatasetCache, Run, RunContext, TrainingRun
 from ..kinds.training import disconnects
 from ..record import EpochsToDB, Store, Trained, trained
 from .local import LocalBackend
@@ -75,7 +76,7 @@ class Prepared:
     """A claimed run of a group, scored and ready to train."""
 
     run: TrainingRun
-    run_dir: Path
+    ctx: RunContext
     model: nn.Module
     masks: Masks | None
 
@@ -112,21 +113,23 @@ class StackedBackend:
             except Exception as exc:
                 yield run, exc
                 continue
+            prepared = Prepared(run, ctx, model, masks)
             if disconnects(model, masks, ds):  # trained alone: it stops after one epoch instead of the whole recipe
-                yield from self.alone.train([run], store)
+                yield run, self.train_alone(prepared, ds)
                 continue
-            by_epoch[checkpoint_epoch(ctx.run_dir / "checkpoint.pt")].append(Prepared(run, ctx.run_dir, model, masks))
+            by_epoch[checkpoint_epoch(ctx.run_dir / "checkpoint.pt")].append(prepared)
         for group in by_epoch.values():
             if len(group) == 1:
-                yield from self.alone.train([group[0].run], store)
+                yield group[0].run, self.train_alone(group[0], ds)
                 continue
             ok, why = can_stack(group[0].model, ds.input_shape, self.device)
             if not ok:
                 logger.warning("%s cannot be stacked (%s); training its %d runs one at a time", group[0].run.model, why, len(group))
-                yield from self.alone.train([p.run for p in group], store)
+                for p in group:
+                    yield p.run, self.train_alone(p, ds)
                 continue
             members = [
-                Member(p.model, p.masks, p.run.seed, checkpoint=p.run_dir / "checkpoint.pt", callbacks=[EpochsToDB(store.db, p.run.key, 0, store.owner)])
+                Member(p.model, p.masks, p.run.seed, checkpoint=p.ctx.run_dir / "checkpoint.pt", callbacks=[EpochsToDB(store.db, p.run.key, 0, store.owner)])
                 for p in group
             ]
             try:
@@ -135,15 +138,22 @@ class StackedBackend:
                 )
             except Exception as exc:
                 logger.warning("stacked training of %d runs failed (%s: %s); running them one at a time", len(group), type(exc).__name__, exc)
-                yield from self.alone.train([p.run for p in group], store)
+                for p in group:  # prepared again (the stacked training changed the members' models), from the masks saved
+                    ctx = self.alone.context(p.run, store)
+                    ctx.events = list(p.ctx.events)
+                    yield p.run, self.alone.carry_out(p.run, ctx, partial(p.run.execute, ctx))
                 continue
             for p, member, result in zip(group, members, results):
                 if isinstance(result, TrainingDiverged):
                     yield p.run, result
                     continue
                 try:
-                    done = p.run.executed(member.model, member.masks, result, ds)
+                    done = p.run.executed(member.model, member.masks, result, ds, p.ctx.events)
                 except Exception as exc:  # e.g. a stalled member: recorded as its failure
                     yield p.run, exc
                     continue
-                yield p.run, trained(done, p.run_dir, ds, self.device)
+                yield p.run, trained(done, p.ctx.run_dir, ds, self.device)
+
+    def train_alone(self, p: Prepared, ds: Dataset) -> Trained | Exception:
+        """``p`` trained by itself from the model and masks already prepared (not scored or read again)."""
+        return self.alone.carry_out(p.run, p.ctx, lambda: p.run.train_prepared(p.ctx, ds, p.model, p.masks))

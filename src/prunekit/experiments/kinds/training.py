@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -104,6 +105,10 @@ class TrainingRun(Run):
     def _execute(self, ctx: RunContext) -> Executed:
         ds = ctx.datasets.get(self.dataset)
         model, masks = self.prepare(ctx, ds)
+        return self.train_prepared(ctx, ds, model, masks)
+
+    def train_prepared(self, ctx: RunContext, ds: Dataset, model: nn.Module, masks: Masks | None) -> Executed:
+        """Train what :meth:`prepare` returned in ``ctx`` (alone, in this process) and say what it produced."""
         callbacks = ctx.epoch_callbacks(0)
         if disconnects(model, masks, ds):  # nothing the recipe does can change that: one epoch shows it
             logger.warning("%s: the mask leaves no path from input to output; the run stops after one epoch", self.label)
@@ -113,18 +118,19 @@ class TrainingRun(Run):
             callbacks=callbacks, progress=ctx.progress, desc=f"{self.method} {self.sparsity:.4g}",
             precision=self.training_precision(ctx.device),
         )
-        if ctx.events:
-            result.extra["recovered"] = ctx.events + result.extra.get("recovered", [])
-        return self.executed(model, masks, result, ds)
+        return self.executed(model, masks, result, ds, ctx.events)
 
-    def executed(self, model: nn.Module, masks: Masks | None, result: TrainResult, ds: Dataset) -> Executed:
-        """What the run produced, however it was trained (alone, stacked, data-parallel).
+    def executed(self, model: nn.Module, masks: Masks | None, result: TrainResult, ds: Dataset, events: Sequence[str] = ()) -> Executed:
+        """What the run produced, however it was trained (alone, stacked, data-parallel); ``events``: what
+        its preparation recovered from (a damaged mask file set aside), recorded before the training's own.
 
         Raises:
             TrainingStalled: the network never left chance level although its masks leave a path from
                 input to output (a mask that disconnects the network makes chance level the method's
                 result: recorded, marked ``disconnected``; such a run trains one epoch, not its recipe).
         """
+        if events:
+            result.extra["recovered"] = [*events, *result.extra.get("recovered", [])]
         extra: dict[str, Any] = {"history_epochs": result.epochs}
         if world_size() > 1:
             extra["world_size"] = world_size()
