@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 
 import pytest
 import torch
@@ -316,6 +317,15 @@ def test_structured_sweep_and_report(tmp_path, tiny_mnist):
     md = t.to_markdown()
     assert "early structured pruning" in md and "| dense | – |" in md and "| epoch:prune_at=1 | macs=0.5 |" in md
     assert "| after_training | params=0.3 |" in md
+    # the second time ratio: against a dense run's time as these runs measured it before pruning
+    infos = [r.extra["structured"] for by_budget in t.rows.values() for runs in by_budget.values() for r in runs]
+    assert len(t.unpruned_epoch_seconds) == sum(i["pruned_epoch"] for i in infos) > 0
+    row = t.rows["epoch:prune_at=1"]["macs=0.5"][0]
+    expected = row.train_seconds / (2 * statistics.median(t.unpruned_epoch_seconds))
+    header = next(line for line in md.splitlines() if line.startswith("| trigger"))
+    line = next(line for line in md.splitlines() if line.startswith("| epoch:prune_at=1 | macs=0.5 |"))
+    column = [c.strip() for c in header.split("|")].index("vs unpruned epochs")
+    assert [c.strip() for c in line.split("|")][column] == f"{expected:.2f}x"
     names = {f.name for f in files}
     slug = t.slug  # model, data, recipe, epochs and a short hash of the training configuration
     assert "_structured" in slug and {f"{slug}_indicator.png", f"{slug}_cost.png"} <= names

@@ -2,7 +2,9 @@
 trigger and budget; the indicator over training with the pruning point; accuracy against training cost.
 
 Reads only the results database. One table per (model, dataset, recipe, training config); dense runs
-of the same configuration are the baseline of the time ratio.
+of the same configuration are the baseline of the time ratio, and so is the epoch time the table's own
+runs measured before they pruned (the same machine under the same load: the dense runs may have been
+trained at another time, beside other work).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class StructuredTable:
     dense: list[RunRecord] = field(default_factory=list)
     config_id: str = ""  # a short hash of the training configuration
     precision: str = FP32  # the runs' training precision (the dense runs' too)
+    unpruned_epoch_seconds: list[float] = field(default_factory=list)  # every epoch the structured runs trained before pruning
 
     @property
     def slug(self) -> str:
@@ -47,6 +50,12 @@ class StructuredTable:
     def dense_seconds(self) -> float | None:
         return statistics.fmean(r.train_seconds or 0.0 for r in self.dense) if self.dense else None
 
+    @property
+    def unpruned_seconds(self) -> float | None:
+        """A dense run's training time as the table's own runs measured it: the median of the epochs
+        they trained before pruning, times the recipe's epochs (None: every run pruned at initialisation)."""
+        return statistics.median(self.unpruned_epoch_seconds) * self.epochs if self.unpruned_epoch_seconds else None
+
     def to_markdown(self) -> str:
         dense = self._acc(self.dense) if self.dense else None
         lines = [
@@ -54,11 +63,14 @@ class StructuredTable:
             f", {self.precision}): early structured pruning, "
             f"{_METRIC_NAMES[self.metric]} (%)**",
             "",
-            "| trigger | budget | accuracy | pruned at epoch | MACs kept | params kept | training time vs dense | inference latency |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
+            "| trigger | budget | accuracy | pruned at epoch | MACs kept | params kept | training time vs dense "
+            "| vs unpruned epochs | inference latency |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
+        unpruned = self.unpruned_seconds
         if dense is not None and dense.n:
-            lines.append(f"| dense | – | {dense.text()} | – | 100 % | 100 % | 1.00x | – |")
+            same = f"{self.dense_seconds / unpruned:.2f}x" if unpruned and self.dense_seconds else "–"
+            lines.append(f"| dense | – | {dense.text()} | – | 100 % | 100 % | 1.00x | {same} | – |")
         for label, by_budget in self.rows.items():
             for budget in self.budgets:
                 runs = by_budget.get(budget)
@@ -70,11 +82,18 @@ class StructuredTable:
                 params = statistics.fmean(i["params_after"] / i["params_before"] for i in infos)
                 secs = statistics.fmean(r.train_seconds or 0.0 for r in runs)
                 ratio = f"{secs / self.dense_seconds:.2f}x" if self.dense_seconds else "–"
+                same = f"{secs / unpruned:.2f}x" if unpruned else "–"
                 lat = statistics.fmean(i["latency_after_ms"] / i["latency_before_ms"] for i in infos)
-                lines.append(f"| {label} | {budget} | {self._acc(runs).text()} | {epochs} | {macs:.1%} | {params:.1%} | {ratio} | {lat:.2f}x |")
+                lines.append(f"| {label} | {budget} | {self._acc(runs).text()} | {epochs} | {macs:.1%} | {params:.1%} | {ratio} | {same} "
+                             f"| {lat:.2f}x |")
+        basis = (f"{self.epochs} × {statistics.median(self.unpruned_epoch_seconds):.1f} s, the median of the "
+                 f"{len(self.unpruned_epoch_seconds)} epochs this table's runs trained before pruning" if unpruned
+                 else "none here: every run pruned at initialisation")
         lines += ["", "Pruned at: the epoch whose end removed the channels (0: at initialisation; * : the indicator had not "
                   "fired and the run pruned at its latest allowed epoch). Training time: measured wall-clock against the "
-                  "dense runs of the same configuration. Inference latency: the pruned model's forward time over the full one's."]
+                  "dense runs of the same configuration, and against a dense run's time as this table's own runs measured it "
+                  f"({basis}; the dense row: the dense runs against it, above 1.00x where they trained under more load). "
+                  "Inference latency: the pruned model's forward time over the full one's."]
         return "\n".join(lines)
 
 
@@ -102,8 +121,18 @@ def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any)
         dense = [r for r in rows if r.structured is None]
         tables.append(StructuredTable(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, budgets,
                                       {k: dict(v) for k, v in sorted(by_label.items())}, dense,
-                                      config_id(train_json, precision), precision))
+                                      config_id(train_json, precision), precision, unpruned_epochs(db, structured)))
     return tables
+
+
+def unpruned_epochs(db: ResultsDB, runs: list[RunRecord]) -> list[float]:
+    """The measured time of every epoch that ``runs`` trained before they pruned (the end of epoch
+    ``pruned_epoch`` removed the channels, so epochs 1 to ``pruned_epoch`` trained the full network)."""
+    seconds = []
+    for r in runs:
+        last = (r.extra.get("structured") or {}).get("pruned_epoch") or 0
+        seconds += [e["epoch_seconds"] for e in db.epochs(r.key, phase=0) if e["epoch"] <= last and e.get("epoch_seconds")]
+    return seconds
 
 
 def plot_indicator(table: StructuredTable, path: str | Path) -> Path | None:
