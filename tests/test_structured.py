@@ -14,6 +14,7 @@ from torch import nn
 import prunekit
 from prunekit import models, structured, training
 from prunekit.errors import ConfigError
+from prunekit.experiments import ResultsDB
 from resume_worker import toy_dataset
 
 
@@ -317,15 +318,22 @@ def test_structured_sweep_and_report(tmp_path, tiny_mnist):
     md = t.to_markdown()
     assert "early structured pruning" in md and "| dense | – |" in md and "| epoch:prune_at=1 | macs=0.5 |" in md
     assert "| after_training | params=0.3 |" in md
-    # the second time ratio: against a dense run's time as these runs measured it before pruning
+    # the second time ratio: the run's epochs at the medians of its own epoch times (here one of each, so
+    # the ratio is (1 + pruned epoch / unpruned epoch) / 2, read from the epochs the database holds)
     infos = [r.extra["structured"] for by_budget in t.rows.values() for runs in by_budget.values() for r in runs]
     assert len(t.unpruned_epoch_seconds) == sum(i["pruned_epoch"] for i in infos) > 0
     row = t.rows["epoch:prune_at=1"]["macs=0.5"][0]
-    expected = row.train_seconds / (2 * statistics.median(t.unpruned_epoch_seconds))
+    with ResultsDB(tmp_path / "o" / "results.db") as db:
+        first, second = (e["epoch_seconds"] for e in db.epochs(row.key))
+    expected = (1 + second / first) / 2
     header = next(line for line in md.splitlines() if line.startswith("| trigger"))
     line = next(line for line in md.splitlines() if line.startswith("| epoch:prune_at=1 | macs=0.5 |"))
-    column = [c.strip() for c in header.split("|")].index("vs unpruned epochs")
+    column = [c.strip() for c in header.split("|")].index("in epoch medians")
     assert [c.strip() for c in line.split("|")][column] == f"{expected:.2f}x"
+    t.epoch_seconds[row.key] = ([], [second])  # as a run pruned at initialisation: against the table's unpruned median
+    assert t.epoch_median_ratio(row) == pytest.approx(second / statistics.median(t.unpruned_epoch_seconds))
+    t.epoch_seconds[row.key] = ([first, second], [])  # no pruned epoch recorded: no ratio
+    assert t.epoch_median_ratio(row) is None
     names = {f.name for f in files}
     slug = t.slug  # model, data, recipe, epochs and a short hash of the training configuration
     assert "_structured" in slug and {f"{slug}_indicator.png", f"{slug}_cost.png"} <= names

@@ -2,9 +2,10 @@
 trigger and budget; the indicator over training with the pruning point; accuracy against training cost.
 
 Reads only the results database. One table per (model, dataset, recipe, training config); dense runs
-of the same configuration are the baseline of the time ratio, and so is the epoch time the table's own
-runs measured before they pruned (the same machine under the same load: the dense runs may have been
-trained at another time, beside other work).
+of the same configuration are the baseline of the time ratio; a second ratio counts each run's epochs at
+the medians of its own epoch times, unpruned and pruned (the same machine under the same load: the dense
+runs may have been trained at another time, beside other work, and one epoch disturbed by other work
+does not move a median).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class StructuredTable:
     dense: list[RunRecord] = field(default_factory=list)
     config_id: str = ""  # a short hash of the training configuration
     precision: str = FP32  # the runs' training precision (the dense runs' too)
-    unpruned_epoch_seconds: list[float] = field(default_factory=list)  # every epoch the structured runs trained before pruning
+    epoch_seconds: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # run key -> its epochs' times (unpruned, pruned)
 
     @property
     def slug(self) -> str:
@@ -51,10 +52,21 @@ class StructuredTable:
         return statistics.fmean(r.train_seconds or 0.0 for r in self.dense) if self.dense else None
 
     @property
-    def unpruned_seconds(self) -> float | None:
-        """A dense run's training time as the table's own runs measured it: the median of the epochs
-        they trained before pruning, times the recipe's epochs (None: every run pruned at initialisation)."""
-        return statistics.median(self.unpruned_epoch_seconds) * self.epochs if self.unpruned_epoch_seconds else None
+    def unpruned_epoch_seconds(self) -> list[float]:
+        """The time of every epoch the table's structured runs trained before pruning."""
+        return [t for unpruned, _ in self.epoch_seconds.values() for t in unpruned]
+
+    def epoch_median_ratio(self, run: RunRecord) -> float | None:
+        """``run``'s training time over a dense run's, both counted in median epochs measured inside ``run``:
+        ``(k + (N - k) * pruned / unpruned) / N`` for a run pruned at the end of epoch ``k`` of ``N``, with
+        the medians of its own pruned and unpruned epochs (pruned at initialisation: the unpruned median of
+        the whole table). None where the epochs needed were not recorded."""
+        unpruned, pruned = self.epoch_seconds.get(run.key, ([], []))
+        base = unpruned or self.unpruned_epoch_seconds
+        if not base or not pruned:
+            return None
+        k = len(unpruned)
+        return (k + (self.epochs - k) * statistics.median(pruned) / statistics.median(base)) / self.epochs
 
     def to_markdown(self) -> str:
         dense = self._acc(self.dense) if self.dense else None
@@ -64,12 +76,12 @@ class StructuredTable:
             f"{_METRIC_NAMES[self.metric]} (%)**",
             "",
             "| trigger | budget | accuracy | pruned at epoch | MACs kept | params kept | training time vs dense "
-            "| vs unpruned epochs | inference latency |",
+            "| in epoch medians | inference latency |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        unpruned = self.unpruned_seconds
+        all_unpruned = self.unpruned_epoch_seconds
         if dense is not None and dense.n:
-            same = f"{self.dense_seconds / unpruned:.2f}x" if unpruned and self.dense_seconds else "–"
+            same = f"{self.dense_seconds / (self.epochs * statistics.median(all_unpruned)):.2f}x" if all_unpruned and self.dense_seconds else "–"
             lines.append(f"| dense | – | {dense.text()} | – | 100 % | 100 % | 1.00x | {same} | – |")
         for label, by_budget in self.rows.items():
             for budget in self.budgets:
@@ -82,18 +94,20 @@ class StructuredTable:
                 params = statistics.fmean(i["params_after"] / i["params_before"] for i in infos)
                 secs = statistics.fmean(r.train_seconds or 0.0 for r in runs)
                 ratio = f"{secs / self.dense_seconds:.2f}x" if self.dense_seconds else "–"
-                same = f"{secs / unpruned:.2f}x" if unpruned else "–"
+                medians = [m for m in map(self.epoch_median_ratio, runs) if m is not None]
+                same = f"{statistics.fmean(medians):.2f}x" if len(medians) == len(runs) else "–"
                 lat = statistics.fmean(i["latency_after_ms"] / i["latency_before_ms"] for i in infos)
                 lines.append(f"| {label} | {budget} | {self._acc(runs).text()} | {epochs} | {macs:.1%} | {params:.1%} | {ratio} | {same} "
                              f"| {lat:.2f}x |")
-        basis = (f"{self.epochs} × {statistics.median(self.unpruned_epoch_seconds):.1f} s, the median of the "
-                 f"{len(self.unpruned_epoch_seconds)} epochs this table's runs trained before pruning" if unpruned
-                 else "none here: every run pruned at initialisation")
+        basis = (f"{statistics.median(all_unpruned):.1f} s, the median of the {len(all_unpruned)} unpruned epochs of this table"
+                 if all_unpruned else "none here: no run trained an epoch unpruned")
         lines += ["", "Pruned at: the epoch whose end removed the channels (0: at initialisation; * : the indicator had not "
-                  "fired and the run pruned at its latest allowed epoch). Training time: measured wall-clock against the "
-                  "dense runs of the same configuration, and against a dense run's time as this table's own runs measured it "
-                  f"({basis}; the dense row: the dense runs against it, above 1.00x where they trained under more load). "
-                  "Inference latency: the pruned model's forward time over the full one's."]
+                  "fired and the run pruned at its latest allowed epoch). Training time: the measured wall-clock against the "
+                  "dense runs of the same configuration; in epoch medians: each run's epochs counted at the medians of its own "
+                  "unpruned and pruned epoch times, against as many of its unpruned epochs (pruned at initialisation: against "
+                  f"the table's unpruned median, {basis}; the dense row: the dense runs against that median) — the ratio to read "
+                  "when the dense runs trained at another time or the machine's load changed. Inference latency: the pruned "
+                  "model's forward time over the full one's."]
         return "\n".join(lines)
 
 
@@ -121,18 +135,16 @@ def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any)
         dense = [r for r in rows if r.structured is None]
         tables.append(StructuredTable(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, budgets,
                                       {k: dict(v) for k, v in sorted(by_label.items())}, dense,
-                                      config_id(train_json, precision), precision, unpruned_epochs(db, structured)))
+                                      config_id(train_json, precision), precision, {r.key: epoch_times(db, r) for r in structured}))
     return tables
 
 
-def unpruned_epochs(db: ResultsDB, runs: list[RunRecord]) -> list[float]:
-    """The measured time of every epoch that ``runs`` trained before they pruned (the end of epoch
-    ``pruned_epoch`` removed the channels, so epochs 1 to ``pruned_epoch`` trained the full network)."""
-    seconds = []
-    for r in runs:
-        last = (r.extra.get("structured") or {}).get("pruned_epoch") or 0
-        seconds += [e["epoch_seconds"] for e in db.epochs(r.key, phase=0) if e["epoch"] <= last and e.get("epoch_seconds")]
-    return seconds
+def epoch_times(db: ResultsDB, run: RunRecord) -> tuple[list[float], list[float]]:
+    """The measured times of ``run``'s epochs before and after it pruned (the end of epoch ``pruned_epoch``
+    removed the channels, so epochs 1 to ``pruned_epoch`` trained the full network)."""
+    last = (run.extra.get("structured") or {}).get("pruned_epoch") or 0
+    epochs = [e for e in db.epochs(run.key, phase=0) if e.get("epoch_seconds")]
+    return [e["epoch_seconds"] for e in epochs if e["epoch"] <= last], [e["epoch_seconds"] for e in epochs if e["epoch"] > last]
 
 
 def plot_indicator(table: StructuredTable, path: str | Path) -> Path | None:
