@@ -342,3 +342,30 @@ def test_what_a_member_recovered_from_before_training_stacked_reaches_its_record
     assert after[0.5].extra["stacked"] == 2  # still trained as one group
     assert "set aside" in " ".join(after[0.5].extra["recovered"]) and list(damaged.parent.glob("masks.pt.damaged*"))
     assert "recovered" not in after[0.8].extra
+
+
+def test_a_group_whose_stacked_training_fails_trains_each_run_alone_from_a_fresh_model(tmp_path, tiny_mnist, monkeypatch, caplog):
+    from prunekit.stacked import trainer as stacked_trainer
+
+    mapping = {"models": ["lenet_300_100"], "dataset": "mnist", "methods": ["random"], "sparsities": [0.5, 0.9],
+               "seeds": [0], "epochs": 2, "train": TINY_TRAIN, "data_dir": str(tiny_mnist)}
+    alone = run_sweep(sweep_from_mapping(mapping), tmp_path / "alone", device=torch.device("cpu"), progress=False, log=False, stack=1)
+    assert alone.counts["done"] == 3
+
+    def spoil_then_fail(self, *args, **kwargs):
+        with torch.no_grad():  # as a failure after some training would leave the members' models
+            for member in self.members:
+                for p in member.model.parameters():
+                    p.mul_(0.5)
+        raise RuntimeError("out of memory in the fused step")
+
+    monkeypatch.setattr(stacked_trainer.StackedTrainer, "fit", spoil_then_fail)
+    summary = run_sweep(sweep_from_mapping(mapping), tmp_path / "o", device=torch.device("cpu"), progress=False, log=False, stack=3)
+    assert summary.counts["done"] == 3
+    notices = [r.getMessage() for r in caplog.records if r.name == "prunekit" and r.levelname == "WARNING"]
+    assert any("stacked training of 3 runs failed (RuntimeError: out of memory in the fused step)" in m for m in notices)
+    with ResultsDB(tmp_path / "alone" / "results.db") as a, ResultsDB(tmp_path / "o" / "results.db") as b:
+        expected = {r.key: r.final_acc for r in a.runs()}
+        got = {r.key: r.final_acc for r in b.runs()}
+        assert all("stacked" not in r.extra for r in b.runs())
+    assert got == expected  # prepared again from the saved masks: the same runs as alone, not the spoiled models
