@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
-import signal
 import tempfile
-import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -103,26 +101,6 @@ def check_output_folder(out_dir: Path) -> None:
         raise ConfigError(f"the output folder {str(out_dir)!r} is not writable ({exc.strerror}); choose another --out") from None
 
 
-@contextmanager
-def terminate_releases() -> Iterator[None]:
-    """Inside the block, SIGTERM (``kill``, a scheduler's time limit or pre-emption) raises
-    ``SystemExit(143)``: the runs held are released as on Ctrl-C, free for the next invocation at once
-    (not after their lease), and the process exits with the status a SIGTERM gives. Only in the main
-    thread and only where SIGTERM still has its default action (a program's own handler is left alone)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
 class Backend(Protocol):
     """How claimed runs are trained."""
 
@@ -205,12 +183,7 @@ class Lifecycle:
             raise
 
     def carry_out(self, runs: Sequence[Run], backend: Backend, report: Callable[[RunOutcome], None] = lambda o: None) -> list[RunOutcome]:
-        """Claim, train (with ``backend``) and record ``runs``, unit by unit; report every outcome. A
-        SIGTERM meanwhile ends the process as Ctrl-C does (:func:`terminate_releases`)."""
-        with terminate_releases():
-            return self._carry_out(runs, backend, report)
-
-    def _carry_out(self, runs: Sequence[Run], backend: Backend, report: Callable[[RunOutcome], None]) -> list[RunOutcome]:
+        """Claim, train (with ``backend``) and record ``runs``, unit by unit; report every outcome."""
         outcomes = []
         for unit in backend.units(runs):
             claimed, refused = self.claim(unit)
