@@ -334,6 +334,15 @@ def _db_rows(path):
         c.close()
 
 
+def _db_errors(path):
+    """Every failed run's recorded error, for an assertion's message."""
+    c = sqlite3.connect(path)
+    try:
+        return "".join(f"\n{key}: {error}" for key, error in c.execute("SELECT key, error FROM runs WHERE status = 'failed'"))
+    finally:
+        c.close()
+
+
 def _db_progress(path):
     """A progress probe for wait_while_progressing: the runs' states and the number of epochs logged."""
 
@@ -399,6 +408,115 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     assert after[killed_key]["attempts"] == 2  # the interrupted run was taken over ...
     assert _epochs_logged(db_path, killed_key) == 3  # ... and resumed, not duplicated
     assert all(r["attempts"] == 1 for k, r in after.items() if k not in finished_before and k != killed_key)
+
+
+def test_a_sweep_stopped_with_sigterm_releases_its_run_at_once(tmp_path):
+    data_dir = write_tiny_mnist(tmp_path / "mnist", n_train=3000, n_test=300)
+    out = tmp_path / "sweep"
+    db_path = out / "results.db"
+    log = tmp_path / "sweep.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(_sweep_cmd(data_dir, out), stdout=subprocess.DEVNULL, stderr=err)
+    progress = _db_progress(db_path)
+    stopped_key = None
+
+    def ready():
+        nonlocal stopped_key
+        running = [k for k, r in _db_rows(db_path).items() if r["status"] == "running"]
+        if running and _epochs_logged(db_path, running[0]) >= 1:
+            stopped_key = running[0]
+            return True
+        return False
+
+    try:
+        wait_while_progressing(proc, progress, until=ready, poll=0.02)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        status = proc.wait()
+    assert status == 128 + signal.SIGTERM, log.read_text() + _db_errors(db_path)  # the status a SIGTERM gives, after the release
+    row = _db_rows(db_path)[stopped_key]
+    assert row["status"] == "pending" and row["owner"] is None  # free now, not after its lease
+    again = subprocess.Popen(_sweep_cmd(data_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait_while_progressing(again, progress) == 0
+    after = _db_rows(db_path)
+    assert all(r["status"] == "done" for r in after.values())
+    assert _epochs_logged(db_path, stopped_key) == 3  # resumed from its checkpoint, no epoch twice
+
+
+def test_sigterm_handler_is_installed_only_where_sigterm_has_its_default_action():
+    from prunekit.experiments.lifecycle import terminate_releases
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with terminate_releases():
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            with pytest.raises(SystemExit) as info:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs at the next bytecode; never reached
+            assert info.value.code == 128 + signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the block
+
+        def own(signum, frame):
+            pass
+
+        signal.signal(signal.SIGTERM, own)
+        with terminate_releases():
+            assert signal.getsignal(signal.SIGTERM) is own  # a program's own handler is left alone
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_interruption_is_found_behind_the_error_cleanup_raised():
+    from prunekit.experiments.lifecycle import interruption
+
+    def writer_closing_after(stop):
+        try:
+            raise stop
+        except BaseException:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 106112 vs 106008") from None
+
+    for stop in (KeyboardInterrupt(), SystemExit(143)):
+        with pytest.raises(RuntimeError) as info:
+            writer_closing_after(stop)
+        assert interruption(info.value) is stop  # found through __context__, even with the cause suppressed
+    try:
+        try:
+            raise ValueError("first")
+        except ValueError as exc:
+            raise OSError("second") from exc
+    except OSError as exc:
+        assert interruption(exc) is None  # a chain of plain errors is a failure
+
+
+@pytest.mark.parametrize("stack", [1, 2])
+def test_a_sweep_interrupted_inside_a_checkpoint_write_releases_its_run(tmp_path, tiny_mnist, monkeypatch, stack):
+    """Ctrl-C or SIGTERM in the middle of ``torch.save``: the zip writer's cleanup raises a RuntimeError
+    of its own. The run was stopped, not failed: it is released and the next sweep resumes it."""
+    s = sweep_from_mapping(
+        {"models": ["lenet_300_100"], "dataset": "mnist", "methods": ["random"], "sparsities": [0.5, 0.9],
+         "seeds": [0], "dense": False, "epochs": 2, "train": TINY_TRAIN, "data_dir": str(tiny_mnist)}
+    )
+    real_save, interrupted = torch.save, []
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "optimizer" in obj and not interrupted:  # the first training checkpoint
+            interrupted.append(True)
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 106112 vs 106008") from None
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(s, tmp_path / "o", device=torch.device("cpu"), progress=False, log=False, stack=stack)
+    rows = _db_rows(tmp_path / "o" / "results.db")
+    assert rows and all(r["status"] == "pending" and r["owner"] is None for r in rows.values())
+    monkeypatch.setattr(torch, "save", real_save)
+    summary = run_sweep(s, tmp_path / "o", device=torch.device("cpu"), progress=False, log=False, stack=stack)
+    assert summary.counts["done"] == 2
 
 
 def test_two_sweeps_on_one_database_never_run_a_run_twice(tmp_path):

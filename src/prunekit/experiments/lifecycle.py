@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -82,6 +84,21 @@ def failure_kind(exc: BaseException) -> str:
     return "method"
 
 
+def interruption(exc: BaseException) -> BaseException | None:
+    """The interruption (Ctrl-C, SIGTERM: not an ``Exception``) that ``exc`` was raised while handling,
+    if any. Cleanup code can turn an interruption into an error of its own (``torch.save`` stopped in
+    the middle of a write raises ``RuntimeError: ... unexpected pos`` as its writer closes): such a run
+    was stopped, not failed."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if not isinstance(cause, Exception):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def check_output_folder(out_dir: Path) -> None:
     """``--out`` must be a folder this process can write (created if missing).
 
@@ -99,6 +116,26 @@ def check_output_folder(out_dir: Path) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"the output folder {str(out_dir)!r} is not writable ({exc.strerror}); choose another --out") from None
+
+
+@contextmanager
+def terminate_releases() -> Iterator[None]:
+    """Inside the block, SIGTERM (``kill``, a scheduler's time limit or pre-emption) raises
+    ``SystemExit(143)``: the runs held are released as on Ctrl-C, free for the next invocation at once
+    (not after their lease), and the process exits with the status a SIGTERM gives. Only in the main
+    thread and only where SIGTERM still has its default action (a program's own handler is left alone)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class Backend(Protocol):
@@ -151,11 +188,15 @@ class Lifecycle:
 
     def record(self, run: Run, produced: Trained | BaseException) -> RunOutcome:
         """Finish or fail ``run`` with what its backend produced (a run whose claim was lost meanwhile
-        is left to its new owner: nothing is written)."""
+        is left to its new owner: nothing is written). An error raised while an interruption was
+        handled raises that interruption again (:func:`interruption`): the run is released, not failed."""
         if isinstance(produced, ClaimLost):
             logger.warning("%s: %s", run.label, produced)
             return RunOutcome(run.key, "lost", self.db.get(run.key))
         if isinstance(produced, BaseException):
+            stopped = interruption(produced)
+            if stopped is not None:  # released by holding(), as the interruption itself would be
+                raise stopped
             text = "".join(traceback.format_exception(type(produced), produced, produced.__traceback__, limit=8))
             self.db.fail(run.key, self.owner, f"{type(produced).__name__}: {produced}\n{text}", failure_kind(produced))
             return RunOutcome(run.key, "failed", self.db.get(run.key))
@@ -183,7 +224,12 @@ class Lifecycle:
             raise
 
     def carry_out(self, runs: Sequence[Run], backend: Backend, report: Callable[[RunOutcome], None] = lambda o: None) -> list[RunOutcome]:
-        """Claim, train (with ``backend``) and record ``runs``, unit by unit; report every outcome."""
+        """Claim, train (with ``backend``) and record ``runs``, unit by unit; report every outcome. A
+        SIGTERM meanwhile ends the process as Ctrl-C does (:func:`terminate_releases`)."""
+        with terminate_releases():
+            return self._carry_out(runs, backend, report)
+
+    def _carry_out(self, runs: Sequence[Run], backend: Backend, report: Callable[[RunOutcome], None]) -> list[RunOutcome]:
         outcomes = []
         for unit in backend.units(runs):
             claimed, refused = self.claim(unit)

@@ -24,6 +24,7 @@ from ...training import TrainingDiverged
 from ...training.trainer import make_optimizer
 from ..kinds import DatasetCache, Run, RunContext, TrainingRun
 from ..kinds.training import disconnects
+from ..lifecycle import interruption
 from ..record import EpochsToDB, Store, Trained, trained
 from .local import LocalBackend
 
@@ -137,6 +138,8 @@ class StackedBackend:
                     progress=bool(self.progress), desc=f"{group[0].run.model} stacked"
                 )
             except Exception as exc:
+                if (stopped := interruption(exc)) is not None:  # stopped, not failed: nothing to run again here
+                    raise stopped from None
                 logger.warning("stacked training of %d runs failed (%s: %s); running them one at a time", len(group), type(exc).__name__, exc)
                 for p in group:  # prepared again (the stacked training changed the members' models), from the masks saved
                     ctx = self.alone.context(p.run, store)
