@@ -4,6 +4,7 @@ to zeroing, optimizer state carried across, early pruning in training, exact res
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 
@@ -330,8 +331,11 @@ def test_structured_sweep_and_report(tmp_path, tiny_mnist):
     line = next(line for line in md.splitlines() if line.startswith("| epoch:prune_at=1 | macs=0.5 |"))
     column = [c.strip() for c in header.split("|")].index("in epoch medians")
     assert [c.strip() for c in line.split("|")][column] == f"{expected:.2f}x"
-    t.epoch_seconds[row.key] = ([], [second])  # as a run pruned at initialisation: against the table's unpruned median
-    assert t.epoch_median_ratio(row) == pytest.approx(second / statistics.median(t.unpruned_epoch_seconds))
+    t.epoch_seconds[row.key] = ([], [second])  # the unpruned epoch's time not recorded: the table's unpruned median
+    median = statistics.median(t.unpruned_epoch_seconds)
+    assert t.epoch_median_ratio(row) == pytest.approx((1 + second / median) / 2)  # still one unpruned epoch of two
+    at_init = dataclasses.replace(row, extra={**row.extra, "structured": {**row.extra["structured"], "pruned_epoch": 0}})
+    assert t.epoch_median_ratio(at_init) == pytest.approx(second / median)  # pruned at initialisation
     t.epoch_seconds[row.key] = ([first, second], [])  # no pruned epoch recorded: no ratio
     assert t.epoch_median_ratio(row) is None
     names = {f.name for f in files}

@@ -60,12 +60,13 @@ class StructuredTable:
         """``run``'s training time over a dense run's, both counted in median epochs measured inside ``run``:
         ``(k + (N - k) * pruned / unpruned) / N`` for a run pruned at the end of epoch ``k`` of ``N``, with
         the medians of its own pruned and unpruned epochs (pruned at initialisation: the unpruned median of
-        the whole table). None where the epochs needed were not recorded."""
+        the whole table, as for a run whose unpruned epochs' times were not recorded). None where no
+        pruned epoch's time was recorded."""
         unpruned, pruned = self.epoch_seconds.get(run.key, ([], []))
         base = unpruned or self.unpruned_epoch_seconds
         if not base or not pruned:
             return None
-        k = len(unpruned)
+        k = int((run.extra.get("structured") or {}).get("pruned_epoch") or 0)
         return (k + (self.epochs - k) * statistics.median(pruned) / statistics.median(base)) / self.epochs
 
     def to_markdown(self) -> str:
