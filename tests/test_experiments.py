@@ -334,6 +334,29 @@ def _db_rows(path):
         c.close()
 
 
+def _signal_inside_a_run(proc, db_path, progress, sig, done_first=0):
+    """Once ``done_first`` runs are done and a running run has logged an epoch, send ``sig`` to the
+    sweep ``proc``; return that run's key and the sweep's exit status."""
+    key = None
+
+    def ready():
+        nonlocal key
+        rows = _db_rows(db_path)
+        done = [k for k, r in rows.items() if r["status"] == "done"]
+        running = [k for k, r in rows.items() if r["status"] == "running"]
+        if len(done) >= done_first and running and _epochs_logged(db_path, running[0]) >= 1:
+            key = running[0]
+            return True
+        return False
+
+    try:
+        wait_while_progressing(proc, progress, until=ready, poll=0.02)
+    finally:
+        os.kill(proc.pid, sig)
+        status = proc.wait()
+    return key, status
+
+
 def _db_errors(path):
     """Every failed run's recorded error, for an assertion's message."""
     c = sqlite3.connect(path)
@@ -379,23 +402,7 @@ def test_sweep_killed_with_sigkill_loses_and_duplicates_nothing(tmp_path):
     db_path = out / "results.db"
     proc = subprocess.Popen(_sweep_cmd(data_dir, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     progress = _db_progress(db_path)
-    killed_key = None
-
-    def ready():
-        nonlocal killed_key
-        rows = _db_rows(db_path)
-        done = [k for k, r in rows.items() if r["status"] == "done"]
-        running = [k for k, r in rows.items() if r["status"] == "running"]
-        if len(done) >= 2 and running and _epochs_logged(db_path, running[0]) >= 1:
-            killed_key = running[0]
-            return True
-        return False
-
-    try:
-        wait_while_progressing(proc, progress, until=ready, poll=0.02)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    killed_key, _ = _signal_inside_a_run(proc, db_path, progress, signal.SIGKILL, done_first=2)
     before = _db_rows(db_path)
     finished_before = {k: r for k, r in before.items() if r["status"] == "done"}
     assert before[killed_key]["status"] == "running"
@@ -418,21 +425,7 @@ def test_a_sweep_stopped_with_sigterm_releases_its_run_at_once(tmp_path):
     with open(log, "wb") as err:
         proc = subprocess.Popen(_sweep_cmd(data_dir, out), stdout=subprocess.DEVNULL, stderr=err)
     progress = _db_progress(db_path)
-    stopped_key = None
-
-    def ready():
-        nonlocal stopped_key
-        running = [k for k, r in _db_rows(db_path).items() if r["status"] == "running"]
-        if running and _epochs_logged(db_path, running[0]) >= 1:
-            stopped_key = running[0]
-            return True
-        return False
-
-    try:
-        wait_while_progressing(proc, progress, until=ready, poll=0.02)
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        status = proc.wait()
+    stopped_key, status = _signal_inside_a_run(proc, db_path, progress, signal.SIGTERM)
     assert status == 128 + signal.SIGTERM, log.read_text() + _db_errors(db_path)  # the status a SIGTERM gives, after the release
     row = _db_rows(db_path)[stopped_key]
     assert row["status"] == "pending" and row["owner"] is None  # free now, not after its lease
