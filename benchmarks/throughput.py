@@ -7,18 +7,22 @@
 Each variant is ``training.fit`` on the same model, data and seed with one training precision and
 memory format: ``fp32`` (fp32, contiguous: the trainer's behaviour on the CPU before bf16), ``cl``
 (fp32, channels-last), ``bf16`` (bf16 autocast, contiguous), ``bf16+cl`` (bf16 autocast,
-channels-last: the default where the CPU runs bf16 natively). The variants alternate within each
+channels-last: the default where the CPU runs bf16 natively), and ``+compile`` of either with
+``TrainConfig.compile`` (the step through ``torch.compile``; its first epoch holds the compile and is
+not counted). The variants alternate within each
 round (so a change in the shared machine's speed hits them alike); a round trains ``--epochs``
 epochs on the first ``--subset`` images per variant and keeps the last epoch's training throughput
 (the first warms up); the table gives the median over rounds and the ratio to the first variant.
 ``--bare`` also times the bare step of each variant in the same rounds (forward, cross-entropy,
-backward, SGD with momentum on one fixed batch, no loader, no trainer): what the trainer adds, if anything.
+backward, SGD with momentum on one fixed batch, no loader, no trainer): what the trainer adds, if anything
+(eager variants only).
 LeNet-5 trains on Fashion-MNIST, the CIFAR models on CIFAR-10-jpg (``--data-dir``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 from datetime import date
@@ -29,18 +33,22 @@ from prunekit import data, models, training
 from prunekit.structured.latency import median_seconds, training_step
 from prunekit.training.precision import Precision
 
-VARIANTS = {
-    "fp32": Precision("fp32", False),
-    "cl": Precision("fp32", True),
-    "bf16": Precision("bf16", False),
-    "bf16+cl": Precision("bf16", True),
+VARIANTS = {  # name: (precision and memory format, torch.compile)
+    "fp32": (Precision("fp32", False), False),
+    "cl": (Precision("fp32", True), False),
+    "bf16": (Precision("bf16", False), False),
+    "bf16+cl": (Precision("bf16", True), False),
+    "fp32+compile": (Precision("fp32", False), True),
+    "bf16+cl+compile": (Precision("bf16", True), True),
 }
 DATASETS = {"lenet5": "fashion-mnist", "lenet_300_100": "fashion-mnist"}
 
 
-def throughput(model_name: str, ds: data.Dataset, precision: Precision, args: argparse.Namespace) -> float:
+def throughput(model_name: str, ds: data.Dataset, variant: str, args: argparse.Namespace) -> float:
+    precision, compile_ = VARIANTS[variant]
     model = models.create(model_name, ds.num_classes, ds.input_shape, seed=0)
-    cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, schedule="constant", eval_batch_size=1000)
+    cfg = training.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=0.05, schedule="constant", eval_batch_size=1000,
+                               compile=compile_)
     res = training.fit(model, ds, cfg, device=args.device, progress=False, precision=precision)
     return float(res.history[-1]["images_per_second"])
 
@@ -73,6 +81,8 @@ def main() -> None:
     for v in variants:
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
+    if any(VARIANTS[v][1] for v in variants) and args.epochs < 2:
+        raise SystemExit("compiled variants need --epochs 2 or more (the first epoch holds the compile)")
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"batch {args.batch_size}, {args.subset:,} images x {args.epochs} epochs, median of {args.rounds} rounds, {where}, "
           f"torch {torch.__version__}, {date.today()}\n")
@@ -87,14 +97,15 @@ def main() -> None:
         bare: dict[str, list[float]] = {v: [] for v in variants}
         for _ in range(args.rounds):
             for v in variants:
-                speeds[v].append(throughput(name, ds, VARIANTS[v], args))
-                if args.bare:
-                    bare[v].append(bare_step(name, ds, VARIANTS[v], args))
+                speeds[v].append(throughput(name, ds, v, args))
+                if args.bare and not VARIANTS[v][1]:
+                    bare[v].append(bare_step(name, ds, VARIANTS[v][0], args))
         for label, table in ((name, speeds), (f"{name}, bare step", bare)):
             if not table[variants[0]]:
                 continue
-            med = {v: statistics.median(s) for v, s in table.items()}
-            cells = [f"{med[v]:,.0f}" for v in variants] + [f"{med[v] / med[variants[0]]:.2f}x" for v in variants[1:]]
+            med = {v: statistics.median(s) if s else math.nan for v, s in table.items()}
+            cells = [f"{med[v]:,.0f}" if s else "–" for v, s in table.items()]
+            cells += [f"{med[v] / med[variants[0]]:.2f}x" if table[v] else "–" for v in variants[1:]]
             print(f"| {label} | " + " | ".join(cells) + " |", flush=True)
 
 

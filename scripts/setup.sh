@@ -28,13 +28,19 @@ elif ! .venv/bin/python -c "import prunekit, tqdm, matplotlib, torch_pruning" 2>
 fi
 
 FMNIST=/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-if [ ! -f "$FMNIST" ] && [ -z "${PRUNEKIT_NO_APT:-}" ]; then
-  echo "setup: installing the Debian package dataset-fashion-mnist" >&2
+PACKAGES=()
+[ -f "$FMNIST" ] || PACKAGES+=(dataset-fashion-mnist)
+# the suite trains through torch.compile (TrainConfig.compile), whose CPU kernels need a C++ compiler
+if [ "${1:-}" = "--test" ] && ! command -v g++ >/dev/null && ! command -v clang++ >/dev/null && [ -z "${CXX:-}" ]; then
+  PACKAGES+=(g++)
+fi
+if [ ${#PACKAGES[@]} -gt 0 ] && [ -z "${PRUNEKIT_NO_APT:-}" ]; then
+  echo "setup: installing the Debian packages ${PACKAGES[*]}" >&2
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
   elif command -v sudo >/dev/null; then
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
   else
-    echo "setup: cannot install dataset-fashion-mnist without root; install it or pass --data-dir" >&2
+    echo "setup: cannot install ${PACKAGES[*]} without root; install them (or pass --data-dir for the data)" >&2
   fi
 fi

@@ -2,6 +2,7 @@
 exact resume, fp32 BatchNorm statistics, and run keys that tell the precisions apart."""
 
 import logging
+from dataclasses import replace
 
 import pytest
 import torch
@@ -107,10 +108,27 @@ class _Interrupt(training.Callback):
             raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_resume_under_bf16_is_bit_exact(tmp_path, dtype):
+class _StepFunction(training.Callback):
+    def __init__(self, seen: list[str]):
+        self.seen = seen
+
+    def on_batch_end(self, trainer, step):
+        self.seen.append(type(trainer.forward_model).__name__)
+
+
+def _compiler_or_skip() -> None:
+    try:
+        prec.check_compile("cpu")
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.mark.parametrize("dtype,compile_", [("bf16", False), ("fp32", False), ("bf16", True)])
+def test_resume_under_bf16_is_bit_exact(tmp_path, dtype, compile_):
+    if compile_:
+        _compiler_or_skip()
     ds = toy_dataset()
-    cfg = training.TrainConfig(epochs=3, batch_size=50, lr=0.05, weight_decay=5e-4, schedule="cosine", val_size=50)
+    cfg = training.TrainConfig(epochs=3, batch_size=50, lr=0.05, weight_decay=5e-4, schedule="cosine", val_size=50, compile=compile_)
     precision = prec.Precision(dtype, True)
 
     def train(ckpt, callbacks=()):
@@ -127,8 +145,47 @@ def test_resume_under_bf16_is_bit_exact(tmp_path, dtype):
     run, result = train(tmp_path / "run.ckpt")
     assert all(torch.equal(a, b) for a, b in zip(ref.state_dict().values(), run.state_dict().values()))
     assert [h["test_acc"] for h in ref_result.history] == [h["test_acc"] for h in result.history]
+    assert result.extra.get("compiled", False) is compile_
+    steps: list[str] = []
+    train(tmp_path / "again.ckpt", [_StepFunction(steps)])
+    assert set(steps) == {"OptimizedModule" if compile_ else "Classifier"}  # what the training step called
     # a checkpoint of one precision is not resumed in the other
     other = prec.Precision("fp32" if dtype == "bf16" else "bf16", True)
     model = models.create("lenet5", 10, (1, 28, 28), seed=0)
     with pytest.raises(training.CheckpointError, match=f"trained in {dtype}"):
         training.fit(model, ds, cfg, seed=1, checkpoint=tmp_path / "run.ckpt", device="cpu", progress=False, precision=other)
+    if compile_:  # nor a compiled run's checkpoint in an eager run: another config
+        with pytest.raises(training.CheckpointError, match="different config"):
+            training.fit(model, ds, replace(cfg, compile=False), seed=1, checkpoint=tmp_path / "run.ckpt", device="cpu", progress=False,
+                         precision=precision)
+
+
+def test_a_compiled_run_is_another_run_and_trains_alone():
+    spec = RunSpec("resnet20", "cifar10-jpg", "snip", 0.9, 0, recipe="cifar-cpu")
+    eager, compiled = resolve(spec, "cpu"), resolve(replace(spec, train={"compile": True}), "cpu")
+    assert "compile" not in eager.config["train"] and compiled.config["train"]["compile"] is True
+    assert eager.key != compiled.key
+    assert eager.group is not None and compiled.group is None  # the stacked engine trains eagerly: never grouped
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_training(monkeypatch):
+    from torch._inductor import cpp_builder
+
+    def missing() -> str:
+        raise RuntimeError("Failed to find a working C++ compiler")
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", missing)
+    model = _bn_net()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = training.TrainConfig(epochs=1, batch_size=50, lr=0.05, schedule="constant", compile=True)
+    with pytest.raises(ConfigError, match=r"compile=True on the CPU needs a C\+\+ compiler .*compile=false"):
+        training.fit(model, toy_dataset(), cfg, device="cpu", progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_stacked_engine_refuses_compile():
+    from prunekit.stacked import StackedTrainer
+
+    cfg = training.TrainConfig(epochs=1, batch_size=50, compile=True)
+    with pytest.raises(ConfigError, match="stacked engine trains eagerly"):
+        StackedTrainer([], toy_dataset(), cfg, torch.device("cpu"))

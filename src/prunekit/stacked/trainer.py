@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..core.masks import Masks
 from ..data import Dataset, DeviceLoader
 from ..data.loader import mix_seed, normalization, split_indices
+from ..errors import ConfigError
 from ..training import Callback, TrainConfig, TrainingDiverged, TrainResult, summarize
 from ..training.checkpoint import CheckpointError, recover_checkpoint, save_checkpoint
 from ..training.core import (
@@ -107,6 +108,8 @@ class StackedTrainer:
     def __init__(self, members: Sequence[Member], dataset: Dataset, config: TrainConfig, device: torch.device, precision: str | None = None):
         """``precision``: ``fp32`` or ``bf16`` (default: what ``config.amp`` resolves to on ``device``).
         The fused members keep the contiguous layout (their inputs are ``[N, B, C, H, W]``)."""
+        if config.compile:
+            raise ConfigError("the stacked engine trains eagerly: compile=True runs train one at a time (sweep --stack 1)")
         self.members = list(members)
         self.precision = Precision(precision or resolve_precision(config.amp, False, device).dtype, channels_last=False)
         self.n = len(self.members)

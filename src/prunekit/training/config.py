@@ -40,6 +40,8 @@ class TrainConfig:
     eval_batch_size: int = option(1000, "batch size for evaluation", min=1)
     amp: bool = option(True, "bf16 autocast where the device runs bf16 natively (CUDA; CPUs with AVX-512 BF16 or AMX)", keyed=False)
     channels_last: bool = option(True, "channels-last memory format (CUDA and the CPU)", keyed=False)
+    compile: bool = option(False, "torch.compile the training step's forward and backward pass (a one-time compile per input shape, "
+                                  "then faster; another run than the eager one)", since="0.3")
 
     def __post_init__(self) -> None:
         from ..errors import ConfigError

@@ -13,6 +13,13 @@ Only the forward and backward pass of training (and evaluation) run under autoca
 gradients, optimizer state and BatchNorm running statistics stay fp32, and every pruning score is
 computed outside it, in fp32 or fp64, so the masks of a run never depend on its training precision.
 
+``TrainConfig.compile`` (off by default) runs the training step's forward and backward pass through
+``torch.compile`` (:func:`compiled`): one compile per input shape (the training batch, and the last
+incomplete one), after which the fused kernels run faster, most with bf16 on the CPU, where half of
+an eager bf16 step is elementwise work (BatchNorm, ReLU, additions) that the compiler fuses.
+Evaluation stays eager. A compiled run computes in another order than an eager one, so it is another
+run (``compile`` is keyed); it resumes bit-exactly from its own checkpoints.
+
 The environment variable ``PRUNEKIT_BF16`` overrides the capability check: ``1`` treats bf16 as
 native everywhere (e.g. a virtual machine that hides the CPU flags), ``0`` never uses it. Per run,
 ``amp=False`` asks for fp32.
@@ -152,6 +159,40 @@ def resolve_precision(amp: bool, channels_last: bool, device: torch.device | str
         elif notice:
             _notice_once(f"bf16 autocast stays off ({why}): training in fp32; set {ENV}=1 to force it")
     return Precision(dtype, channels_last and device.type in ("cuda", "cpu"))
+
+
+def check_compile(device: torch.device | str) -> None:
+    """Refuse ``compile=True`` where ``torch.compile`` cannot run: a Python version it does not
+    support, or (on the CPU) no C++ compiler for the generated kernels.
+
+    Raises:
+        ConfigError: naming what is missing and how to train without it.
+    """
+    device = torch.device(device)
+    how = "install it, or train without compile (--train compile=false)"
+    try:
+        from torch import _dynamo
+
+        supported = _dynamo.is_dynamo_supported()
+    except Exception:  # an import that fails is as much a "cannot run" as an unsupported version
+        supported = False
+    if not supported:
+        raise ConfigError("compile=True: torch.compile does not support this Python or platform; train without compile (--train compile=false)")
+    if device.type == "cpu":
+        try:
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            get_cpp_compiler()
+        except ImportError:  # a torch without this helper: the first compiled step says what is missing
+            return
+        except Exception as exc:
+            raise ConfigError(f"compile=True on the CPU needs a C++ compiler (g++ or clang++, or $CXX) for the generated kernels: {exc}; {how}") from None
+
+
+def compiled(module: nn.Module) -> nn.Module:
+    """``module`` compiled for training (``torch.compile``, static shapes: one graph per input shape,
+    no slower dynamic-shape kernels); parameters and buffers stay ``module``'s own."""
+    return torch.compile(module, dynamic=False)  # type: ignore[return-value]
 
 
 @functools.cache

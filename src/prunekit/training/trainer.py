@@ -37,7 +37,7 @@ from .core import (
     stalled,
     train_epoch,
 )
-from .precision import Precision, resolve_precision
+from .precision import Precision, check_compile, compiled, resolve_precision
 
 __all__ = ["TrainResult", "Trainer", "TrainingDiverged", "TrainingStalled", "build_loaders", "default_device", "fit", "make_optimizer", "set_lr", "summarize"]
 
@@ -156,6 +156,8 @@ class Trainer:
         self.device = next(model.parameters()).device
         # what config.amp / channels_last resolve to on this device (the caller has put the model in its memory format)
         self.precision = precision or resolve_precision(config.amp, config.channels_last, self.device)
+        if config.compile:
+            check_compile(self.device)
         self.train_loader = train_loader if isinstance(train_loader, DeviceLoader) else LoaderAdapter(train_loader, self.device)
         if loss_fn is not None and not callable(loss_fn):
             raise ConfigError(f"loss_fn must be callable(logits, targets) -> loss, got {type(loss_fn).__name__}")
@@ -173,8 +175,14 @@ class Trainer:
         self._enforce: Any = None
         self.classes: int | None = None  # the width of the logits, once a step has run
         self.stop: str | None = None  # set by a callback at the end of an epoch: why training ends there
-        self.forward_model = self._data_parallel(model)
+        self.forward_model = self._forward(model)
         self.set_masks(masks)
+
+    def _forward(self, model: nn.Module) -> nn.Module:
+        """What the training step calls: ``model`` (data-parallel under torch.distributed), compiled
+        when the config asks for it."""
+        forward = self._data_parallel(model)
+        return compiled(forward) if self.config.compile else forward
 
     @staticmethod
     def _data_parallel(model: nn.Module) -> nn.Module:
@@ -207,7 +215,7 @@ class Trainer:
         if self.masks is not None:
             raise ConfigError("a model with unstructured masks cannot be replaced by a structurally pruned one")
         self.model = self.precision.prepare(model.to(self.device))
-        self.forward_model = self._data_parallel(self.model)
+        self.forward_model = self._forward(self.model)
         self.optimizer = optimizer
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -274,6 +282,8 @@ class Trainer:
         self._call("on_fit_end")
         result = summarize(self.history, self.train_seconds, self.images)
         result.extra.update(self.precision.as_dict())
+        if cfg.compile:
+            result.extra["compiled"] = True
         if self.stop is not None:
             result.extra["stopped"] = f"stopped after epoch {self.epoch} of {cfg.epochs}: {self.stop}"
         why = stalled(self.history, self.classes, len(self.train_loader))

@@ -54,6 +54,8 @@ class TrainingRun(Run):
 
     @property
     def group(self) -> str | None:
+        if self.train.compile:  # the stacked engine trains eagerly
+            return None
         c = self.config
         return json.dumps({k: c.get(k) for k in ("model", "dataset", "recipe", "train", "model_kwargs", "init", "bn_gamma", "precision")},
                           sort_keys=True)
