@@ -665,6 +665,30 @@ def test_a_cell_whose_runs_failed_to_train_says_so_and_is_never_the_best():
     assert t.best() == {0.9: "snip", 0.99: "synflow"}
 
 
+def test_compiled_runs_are_a_table_of_their_own_and_its_title_says_so(tmp_path):
+    from prunekit.report import write_report
+
+    eager = [resolve(spec("dense", 0.0)), resolve(spec("snip", 0.9)), resolve(spec("dense", 0.0, structured="epoch:prune_at=1"))]
+    compiled = resolve(spec("dense", 0.0, train={**TINY_TRAIN, "compile": True}))
+    assert compiled.key != eager[0].key
+    with ResultsDB(tmp_path / "results.db") as db:
+        for run, acc in zip([*eager, compiled], (0.80, 0.70, 0.75, 0.60)):
+            db.ensure(run.key, run.config)
+            assert db.claim(run.key, "me:1")
+            info = {"pruned_epoch": 1, "macs_before": 4.0, "macs_after": 2.0, "params_before": 4.0, "params_after": 2.0,
+                    "latency_before_ms": 2.0, "latency_after_ms": 1.0}
+            extra = {"structured": info} if run.kind == "structured" else {}
+            db.finish(run.key, "me:1", {"final_acc": acc, "best_acc": acc, "extra": extra})
+    tables, _ = write_report(tmp_path, plots=False)
+    titles = [t.title if hasattr(t, "title") else t.to_markdown().splitlines()[0] for t in tables]
+    # the eager dense run is the structured table's baseline; the compiled one, of another training
+    # configuration, keeps a table of its own, which says it was compiled
+    assert len(tables) == 3, titles
+    assert sum(", compiled)" in t for t in titles) == 1 and any("(2 epochs, fp32)" in t or "(2 epochs, bf16)" in t for t in titles)
+    (alone,) = [t for t in tables if getattr(t, "compiled", False) and not getattr(t, "budgets", None)]
+    assert alone.dense is not None and alone.dense.mean == pytest.approx(0.60) and not alone.sparsities
+
+
 def test_bf16_and_fp32_runs_of_one_spec_are_separate_tables_never_seeds_of_one_cell(tmp_path):
     import csv
     import dataclasses

@@ -31,8 +31,8 @@ def write_report(out_dir: str | Path, metric: str = "auto", plots: bool = True, 
         structured = build_structured_tables(db, metric, **filters)
         written.append(write_csv(db.runs(**filters), report_dir / "results.csv"))
     # dense runs that are the baseline of a structured table are shown there, not as a table of their own
-    shown = {(st.model, st.dataset, st.recipe, st.epochs, st.precision) for st in structured}
-    tables = [t for t in tables if t.sparsities or (t.model, t.dataset, t.recipe, t.epochs, t.precision) not in shown] + structured
+    shown = {(st.model, st.dataset, st.recipe, st.config_id) for st in structured}
+    tables = [t for t in tables if t.sparsities or (t.model, t.dataset, t.recipe, t.config_id) not in shown] + structured
     if tables:
         md = report_dir / "tables.md"
         atomic_write_text(md, "\n\n".join(t.to_markdown() for t in tables) + "\n")

@@ -23,7 +23,7 @@ from ..experiments.db import ResultsDB, RunRecord
 from ..experiments.kinds import DENSE, StructuredRun
 from ..files import atomic_savefig
 from ..training.precision import FP32
-from .tables import _COLUMN, _METRIC_NAMES, METRICS, Cell, config_id, epochs_text, group_key
+from .tables import _COLUMN, _METRIC_NAMES, METRICS, Cell, config_id, epochs_text, execution_text, group_key
 
 
 @dataclass
@@ -39,6 +39,7 @@ class StructuredTable:
     config_id: str = ""  # a short hash of the training configuration
     precision: str = FP32  # the runs' training precision (the dense runs' too)
     epoch_seconds: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)  # run key -> its epochs' times (unpruned, pruned)
+    compiled: bool = False  # trained through torch.compile (in the title)
 
     @property
     def slug(self) -> str:
@@ -73,7 +74,7 @@ class StructuredTable:
         dense = self._acc(self.dense) if self.dense else None
         lines = [
             f"**{self.model} on {self.dataset}, recipe {self.recipe} ({epochs_text(self.epochs)}"
-            f", {self.precision}): early structured pruning, "
+            f", {execution_text(self.precision, self.compiled)}): early structured pruning, "
             f"{_METRIC_NAMES[self.metric]} (%)**",
             "",
             "| trigger | budget | accuracy | pruned at epoch | MACs kept | params kept | training time vs dense "
@@ -136,7 +137,8 @@ def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any)
         dense = [r for r in rows if r.structured is None]
         tables.append(StructuredTable(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, budgets,
                                       {k: dict(v) for k, v in sorted(by_label.items())}, dense,
-                                      config_id(train_json, precision), precision, {r.key: epoch_times(db, r) for r in structured}))
+                                      config_id(train_json, precision), precision, {r.key: epoch_times(db, r) for r in structured},
+                                      bool(json.loads(train_json).get("compile", False))))
     return tables
 
 

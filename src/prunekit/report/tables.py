@@ -91,6 +91,7 @@ class Table:
     effective: dict[str, dict[float, list[float]]] = field(default_factory=dict)
     config_id: str = ""  # a short hash of the training configuration: tables of one recipe with other options differ
     precision: str = FP32  # the runs' training precision (in the title)
+    compiled: bool = False  # trained through torch.compile (in the title)
 
     @property
     def slug(self) -> str:
@@ -102,7 +103,7 @@ class Table:
         n = "/".join(map(str, seeds))
         return (
             f"{self.model} on {self.dataset}, recipe {self.recipe} ({epochs_text(self.epochs)}"
-            f", {self.precision}): {_METRIC_NAMES[self.metric]} (%), "
+            f", {execution_text(self.precision, self.compiled)}): {_METRIC_NAMES[self.metric]} (%), "
             f"mean ± std over {n} seed{'s' if seeds != [1] else ''}"
         )
 
@@ -213,6 +214,11 @@ def group_key(config: dict[str, Any]) -> tuple[str, str, str, str, str]:
             config.get("precision", FP32))
 
 
+def execution_text(precision: str, compiled: bool) -> str:
+    """How a table's runs trained, for its title: the precision, and ``compiled`` where they were."""
+    return precision + (", compiled" if compiled else "")
+
+
 def config_id(train_json: str, precision: str) -> str:
     """A short hash of a table's training configuration and precision (fp32 tables keep the id they had)."""
     return hashlib.sha256((train_json + ("" if precision == FP32 else f"|{precision}")).encode()).hexdigest()[:6]
@@ -282,7 +288,7 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
             Table(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, sparsities, table_rows,
                   Cell(dense) if dense else None, dict(layers),
                   {k: dict(v) for k, v in layer_runs.items()}, {k: dict(v) for k, v in effective.items()},
-                  config_id(train_json, precision), precision)
+                  config_id(train_json, precision), precision, bool(json.loads(train_json).get("compile", False)))
         )
     return tables
 
