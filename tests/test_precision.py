@@ -181,6 +181,9 @@ def test_compile_without_a_cpp_compiler_is_refused_before_training(monkeypatch):
     with pytest.raises(ConfigError, match=r"compile=True on the CPU needs a C\+\+ compiler .*compile=false"):
         training.fit(model, toy_dataset(), cfg, device="cpu", progress=False)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    # a run or sweep asking for it is refused when resolved, before anything is claimed or written
+    with pytest.raises(ConfigError, match="needs a C\\+\\+ compiler"):
+        resolve(RunSpec("lenet5", "mnist", "snip", 0.9, 0, recipe="lenet-fmnist", train={"compile": True}), "cpu")
 
 
 def test_the_stacked_engine_refuses_compile():

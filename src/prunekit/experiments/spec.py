@@ -146,7 +146,7 @@ def resolve(spec: RunSpec, device: Any = None) -> Run:
     Raises:
         ConfigError: any unknown name or invalid value, naming it.
     """
-    from ..training.precision import resolve_precision
+    from ..training.precision import check_compile, resolve_precision
     from ..training.trainer import default_device
 
     method = spec.method if spec.method is not None else (DENSE if spec.structured is not None else None)
@@ -185,6 +185,8 @@ def resolve(spec: RunSpec, device: Any = None) -> Run:
         if count is not None:
             check_keeps_some(count, 1.0 - sparsity)
     precision = resolve_precision(train.amp, train.channels_last, default_device() if device is None else device, notice=False)
+    if train.compile:  # refused here, before a sweep claims or writes anything, where torch.compile cannot run
+        check_compile(default_device() if device is None else device)
     common: dict[str, Any] = dict(
         model=spec.model, dataset=info.name, seed=spec.seed, recipe=recipe.name, train=train, model_kwargs=MappingProxyType(model_kwargs),
         # a zoo model is initialised as its recipe's paper did; a model from outside keeps its builder's initialisation
