@@ -7,6 +7,7 @@
 #   t1s0 table 1, seed 0 | t1x0 table 1 at 99.5 %, seed 0 | t2 table 2 | parity0 fp32 dense, seed 0
 #   t1s1 | t1x1 | parity1   (the same, seed 1)
 #   paritycompile   the dense runs of both seeds with the training step through torch.compile
+#   t1s2   table 1 at 98 %, seed 2
 # The results database (without checkpoints or masks) is copied to benchmarks/cifar_full/ after
 # every sweep and every 5 minutes, so that the tables survive a new machine: `prunekit report --out benchmarks/cifar_full`.
 set -euo pipefail
@@ -21,7 +22,7 @@ sweep() { .venv/bin/prunekit sweep --out "$OUT" --data-dir "$DATA" --no-progress
 mkdir -p "$(dirname "$KEEP")"
 ( while sleep 300; do [ -f "$OUT/results.db" ] && keep; done ) & exporter=$!
 trap 'kill $exporter 2>/dev/null' EXIT
-for part in ${PARTS:-t1s0 t1x0 t2 parity0 t1s1 t1x1 parity1 paritycompile}; do
+for part in ${PARTS:-t1s0 t1x0 t2 parity0 t1s1 t1x1 parity1 paritycompile t1s2}; do
     case $part in
         t1s0) sweep $C/table1_seed0.toml ;;
         t1x0) sweep $C/table1_extreme_seed0.toml ;;
@@ -31,6 +32,7 @@ for part in ${PARTS:-t1s0 t1x0 t2 parity0 t1s1 t1x1 parity1 paritycompile}; do
         t1x1) sweep $C/table1_extreme_seed1.toml ;;
         parity1) sweep $C/parity_fp32.toml --seeds 1 ;;
         paritycompile) sweep $C/parity_compile.toml ;;
+        t1s2) sweep $C/table1_seed2_98.toml ;;
         *) echo "unknown part $part" >&2; exit 2 ;;
     esac
 done
