@@ -169,7 +169,7 @@ def check_compile(device: torch.device | str) -> None:
         ConfigError: naming what is missing and how to train without it.
     """
     device = torch.device(device)
-    how = "install it, or train without compile (--train compile=false)"
+    without = "train without compile (--train compile=false)"
     try:
         from torch import _dynamo
 
@@ -177,7 +177,7 @@ def check_compile(device: torch.device | str) -> None:
     except Exception:  # an import that fails is as much a "cannot run" as an unsupported version
         supported = False
     if not supported:
-        raise ConfigError("compile=True: torch.compile does not support this Python or platform; train without compile (--train compile=false)")
+        raise ConfigError(f"compile=True: torch.compile does not support this Python or platform; {without}")
     if device.type == "cpu":
         try:
             from torch._inductor.cpp_builder import get_cpp_compiler
@@ -186,7 +186,8 @@ def check_compile(device: torch.device | str) -> None:
         except ImportError:  # a torch without this helper: the first compiled step says what is missing
             return
         except Exception as exc:
-            raise ConfigError(f"compile=True on the CPU needs a C++ compiler (g++ or clang++, or $CXX) for the generated kernels: {exc}; {how}") from None
+            raise ConfigError(f"compile=True on the CPU needs a C++ compiler (g++ or clang++, or $CXX) for the generated kernels: {exc}; "
+                              f"install one, or {without}") from None
 
 
 def compiled(module: nn.Module) -> nn.Module:
