@@ -184,9 +184,10 @@ def resolve(spec: RunSpec, device: Any = None) -> Run:
         count = _prunable_count(spec.model, info.name, info.num_classes, model_kwargs)
         if count is not None:
             check_keeps_some(count, 1.0 - sparsity)
-    precision = resolve_precision(train.amp, train.channels_last, default_device() if device is None else device, notice=False)
+    target = default_device() if device is None else device
+    precision = resolve_precision(train.amp, train.channels_last, target, notice=False)
     if train.compile:  # refused here, before a sweep claims or writes anything, where torch.compile cannot run
-        check_compile(default_device() if device is None else device)
+        check_compile(target)
     common: dict[str, Any] = dict(
         model=spec.model, dataset=info.name, seed=spec.seed, recipe=recipe.name, train=train, model_kwargs=MappingProxyType(model_kwargs),
         # a zoo model is initialised as its recipe's paper did; a model from outside keeps its builder's initialisation

@@ -135,10 +135,11 @@ def build_structured_tables(db: ResultsDB, metric: str = "auto", **filters: Any)
             by_label[run.spec_text][str(run.budget)].append(r)
         budgets = sorted({b for v in by_label.values() for b in v}, key=lambda b: (b.split("=")[0], -float(b.split("=")[1])))
         dense = [r for r in rows if r.structured is None]
-        tables.append(StructuredTable(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, budgets,
+        train = json.loads(train_json)
+        tables.append(StructuredTable(model, dataset, recipe, train["epochs"], chosen, budgets,
                                       {k: dict(v) for k, v in sorted(by_label.items())}, dense,
                                       config_id(train_json, precision), precision, {r.key: epoch_times(db, r) for r in structured},
-                                      bool(json.loads(train_json).get("compile", False))))
+                                      bool(train.get("compile", False))))
     return tables
 
 

@@ -247,6 +247,7 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
     tables = []
     for (model, dataset, recipe, train_json, precision), rows in sorted(groups.items()):
         group = (model, dataset, recipe, train_json, precision)
+        train = json.loads(train_json)
         chosen = metric if metric != "auto" else (rows or failures[group])[0].config.get("headline", "final")
         col = _COLUMN[chosen]
         cells: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -285,10 +286,10 @@ def build_tables(db: ResultsDB, metric: str = "auto", **filters: Any) -> list[Ta
         table_rows = {label: {s: Cell(v, flags[(label, s)][0], flags[(label, s)][1], failed[(label, s)]) for s, v in cells[label].items()}
                       for label in sorted(cells, key=lambda label: sort_keys[label])}
         tables.append(
-            Table(model, dataset, recipe, json.loads(train_json)["epochs"], chosen, sparsities, table_rows,
+            Table(model, dataset, recipe, train["epochs"], chosen, sparsities, table_rows,
                   Cell(dense) if dense else None, dict(layers),
                   {k: dict(v) for k, v in layer_runs.items()}, {k: dict(v) for k, v in effective.items()},
-                  config_id(train_json, precision), precision, bool(json.loads(train_json).get("compile", False)))
+                  config_id(train_json, precision), precision, bool(train.get("compile", False)))
         )
     return tables
 
